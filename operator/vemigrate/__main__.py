@@ -1,0 +1,5 @@
+import sys
+
+from vemigrate.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""The API: pydantic models of the custom resources, which generate crds/."""

@@ -1,0 +1,1 @@
+"""Pure decisions: the phase machine, pre-flight checks, conditions, progress, deadlines."""

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs everything the tests and the demo need on a fresh Debian 12 machine: Debian packages
+# (tools/debian-packages.txt) and a virtualenv with the project and its dev extra. Idempotent and
+# quick when nothing is missing. Go-built binaries (kube-apiserver, etcd) are built on first use by
+# `vemigrate controlplane up` into ~/.cache/vemigrate, never into the repository.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+venv=${VENV:-$here/.venv}
+
+mapfile -t wanted < <(grep -v '^\s*#' "$here/tools/debian-packages.txt" | awk 'NF {print $1}')
+missing=()
+for pkg in "${wanted[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+    echo "setup: installing Debian packages: ${missing[*]}"
+    [ "$(id -u)" = 0 ] || { echo "setup: need root to install Debian packages" >&2; exit 1; }
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # --force-confnew: libvirt-daemon-system otherwise stops at a qemu.conf prompt.
+    apt-get install -y -qq --no-install-recommends -o Dpkg::Options::=--force-confnew "${missing[@]}" >/dev/null
+fi
+
+stamp=$venv/.installed
+if [ ! -f "$stamp" ] || [ "$here/pyproject.toml" -nt "$stamp" ]; then
+    echo "setup: installing the project into $venv"
+    [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --upgrade pip
+    "$venv/bin/pip" install -q -e "$here[dev]"
+    touch "$stamp"
+fi
