@@ -31,6 +31,11 @@ class Driver(StrEnum):
     PRLCTL = "prlctl"
 
 
+class VEKind(StrEnum):
+    VM = "vm"
+    CONTAINER = "container"
+
+
 class HostConditionType(StrEnum):
     REACHABLE = "Reachable"
 
@@ -166,6 +171,12 @@ class HostStatus(Model):
         default=None, description="Whether the host is itself a virtual machine (nested installation)."
     )
     version: VersionFacts | None = Field(default=None, description="Product, hypervisor and kernel versions.")
+    ve_types: list[VEKind] = Field(
+        default_factory=list, max_length=2, description="Kinds of VE the host runs: vm, container."
+    )
+    default_path: str | None = Field(
+        default=None, max_length=1024, description="Directory new VEs go to when target.path is unset."
+    )
     last_probe_time: datetime | None = Field(default=None, description="When the facts were read.")
     observed_generation: int | None = Field(
         default=None, ge=0, description="metadata.generation the last probe used."

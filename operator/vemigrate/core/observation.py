@@ -1,0 +1,146 @@
+"""What one reconcile pass saw: plain facts about the VE, both hosts, the job and the other migrations.
+
+Drivers and the kube layer fill these in; `decide` reads them. `None` always means "not known this
+pass" (a host did not answer), which is different from "known to be absent".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+from vemigrate.api.host import HostStatus
+from vemigrate.api.host import VEKind
+
+
+class VEState(StrEnum):
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPED = "stopped"
+    SUSPENDED = "suspended"  # saved state on disk (libvirt managed save, prlctl suspend)
+    MIGRATING = "migrating"  # paused by the hypervisor for the final switchover
+    OTHER = "other"
+
+    @property
+    def live(self) -> bool:
+        """States that migrate live (the seed: running and paused VMs, running containers)."""
+        return self in (VEState.RUNNING, VEState.PAUSED, VEState.MIGRATING)
+
+
+@dataclass(frozen=True)
+class NFSFacts:
+    """NFS use inside a container, as far as the live-migration rules care."""
+
+    client: bool = False
+    open_device_files: int = 0  # block and character device files shared over NFS that are open
+    remote_locks: bool = False
+    overmounted: bool = False
+
+
+@dataclass(frozen=True)
+class VEFacts:
+    """One VE as a host reports it."""
+
+    name: str
+    uuid: str
+    type: VEKind
+    state: VEState
+    memory_bytes: int = 0
+    vcpus: int = 1
+    disk_bytes: int = 0  # what a copy needs on the target (allocated size of every disk)
+    bridges: tuple[str, ...] = ()
+    snapshots: int = 0
+    linked_clone: bool = False  # a linked clone, or the base of one (qcow2 backing chains)
+    enter_sessions: int | None = None  # open `prlctl enter` sessions; None: the driver cannot tell
+    ipsec: bool | None = None
+    nfs: NFSFacts | None = None
+    nfs_server: bool | None = None
+    guest_os_installed: bool | None = None
+    storage_path: str | None = None  # directory holding the VE's files on its host
+    shared_storage: bool = False  # on Virtuozzo Storage or NFS: nothing to copy
+    macs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class HostObservation:
+    """A host as seen this pass. `reachable` None: not asked; False: asked, no answer."""
+
+    name: str
+    reachable: bool | None
+    facts: HostStatus | None = None
+    error: str | None = None  # why it was not reachable, for the condition message
+    max_inbound: int = 2
+    max_outbound: int = 2
+
+
+class JobState(StrEnum):
+    NONE = "None"  # no job for this migration exists on the host
+    RUNNING = "Running"
+    SWITCHOVER = "Switchover"  # the VE is paused for the final copy
+    POST_COPY = "PostCopy"  # the VE runs on the target, pages still arriving
+    COMPLETED = "Completed"
+    FAILED = "Failed"
+    CANCELLED = "Cancelled"
+
+
+class ErrorClass(StrEnum):
+    RETRYABLE = "Retryable"  # a later attempt may pass (network, timeout, busy host)
+    PERMANENT = "Permanent"  # it will fail the same way again (unsupported, invalid)
+    UNKNOWN_STATE = "UnknownState"  # cannot tell what happened: wait and observe
+
+
+@dataclass(frozen=True)
+class JobStats:
+    """Counters of a running or finished job, from the hypervisor."""
+
+    bytes_processed: int | None = None
+    bytes_remaining: int | None = None
+    bytes_total: int | None = None
+    dirty_rate_bytes_per_second: int | None = None
+    iteration: int | None = None
+    downtime_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class JobObservation:
+    """The long-running migration job keyed by the migration's UID. None in `Observation.job`: unknown."""
+
+    state: JobState
+    stats: JobStats = field(default_factory=JobStats)
+    error_reason: str | None = None
+    error_message: str | None = None
+    error_class: ErrorClass | None = None
+
+
+@dataclass(frozen=True)
+class OtherMigration:
+    """Another migration in the same operator's view, for queueing and duplicate detection."""
+
+    uid: str
+    created: datetime
+    phase: str
+    source_host: str
+    target_host: str
+    ve_name: str
+
+
+@dataclass(frozen=True)
+class Observation:
+    """Everything one pass knows. A field left None was not observed (or could not be)."""
+
+    generation: int = 1
+    deleting: bool = False
+    source: HostObservation | None = None
+    target: HostObservation | None = None
+    source_ve: VEFacts | None = None  # None with source.reachable True: the VE is not on the source
+    target_ve: VEFacts | None = None  # the VE (by name or UUID) on the target, if any
+    target_verified: bool | None = None  # the target copy is complete (state as expected, checksums equal)
+    source_disposed: bool | None = None  # the source was removed or renamed as the spec asks
+    target_leftovers: bool | None = None  # half-built target files or definitions of this migration
+    ssh_port_open: bool | None = None  # the source reaches the target's SSH port
+    job: JobObservation | None = None
+    created: datetime | None = None
+    uid: str = ""
+    others: tuple[OtherMigration, ...] = ()
+    cluster_limit: int = 0  # 0: no cluster-wide limit
