@@ -123,10 +123,30 @@ def definitions() -> dict[str, JSON]:
         short_names=migration.SHORT_NAMES,
         model=migration.VirtualEnvironmentMigration,
         columns=[
-            {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Where the migration is."},
-            {"name": "VE", "type": "string", "jsonPath": ".spec.source.name", "description": "The VE migrated."},
-            {"name": "Source", "type": "string", "jsonPath": ".spec.source.host", "description": "Source host."},
-            {"name": "Target", "type": "string", "jsonPath": ".spec.target.host", "description": "Target host."},
+            {
+                "name": "Phase",
+                "type": "string",
+                "jsonPath": ".status.phase",
+                "description": "Where the migration is.",
+            },
+            {
+                "name": "VE",
+                "type": "string",
+                "jsonPath": ".spec.source.name",
+                "description": "The VE migrated.",
+            },
+            {
+                "name": "Source",
+                "type": "string",
+                "jsonPath": ".spec.source.host",
+                "description": "Source host.",
+            },
+            {
+                "name": "Target",
+                "type": "string",
+                "jsonPath": ".spec.target.host",
+                "description": "Target host.",
+            },
             {"name": "Mode", "type": "string", "jsonPath": ".status.mode", "description": "Live or Offline."},
             {
                 "name": "Progress",
@@ -152,7 +172,12 @@ def definitions() -> dict[str, JSON]:
         model=host.HypervisorHost,
         columns=[
             {"name": "Address", "type": "string", "jsonPath": ".spec.address", "description": "SSH address."},
-            {"name": "Driver", "type": "string", "jsonPath": ".spec.driver", "description": "libvirt or prlctl."},
+            {
+                "name": "Driver",
+                "type": "string",
+                "jsonPath": ".spec.driver",
+                "description": "libvirt or prlctl.",
+            },
             _condition_column("Reachable", "Whether the last probe reached the host."),
             age,
             {
@@ -216,7 +241,9 @@ def _command(args: argparse.Namespace) -> int:
         diffs = stale(output)
         if diffs:
             sys.stdout.write("".join(diffs))
-            print(f"vemigrate crds: {output}/ is out of date; run `vemigrate crds` and commit", file=sys.stderr)
+            print(
+                f"vemigrate crds: {output}/ is out of date; run `vemigrate crds` and commit", file=sys.stderr
+            )
             return 1
         print(f"vemigrate crds: {output}/ is up to date")
         return 0
@@ -226,7 +253,11 @@ def _command(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser("crds", help="write the CustomResourceDefinitions generated from the API models")
+    parser = subparsers.add_parser(
+        "crds", help="write the CustomResourceDefinitions generated from the API models"
+    )
     parser.add_argument("--output", default="crds", help="directory to write to (default: crds)")
-    parser.add_argument("--check", action="store_true", help="exit 1 if the files differ from what would be written")
+    parser.add_argument(
+        "--check", action="store_true", help="exit 1 if the files differ from what would be written"
+    )
     parser.set_defaults(func=_command)

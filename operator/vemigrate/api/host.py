@@ -17,7 +17,7 @@ SHORT_NAMES = ["hvh"]
 
 # Default keys inside the referenced Secrets.
 PRIVATE_KEY_KEY = "ssh-privatekey"  # the key name of kubernetes.io/ssh-auth Secrets
-PASSWORD_KEY = "password"
+PASSWORD_KEY = "password"  # noqa: S105 (a key name, not a secret)
 KNOWN_HOSTS_KEY = "known_hosts"
 
 HostAddress = Annotated[
@@ -75,7 +75,9 @@ class HostSpec(Model):
     )
     host_key: Annotated[str, Field(max_length=16384)] | None = Field(
         default=None,
-        description="The host's public key, as in known_hosts without the host name (for example 'ssh-ed25519 AAAA...').",
+        description=(
+            "The host's public key, as in known_hosts without the host name (for example 'ssh-ed25519 AAAA...')."
+        ),
     )
     libvirt_uri: Annotated[str, Field(max_length=2048)] | None = Field(
         default=None,
@@ -96,7 +98,9 @@ class HostSpec(Model):
 class CPUFacts(Model):
     """The host CPU as the hypervisor reports it."""
 
-    vendor: str | None = Field(default=None, max_length=64, description="Manufacturer, for example Intel or AMD.")
+    vendor: str | None = Field(
+        default=None, max_length=64, description="Manufacturer, for example Intel or AMD."
+    )
     model: str | None = Field(default=None, max_length=256, description="CPU model name.")
     count: int | None = Field(default=None, ge=0, description="Logical CPUs.")
     features: list[str] = Field(
@@ -165,7 +169,8 @@ class HostStatus(Model):
         default=None, description="Host clock minus the operator's clock at the last probe, in milliseconds."
     )
     cpuid_override: bool | None = Field(
-        default=None, description="Whether /proc/vz/cpuid_override exists (container live migration needs it)."
+        default=None,
+        description="Whether /proc/vz/cpuid_override exists (container live migration needs it).",
     )
     nested: bool | None = Field(
         default=None, description="Whether the host is itself a virtual machine (nested installation)."
@@ -190,4 +195,6 @@ class HypervisorHost(Model):
     kind: str = Field(default=KIND, description="HypervisorHost")
     metadata: dict[str, Any] = Field(default_factory=dict, description="Standard object metadata.")
     spec: HostSpec = Field(description="How to reach the host.")
-    status: HostStatus | None = Field(default=None, description="Facts from the last probe, written by the operator.")
+    status: HostStatus | None = Field(
+        default=None, description="Facts from the last probe, written by the operator."
+    )

@@ -247,9 +247,7 @@ class MigrationSpec(Model):
             "unencrypted, needs the target's firewall open; refused for containers."
         ),
     )
-    compression: bool = Field(
-        default=True, description="Compress the data sent (false is --no-compression)."
-    )
+    compression: bool = Field(default=True, description="Compress the data sent (false is --no-compression).")
     bandwidth_mib_ps: int | None = Field(
         default=None,
         ge=1,
@@ -280,7 +278,9 @@ class MigrationSpec(Model):
         json_schema_extra={"default": {}},
     )
     checks: ChecksSpec = Field(
-        default_factory=ChecksSpec, description="Pre-flight checks to skip.", json_schema_extra={"default": {}}
+        default_factory=ChecksSpec,
+        description="Pre-flight checks to skip.",
+        json_schema_extra={"default": {}},
     )
     dry_run: bool = Field(
         default=False,
@@ -318,7 +318,9 @@ class CheckStatus(Model):
 class Progress(Model):
     """How far the transfer is. Percent never goes backwards."""
 
-    percent: int = Field(default=0, ge=0, le=100, description="Share of the work done, 0-100; never decreases.")
+    percent: int = Field(
+        default=0, ge=0, le=100, description="Share of the work done, 0-100; never decreases."
+    )
     bytes_processed: int | None = Field(default=None, ge=0, description="Bytes sent so far.")
     bytes_remaining: int | None = Field(default=None, ge=0, description="Bytes still to send (estimate).")
     bytes_total: int | None = Field(default=None, ge=0, description="Bytes to send in all (estimate).")
@@ -345,6 +347,9 @@ class Failure(Model):
     phase: Phase = Field(description="The phase the migration was in when it failed.")
     reason: str = Field(max_length=1024, description="One CamelCase word a program can match on.")
     message: str = Field(default="", max_length=32768, description="What happened and what to do.")
+    retryable: bool = Field(
+        default=False, description="Whether a later attempt may pass (spec.retry applies)."
+    )
 
 
 class Result(Model):
@@ -367,7 +372,9 @@ class MigrationStatus(Model):
     """What the operator observed and did. Written by the operator only."""
 
     phase: Phase = Field(default=Phase.PENDING, description="Where the migration is in its life.")
-    mode: Mode | None = Field(default=None, description="The mode resolved from spec.mode and the VE's state.")
+    mode: Mode | None = Field(
+        default=None, description="The mode resolved from spec.mode and the VE's state."
+    )
     driver: str | None = Field(
         default=None, max_length=64, description="The driver moving the VE: libvirt or prlctl."
     )
@@ -384,10 +391,14 @@ class MigrationStatus(Model):
     phase_transitions: list[PhaseTransition] = Field(
         default_factory=list, max_length=64, description="Each phase entered, with its time."
     )
-    start_time: datetime | None = Field(default=None, description="When the first attempt started validating.")
+    start_time: datetime | None = Field(
+        default=None, description="When the first attempt started validating."
+    )
     completion_time: datetime | None = Field(default=None, description="When a final phase was reached.")
     downtime_ms: int | None = Field(
-        default=None, ge=0, description="How long the VE was paused at switchover, as the hypervisor measured it."
+        default=None,
+        ge=0,
+        description="How long the VE was paused at switchover, as the hypervisor measured it.",
     )
     attempts: int = Field(default=0, ge=0, description="Attempts started so far.")
     next_attempt_time: datetime | None = Field(
@@ -410,4 +421,6 @@ class VirtualEnvironmentMigration(Model):
     kind: str = Field(default=KIND, description="VirtualEnvironmentMigration")
     metadata: dict[str, Any] = Field(default_factory=dict, description="Standard object metadata.")
     spec: MigrationSpec = Field(description="What to migrate, where, and how.")
-    status: MigrationStatus | None = Field(default=None, description="Observed state, written by the operator.")
+    status: MigrationStatus | None = Field(
+        default=None, description="Observed state, written by the operator."
+    )

@@ -10,8 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
-from vemigrate.api.host import HostStatus
-from vemigrate.api.host import VEKind
+from vemigrate.api.host import HostStatus, VEKind
 
 
 class VEState(StrEnum):
@@ -68,6 +67,7 @@ class HostObservation:
 
     name: str
     reachable: bool | None
+    exists: bool = True  # False: no HypervisorHost of that name in the migration's namespace
     facts: HostStatus | None = None
     error: str | None = None  # why it was not reachable, for the condition message
     max_inbound: int = 2

@@ -1,0 +1,44 @@
+"""What `decide` returns: the next status, the side effects to perform, and the Events to emit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from vemigrate.api.migration import MigrationStatus, Mode, SourceDisposition
+
+
+class ActionKind(StrEnum):
+    START_JOB = "StartJob"  # start the migration job keyed by the migration UID (idempotent)
+    ABORT_JOB = "AbortJob"  # ask the job to stop; the source keeps running
+    FORCE_COMPLETE = "ForceComplete"  # finish now: pause for switchover, or start post-copy
+    CLEANUP_TARGET = "CleanupTarget"  # remove what this migration built on the target
+    DISPOSE_SOURCE = "DisposeSource"  # remove or rename the source; only after the target is verified
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: ActionKind
+    mode: Mode | None = None  # START_JOB: Live or Offline
+    disposition: SourceDisposition | None = None  # DISPOSE_SOURCE: Removed or RenamedMigrated
+
+
+class EventType(StrEnum):
+    NORMAL = "Normal"
+    WARNING = "Warning"
+
+
+@dataclass(frozen=True)
+class Event:
+    type: EventType
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    status: MigrationStatus
+    actions: tuple[Action, ...] = ()
+    events: tuple[Event, ...] = ()
+    requeue_after: float | None = None  # seconds until the next pass is useful; None: on the next change
+    release_finalizer: bool = False  # deletion may proceed: nothing of this migration is in flight

@@ -1,0 +1,577 @@
+"""The phase machine: `decide(spec, status, observation, now) -> Decision`.
+
+Pending -> Queued -> Validating -> Transferring -> Switchover (live) -> Finalizing -> Succeeded, and
+from any phase RollingBack -> Failed, or Cancelled. The decision depends only on the stored status,
+the spec and this pass's observation, so any pass may be the first after an operator restart.
+
+What keeps the VE safe (DESIGN.md invariants):
+- nothing is aborted, cleaned or removed on an unknown observation: the pass waits;
+- DISPOSE_SOURCE is only decided once the target copy is verified;
+- CLEANUP_TARGET is only decided while the complete source copy is observed;
+- a final phase is never left.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from vemigrate.api.checks import CheckResult
+from vemigrate.api.common import ConditionStatus
+from vemigrate.api.host import HostStatus
+from vemigrate.api.migration import (
+    Action as SpecAction,
+)
+from vemigrate.api.migration import (
+    ConditionType,
+    Failure,
+    MigrationSpec,
+    MigrationStatus,
+    Mode,
+    Phase,
+    PhaseTransition,
+    Result,
+    SourceDisposition,
+)
+from vemigrate.core import checks as preflight
+from vemigrate.core import deadlines, progress
+from vemigrate.core.conditions import find, set_condition
+from vemigrate.core.decision import Action, ActionKind, Decision, Event, EventType
+from vemigrate.core.observation import (
+    ErrorClass,
+    HostObservation,
+    JobObservation,
+    JobState,
+    JobStats,
+    Observation,
+    VEFacts,
+    VEKind,
+)
+
+# Phases in which a migration holds a slot on its hosts.
+ACTIVE_PHASES = frozenset(
+    {Phase.VALIDATING, Phase.TRANSFERRING, Phase.SWITCHOVER, Phase.FINALIZING, Phase.ROLLING_BACK}
+)
+WAITING_PHASES = frozenset({Phase.PENDING, Phase.QUEUED})
+_MAX_TRANSITIONS = 64
+
+# How soon another pass is useful, per situation (seconds).
+POLL_JOB = 2.0
+POLL_WAIT = 5.0
+POLL_QUEUE = 10.0
+
+
+class _Pass:
+    """One decision in the making: the status being built, the actions and the Events."""
+
+    def __init__(self, spec: MigrationSpec, status: MigrationStatus, obs: Observation, now: datetime) -> None:
+        self.spec = spec
+        self.status = status
+        self.obs = obs
+        self.now = now
+        self.actions: list[Action] = []
+        self.events: list[Event] = []
+        self.requeue_after: float | None = None
+        self.waiting_reason: tuple[str, str] | None = None  # (reason, message) while observing only
+        self.success_reason = "Migrated"
+
+    # -- small verbs ---------------------------------------------------------------------------
+    @property
+    def cancelling(self) -> bool:
+        return self.spec.action == SpecAction.CANCEL or self.obs.deleting
+
+    def act(self, kind: ActionKind, **kwargs: object) -> None:
+        self.actions.append(Action(kind, **kwargs))  # type: ignore[arg-type]
+
+    def event(self, type_: EventType, reason: str, message: str) -> None:
+        self.events.append(Event(type_, reason, message))
+
+    def poll(self, seconds: float) -> None:
+        self.requeue_after = seconds if self.requeue_after is None else min(self.requeue_after, seconds)
+
+    def wait(self, reason: str, message: str, seconds: float = POLL_WAIT) -> None:
+        """Nothing can be decided this pass: keep the phase, say why, look again later."""
+        self.waiting_reason = (reason, message)
+        self.poll(seconds)
+
+    def goto(self, phase: Phase, message: str = "") -> None:
+        if phase == self.status.phase:
+            return
+        self.status.phase = phase
+        transitions = [*self.status.phase_transitions, PhaseTransition(phase=phase, time=self.now)]
+        self.status.phase_transitions = transitions[-_MAX_TRANSITIONS:]
+        if phase.final:
+            self.status.completion_time = self.now
+        if phase != Phase.QUEUED:
+            self.status.queued_reason = None
+        kind = EventType.WARNING if phase in (Phase.FAILED, Phase.ROLLING_BACK) else EventType.NORMAL
+        self.event(kind, phase.value, message or f"Migration is {phase.value}")
+
+    def entered(self, phase: Phase) -> datetime:
+        """When the current stint in `phase` began (the last transition into it)."""
+        for transition in reversed(self.status.phase_transitions):
+            if transition.phase == phase:
+                return transition.time
+        return self.now
+
+    def fail(self, reason: str, message: str, *, retryable: bool = False) -> None:
+        """Without a rollback: only from phases in which nothing was moved or touched."""
+        self.status.failure = Failure(
+            phase=self.status.phase, reason=reason, message=message, retryable=retryable
+        )
+        _conclude_failure(self)
+
+    def succeed(self, reason: str, message: str) -> None:
+        self.success_reason = reason
+        self.status.failure = None
+        self.status.progress = progress.completed(self.status.progress, JobStats(), self.now)
+        self.goto(Phase.SUCCEEDED, f"{reason}: {message}")
+
+    def roll_back(self, reason: str, message: str, *, retryable: bool) -> None:
+        """Stop the job and undo the target; the final phase is decided once that is observed."""
+        self.status.failure = Failure(
+            phase=self.status.phase, reason=reason, message=message, retryable=retryable
+        )
+        self.act(ActionKind.ABORT_JOB)
+        self.goto(Phase.ROLLING_BACK, f"{reason}: {message}")
+        self.poll(POLL_JOB)
+
+    def cancelled(self, message: str) -> None:
+        self.status.failure = Failure(phase=self.status.phase, reason="Cancelled", message=message)
+        self.goto(Phase.CANCELLED, message)
+
+
+def decide(spec: MigrationSpec, status: MigrationStatus | None, obs: Observation, now: datetime) -> Decision:
+    """The next status and side effects, from the stored status and this pass's observation."""
+    current = status.model_copy(deep=True) if status is not None else MigrationStatus()
+    step = _Pass(spec, current, obs, now)
+    if current.phase.final:
+        # Final phases are never left; deletion (or GitOps pruning) touches no VE.
+        return Decision(status=current, release_finalizer=obs.deleting)
+    _HANDLERS[current.phase](step)
+    _write_conditions(step)
+    current.observed_generation = obs.generation
+    return Decision(
+        status=current,
+        actions=tuple(step.actions),
+        events=tuple(step.events),
+        requeue_after=None if current.phase.final else step.requeue_after,
+        release_finalizer=current.phase.final and obs.deleting,
+    )
+
+
+# -- waiting phases ----------------------------------------------------------------------------
+def _waiting(step: _Pass) -> None:
+    spec, obs, status, now = step.spec, step.obs, step.status, step.now
+    if step.cancelling:
+        step.cancelled("Cancelled before anything was moved")
+        return
+    missing = [h for h in (obs.source, obs.target) if h is not None and not h.exists]
+    if missing:
+        names = ", ".join(repr(h.name) for h in missing)
+        created = obs.created or now
+        if now - created > timedelta(seconds=spec.timeouts.progress_seconds):
+            step.fail("HostNotFound", f"No HypervisorHost {names} in this namespace")
+            return
+        _queue(step, f"Waiting for HypervisorHost {names} to exist in this namespace", POLL_WAIT)
+        return
+    duplicate = _older_duplicate(step)
+    if duplicate is not None:
+        step.fail(
+            "DuplicateMigration",
+            f"Migration {duplicate} of VE {spec.source.name!r} on {spec.source.host!r} was created "
+            "first and is not finished; this one moves nothing",
+        )
+        return
+    if spec.not_before is not None and now < spec.not_before:
+        _queue(
+            step,
+            f"Waiting for the maintenance window at {spec.not_before.isoformat()}",
+            min((spec.not_before - now).total_seconds(), POLL_QUEUE * 6),
+        )
+        return
+    if status.next_attempt_time is not None and now < status.next_attempt_time:
+        _queue(
+            step,
+            f"Attempt {status.attempts} of {spec.retry.max_attempts} failed "
+            f"({status.failure.reason if status.failure else 'unknown'}); next attempt at "
+            f"{status.next_attempt_time.isoformat()}",
+            min((status.next_attempt_time - now).total_seconds(), POLL_QUEUE * 6),
+        )
+        return
+    blocked = _admission(step)
+    if blocked is not None:
+        _queue(step, blocked, POLL_QUEUE)
+        return
+    status.next_attempt_time = None
+    status.attempts += 1
+    if status.start_time is None:
+        status.start_time = now
+    step.goto(Phase.VALIDATING, f"Attempt {status.attempts}: running pre-flight checks")
+    step.poll(0)
+
+
+def _queue(step: _Pass, reason: str, seconds: float) -> None:
+    step.status.queued_reason = reason
+    step.goto(Phase.QUEUED, reason)
+    step.poll(max(seconds, 1.0))
+
+
+def _older_duplicate(step: _Pass) -> str | None:
+    """Another unfinished migration of the same VE created before this one (ties: lower UID wins)."""
+    spec, obs = step.spec, step.obs
+    mine = (obs.created or step.now, obs.uid)
+    for other in obs.others:
+        if (
+            other.source_host == spec.source.host
+            and other.ve_name == spec.source.name
+            and other.phase not in {p.value for p in Phase if p.final}
+            and (other.created, other.uid) < mine
+        ):
+            return other.uid
+    return None
+
+
+def _admission(step: _Pass) -> str | None:
+    """Why this migration may not start now (concurrency limits), or None."""
+    spec, obs = step.spec, step.obs
+    active = [o for o in obs.others if o.phase in {p.value for p in ACTIVE_PHASES}]
+    if obs.cluster_limit and len(active) >= obs.cluster_limit:
+        return f"Cluster limit: {len(active)} of {obs.cluster_limit} migrations in flight"
+    source_limit = obs.source.max_outbound if obs.source else 0
+    outbound = sum(1 for o in active if o.source_host == spec.source.host)
+    if source_limit and outbound >= source_limit:
+        return f"Host {spec.source.host!r} limit: {outbound} of {source_limit} outbound migrations in flight"
+    target_limit = obs.target.max_inbound if obs.target else 0
+    inbound = sum(1 for o in active if o.target_host == spec.target.host)
+    if target_limit and inbound >= target_limit:
+        return f"Host {spec.target.host!r} limit: {inbound} of {target_limit} inbound migrations in flight"
+    return None
+
+
+# -- Validating -------------------------------------------------------------------------------
+def _unreachable(hosts: list[HostObservation | None]) -> str | None:
+    for host in hosts:
+        if host is None or host.reachable is not True:
+            name = host.name if host is not None else "?"
+            detail = f": {host.error}" if host is not None and host.error else ""
+            return f"Host {name!r} not reachable{detail}"
+    return None
+
+
+def resolve_mode(requested: Mode, ve: VEFacts) -> Mode:
+    if requested != Mode.AUTO:
+        return requested
+    return Mode.LIVE if ve.state.live else Mode.OFFLINE
+
+
+def _validating(step: _Pass) -> None:
+    spec, obs, status, now = step.spec, step.obs, step.status, step.now
+    if obs.job is not None and obs.job.state != JobState.NONE:
+        # A job of ours already exists: the operator died after starting it. Adopt, never start another.
+        step.goto(Phase.TRANSFERRING, "Found this migration's job already running; re-attached")
+        _transferring(step)
+        return
+    if step.cancelling:
+        step.cancelled("Cancelled before anything was moved")
+        return
+    unreachable = _unreachable([obs.source, obs.target])
+    if unreachable is not None:
+        if now - step.entered(Phase.VALIDATING) > timedelta(seconds=spec.timeouts.progress_seconds):
+            step.fail("HostUnreachable", unreachable, retryable=True)
+        else:
+            step.wait("HostUnreachable", unreachable)
+        return
+    assert obs.source is not None and obs.target is not None
+    if obs.source_ve is None:
+        if obs.target_ve is not None and not spec.clone:
+            status.result = Result(target_name=obs.target_ve.name, target_uuid=obs.target_ve.uuid)
+            step.succeed(
+                "AlreadyOnTarget",
+                f"VE {spec.source.name!r} is on {spec.target.host!r} and gone from {spec.source.host!r}; "
+                "nothing moved",
+            )
+            return
+        step.fail("VENotFound", f"No VE {spec.source.name!r} on host {spec.source.host!r}")
+        return
+    ve = obs.source_ve
+    mode = resolve_mode(spec.mode, ve)
+    status.mode = mode
+    results = preflight.run_checks(
+        preflight.CheckInput(
+            spec=spec,
+            mode=mode,
+            ve=ve,
+            source=obs.source.facts or HostStatus(),
+            target=obs.target.facts or HostStatus(),
+            target_ve=obs.target_ve,
+            ssh_port_open=obs.ssh_port_open,
+        )
+    )
+    status.checks = results
+    failures = [c for c in results if c.result == CheckResult.FAILED]
+    if failures:
+        step.fail("PreflightFailed", preflight.summary(results))
+        return
+    if spec.dry_run:
+        step.succeed("DryRun", f"{preflight.summary(results)}; nothing moved")
+        return
+    status.failure = None
+    step.goto(Phase.TRANSFERRING, f"Attempt {status.attempts}: {mode.value.lower()} migration started")
+    step.act(ActionKind.START_JOB, mode=mode)
+    step.poll(POLL_JOB)
+
+
+# -- Transferring and Switchover ----------------------------------------------------------------
+def _transferring(step: _Pass) -> None:
+    obs, status, now = step.obs, step.status, step.now
+    job = obs.job
+    if job is None:
+        # Invariant 3: the source host did not answer. Nothing is aborted; look again.
+        step.wait("StateUnknown", "Cannot observe the migration job: source host not reachable")
+        return
+    if job.state == JobState.NONE:
+        if obs.target_verified:
+            _to_finalizing(step, job)
+            return
+        if step.cancelling:
+            # Nothing running (the start never happened): rolling back only cleans the target.
+            step.roll_back("Cancelled", "Cancelled by spec.action or deletion", retryable=False)
+            return
+        # Drivers keep records of finished jobs, so NONE means the start never happened.
+        step.act(ActionKind.START_JOB, mode=status.mode)
+        step.poll(POLL_JOB)
+        return
+    if job.state in (JobState.RUNNING, JobState.SWITCHOVER, JobState.POST_COPY):
+        status.progress = progress.advance(status.progress, job.stats, now)
+        _running(step, job)
+        return
+    if job.state == JobState.COMPLETED:
+        _to_finalizing(step, job)
+        return
+    # FAILED or CANCELLED (an abort we did not ask for counts as a failure).
+    reason = job.error_reason or ("Aborted" if job.state == JobState.CANCELLED else "MigrationFailed")
+    message = job.error_message or f"The migration job ended {job.state.value.lower()}"
+    if step.cancelling:
+        reason, message = "Cancelled", "Cancelled by spec.action or deletion"
+    step.roll_back(reason, message, retryable=job.error_class == ErrorClass.RETRYABLE)
+
+
+def _running(step: _Pass, job: JobObservation) -> None:
+    spec, status, now = step.spec, step.status, step.now
+    post_copy = job.state == JobState.POST_COPY
+    if job.state in (JobState.SWITCHOVER, JobState.POST_COPY) and status.mode == Mode.LIVE:
+        step.goto(Phase.SWITCHOVER, "Source paused; copying what changed" if not post_copy else "Post-copy")
+    if step.cancelling:
+        if post_copy:
+            # The VE already runs on the target: aborting now would lose it. Finish instead.
+            step.wait("CancelTooLate", "Cancel ignored: the VE already runs on the target (post-copy)")
+            return
+        step.roll_back("Cancelled", "Cancelled by spec.action or deletion", retryable=False)
+        return
+    step.poll(POLL_JOB)
+    if post_copy:
+        return
+    started = step.entered(Phase.TRANSFERRING)
+    if deadlines.progress_stalled(status.progress, started, spec.timeouts, now):
+        step.roll_back(
+            "ProgressTimeout",
+            f"No data moved for more than {spec.timeouts.progress_seconds} s (spec.timeouts.progressSeconds)",
+            retryable=True,
+        )
+        return
+    total = status.progress.bytes_total if status.progress else None
+    deadline = deadlines.completion_deadline(started, total, spec.timeouts)
+    if spec.action == SpecAction.FORCE_COMPLETE or now > deadline:
+        if status.mode != Mode.LIVE or job.state != JobState.RUNNING:
+            return
+        if spec.action != SpecAction.FORCE_COMPLETE and not spec.post_copy:
+            step.roll_back(
+                "CompletionTimeout",
+                f"Not finished by {deadline.isoformat()} ({spec.timeouts.completion_per_gib_seconds} s per GiB, "
+                "spec.timeouts.completionPerGiBSeconds); set postCopy or ForceComplete to finish such VEs",
+                retryable=True,
+            )
+            return
+        step.act(ActionKind.FORCE_COMPLETE)
+
+
+def _to_finalizing(step: _Pass, job: JobObservation) -> None:
+    status = step.status
+    status.progress = progress.completed(status.progress, job.stats, step.now)
+    if job.stats.downtime_ms is not None:
+        status.downtime_ms = job.stats.downtime_ms
+    step.goto(Phase.FINALIZING, "Transfer complete; verifying the target copy")
+    _finalizing(step)
+
+
+# -- Finalizing -------------------------------------------------------------------------------
+def _disposition(step: _Pass) -> SourceDisposition:
+    if step.spec.clone:
+        return SourceDisposition.KEPT
+    ve = step.obs.source_ve
+    if ve is not None and ve.type == VEKind.CONTAINER:
+        return SourceDisposition.RENAMED_MIGRATED
+    return SourceDisposition.REMOVED
+
+
+def _finalizing(step: _Pass) -> None:
+    spec, obs, status = step.spec, step.obs, step.status
+    if step.cancelling:
+        step.waiting_reason = ("CancelTooLate", "Cancel ignored: the transfer already completed")
+    if obs.target_verified is None:
+        step.wait("StateUnknown", f"Cannot verify the copy on {spec.target.host!r} yet")
+        return
+    if obs.target_verified is False:
+        # Both copies stay as they are: the source is not touched, the target is not deleted.
+        step.fail(
+            "TargetVerificationFailed",
+            f"The copy on {spec.target.host!r} did not verify; the source on {spec.source.host!r} "
+            "was left untouched. Inspect both hosts before retrying",
+        )
+        return
+    disposition = _disposition(step)
+    if disposition != SourceDisposition.KEPT and obs.source_disposed is not True:
+        if obs.source_disposed is None:
+            step.wait("StateUnknown", f"Cannot observe the source on {spec.source.host!r}")
+            return
+        step.act(ActionKind.DISPOSE_SOURCE, disposition=disposition)
+        step.poll(POLL_JOB)
+        return
+    target = obs.target_ve
+    status.result = Result(
+        target_name=target.name if target else spec.source.name,
+        target_uuid=target.uuid if target else None,
+        source_disposition=disposition,
+    )
+    step.succeed("Migrated", f"VE on {spec.target.host!r}; source {disposition.value.lower()}")
+
+
+# -- RollingBack ------------------------------------------------------------------------------
+def _rolling_back(step: _Pass) -> None:
+    spec, obs, status = step.spec, step.obs, step.status
+    job = obs.job
+    if job is None:
+        step.wait("StateUnknown", "Cannot observe the migration job: source host not reachable")
+        return
+    if job.state == JobState.COMPLETED:
+        # The job finished before the abort reached it: the target holds the complete VE now.
+        step.event(
+            EventType.WARNING, "CompletedBeforeAbort", "The transfer completed before it could be stopped"
+        )
+        _to_finalizing(step, job)
+        return
+    if job.state == JobState.POST_COPY:
+        step.wait("CancelTooLate", "The VE already runs on the target (post-copy); waiting for it to finish")
+        return
+    if job.state in (JobState.RUNNING, JobState.SWITCHOVER):
+        step.act(ActionKind.ABORT_JOB)
+        step.wait("Aborting", "Waiting for the migration job to stop", POLL_JOB)
+        return
+    if obs.source is None or obs.source.reachable is not True or obs.target_leftovers is None:
+        step.wait("StateUnknown", "Cannot observe both hosts to finish the rollback")
+        return
+    if obs.source_ve is None:
+        # No complete source copy observed: never clean the target now, it may be the only copy.
+        step.fail(
+            "RollbackIncomplete",
+            f"VE {spec.source.name!r} is not on {spec.source.host!r} after the rollback; the target "
+            f"{spec.target.host!r} was left as it is",
+        )
+        return
+    if obs.target_leftovers:
+        step.act(ActionKind.CLEANUP_TARGET)
+        step.wait("CleaningUp", f"Removing what this migration left on {spec.target.host!r}", POLL_JOB)
+        return
+    failure = status.failure
+    if step.cancelling or (failure is not None and failure.reason == "Cancelled"):
+        step.cancelled("Cancelled; the VE stays on the source and nothing is left on the target")
+        return
+    _conclude_failure(step)
+
+
+def _conclude_failure(step: _Pass) -> None:
+    """Nothing of this attempt is in flight any more: queue the next attempt if allowed, else Failed."""
+    spec, status, now = step.spec, step.status, step.now
+    failure = status.failure
+    assert failure is not None
+    if failure.retryable and status.attempts < spec.retry.max_attempts and not step.cancelling:
+        wait = deadlines.backoff(status.attempts, spec.retry.backoff_seconds)
+        status.next_attempt_time = now + wait
+        _queue(
+            step,
+            f"Attempt {status.attempts} of {spec.retry.max_attempts} failed ({failure.reason}); "
+            f"next attempt at {status.next_attempt_time.isoformat()}",
+            wait.total_seconds(),
+        )
+        return
+    step.goto(Phase.FAILED, f"{failure.reason}: {failure.message}")
+
+
+_HANDLERS: dict[Phase, Callable[[_Pass], None]] = {
+    Phase.PENDING: _waiting,
+    Phase.QUEUED: _waiting,
+    Phase.VALIDATING: _validating,
+    Phase.TRANSFERRING: _transferring,
+    Phase.SWITCHOVER: _transferring,
+    Phase.FINALIZING: _finalizing,
+    Phase.ROLLING_BACK: _rolling_back,
+}
+
+
+# -- conditions -------------------------------------------------------------------------------
+def _write_conditions(step: _Pass) -> None:
+    status, now, gen = step.status, step.now, step.obs.generation
+    phase = status.phase
+    conds = status.conditions
+    failure = status.failure
+
+    if status.checks:
+        failed = [c for c in status.checks if c.result == CheckResult.FAILED]
+        conds = set_condition(
+            conds,
+            ConditionType.PREFLIGHT_PASSED,
+            ConditionStatus.FALSE if failed else ConditionStatus.TRUE,
+            "PreflightFailed" if failed else "AllChecksPassed",
+            preflight.summary(status.checks),
+            now,
+            gen,
+        )
+    elif find(conds, ConditionType.PREFLIGHT_PASSED) is None:
+        conds = set_condition(
+            conds, ConditionType.PREFLIGHT_PASSED, ConditionStatus.UNKNOWN, "NotChecked", "", now, gen
+        )
+
+    if phase.final:
+        progressing = (ConditionStatus.FALSE, phase.value, "")
+    elif step.waiting_reason is not None:
+        unknown = step.waiting_reason[0] in ("StateUnknown", "HostUnreachable")
+        progressing = (
+            ConditionStatus.UNKNOWN if unknown else ConditionStatus.TRUE,
+            step.waiting_reason[0],
+            step.waiting_reason[1],
+        )
+    elif phase == Phase.QUEUED:
+        progressing = (ConditionStatus.FALSE, "Queued", status.queued_reason or "")
+    else:
+        progressing = (ConditionStatus.TRUE, phase.value, f"Migration is {phase.value}")
+    conds = set_condition(conds, ConditionType.PROGRESSING, *progressing, now, gen)
+
+    if phase == Phase.SUCCEEDED:
+        succeeded = (
+            ConditionStatus.TRUE,
+            step.success_reason,
+            step.events[-1].message if step.events else "",
+        )
+    elif phase in (Phase.FAILED, Phase.CANCELLED) and failure is not None:
+        succeeded = (ConditionStatus.FALSE, failure.reason, failure.message)
+    else:
+        succeeded = (ConditionStatus.UNKNOWN, "InProgress", f"Migration is {phase.value}")
+    conds = set_condition(conds, ConditionType.SUCCEEDED, *succeeded, now, gen)
+
+    if phase == Phase.FAILED and failure is not None:
+        failed_cond = (ConditionStatus.TRUE, failure.reason, failure.message)
+    else:
+        failed_cond = (ConditionStatus.FALSE, "NotFailed", "")
+    conds = set_condition(conds, ConditionType.FAILED, *failed_cond, now, gen)
+    status.conditions = conds
