@@ -1,0 +1,125 @@
+"""Where the lab keeps its files, and the record of what it started (so `down` and a later `up`
+can undo it, by PID, even after a crash)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vemigrate.devenv.lab.process import Tracked
+
+# Names of everything the lab creates in the root namespace start with these prefixes, so an
+# interrupted run whose state file is gone can still be found and cleaned.
+NETNS_PREFIX = "vemigrate-"
+LINK_PREFIX = "vmlab"
+ROOT_BRIDGE = "vmlab0"
+DEFAULT_SUBNET = "10.231.77.0/24"
+DEFAULT_GUEST_BRIDGE = "vmbr0"
+
+
+def cache_dir() -> Path:
+    """${VEMIGRATE_CACHE:-${XDG_CACHE_HOME:-~/.cache}/vemigrate}: outside the repository."""
+    explicit = os.environ.get("VEMIGRATE_CACHE")
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "vemigrate"
+
+
+def lab_dir() -> Path:
+    return cache_dir() / "lab"
+
+
+@dataclass
+class HostState:
+    """One lab host as recorded on disk."""
+
+    name: str
+    address: str
+    netns: str
+    veth: str  # the root-namespace end; the host's end is eth0 inside its namespace
+    guest_bridge: str
+    dir: Path
+    holder: Tracked | None = None
+    daemons: dict[str, Tracked] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "address": self.address,
+            "netns": self.netns,
+            "veth": self.veth,
+            "guest_bridge": self.guest_bridge,
+            "dir": str(self.dir),
+            "holder": self.holder.to_json() if self.holder else None,
+            "daemons": {k: v.to_json() for k, v in self.daemons.items()},
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> HostState:
+        return cls(
+            name=data["name"],
+            address=data["address"],
+            netns=data["netns"],
+            veth=data["veth"],
+            guest_bridge=data["guest_bridge"],
+            dir=Path(data["dir"]),
+            holder=Tracked.from_json(data["holder"]) if data.get("holder") else None,
+            daemons={k: Tracked.from_json(v) for k, v in data.get("daemons", {}).items()},
+        )
+
+
+@dataclass
+class LabState:
+    """The whole lab: subnet, root bridge, acceleration in use, hosts."""
+
+    subnet: str
+    bridge_address: str
+    accel: str
+    hosts: list[HostState] = field(default_factory=list)
+    pool_mib: int = 1024
+    up_seconds: float = 0.0
+
+    @staticmethod
+    def path() -> Path:
+        return lab_dir() / "state.json"
+
+    def save(self) -> None:
+        data = {
+            "subnet": self.subnet,
+            "bridge_address": self.bridge_address,
+            "accel": self.accel,
+            "pool_mib": self.pool_mib,
+            "up_seconds": self.up_seconds,
+            "hosts": [h.to_json() for h in self.hosts],
+        }
+        path = self.path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls) -> LabState | None:
+        try:
+            data = json.loads(cls.path().read_text())
+        except FileNotFoundError:
+            return None
+        return cls(
+            subnet=data["subnet"],
+            bridge_address=data["bridge_address"],
+            accel=data["accel"],
+            pool_mib=int(data.get("pool_mib", 1024)),
+            up_seconds=float(data.get("up_seconds", 0.0)),
+            hosts=[HostState.from_json(h) for h in data["hosts"]],
+        )
+
+    def host(self, name: str) -> HostState:
+        for h in self.hosts:
+            if h.name == name:
+                return h
+        known = ", ".join(h.name for h in self.hosts) or "none"
+        raise RuntimeError(f"no lab host named {name!r} (hosts: {known})")
