@@ -1,0 +1,680 @@
+"""Pre-flight checks: one small function per requirement or restriction of the migration guide.
+
+Each check reads plain facts (the VE, both hosts, the spec) and returns (result, message). A fact a
+host did not report gives Skipped with a message naming the host and the fact, never a silent pass.
+Messages are for the user who has to act: they name the numbers compared and what to do.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+from vemigrate.api.checks import CheckName, CheckResult
+from vemigrate.api.host import HostStatus, StorageFacts, VEKind
+from vemigrate.api.migration import CheckStatus, MigrationSpec, Mode
+from vemigrate.core.observation import VEFacts, VEState
+
+PASSED, FAILED, SKIPPED = CheckResult.PASSED, CheckResult.FAILED, CheckResult.SKIPPED
+Outcome = tuple[CheckResult, str]
+
+DISK_MARGIN = 0.05  # room for metadata and conversion on top of the disks' allocated size
+MAX_TIME_SKEW_MS = 1000
+MIN_LINK_MBPS = 1000  # the guide: at least 1 Gbps
+V6_MIN_SOURCE = (6, 0, 11, 3466)  # Virtuozzo 6.0.11-3466
+V6_MAX_TARGET = (7, 5, 4)  # Virtuozzo Hybrid Server 7.5 Update 4
+_MAX_LISTED = 10
+_MAX_MESSAGE = 4096  # CheckStatus.message limit
+
+
+@dataclass(frozen=True)
+class CheckInput:
+    spec: MigrationSpec
+    mode: Mode  # resolved: Mode.LIVE or Mode.OFFLINE (never AUTO)
+    ve: VEFacts  # the VE on the source
+    source: HostStatus
+    target: HostStatus
+    target_ve: VEFacts | None  # a VE with the same name or UUID already on the target (None: none)
+    ssh_port_open: bool | None  # whether the source reaches the target's SSH port 22 (None: unknown)
+
+    @property
+    def live(self) -> bool:
+        # AUTO should never arrive here; if it does, resolve it the way the phase machine does.
+        if self.mode == Mode.AUTO:
+            return self.ve.state.live
+        return self.mode == Mode.LIVE
+
+    @property
+    def src(self) -> str:
+        return f"source {self.spec.source.host}"
+
+    @property
+    def dst(self) -> str:
+        return f"target {self.spec.target.host}"
+
+    @property
+    def container(self) -> bool:
+        return self.ve.type == VEKind.CONTAINER
+
+
+CheckFn = Callable[[CheckInput], Outcome]
+
+# CheckName -> the check, with its scope (live only, VE kind, Virtuozzo 6) already applied.
+REGISTRY: dict[CheckName, CheckFn] = {}
+
+
+# -- public interface ---------------------------------------------------------------------------
+def run_checks(inp: CheckInput) -> list[CheckStatus]:
+    """One CheckStatus per CheckName, in enum order."""
+    skip = set(inp.spec.checks.skip)
+    results: list[CheckStatus] = []
+    for name in CheckName:
+        if name in skip:
+            result, message = SKIPPED, "skipped by spec.checks.skip"
+        else:
+            try:
+                result, message = REGISTRY[name](inp)
+            except Exception as exc:  # a bug in a check must block the migration, not crash the pass
+                result, message = FAILED, f"internal error in check {name.value}: {exc!r}; please report it"
+        results.append(CheckStatus(name=name, result=result, message=_clip(message)))
+    return results
+
+
+def failed(checks: Sequence[CheckStatus]) -> list[CheckStatus]:
+    return [c for c in checks if c.result == CheckResult.FAILED]
+
+
+def summary(checks: Sequence[CheckStatus]) -> str:
+    """One line for a condition message."""
+    bad = failed(checks)
+    if bad:
+        return f"{len(bad)} of {len(checks)} checks failed: {', '.join(c.name.value for c in bad)}"
+    skipped = sum(1 for c in checks if c.result == CheckResult.SKIPPED)
+    passed = len(checks) - skipped
+    return f"{passed} of {len(checks)} checks passed, {skipped} skipped, none failed"
+
+
+def is_virtuozzo6(host: HostStatus) -> bool:
+    parsed = _product(host)
+    return parsed is not None and parsed[0][:1] == (6,)
+
+
+# -- registration and scope ---------------------------------------------------------------------
+def _check(
+    name: CheckName, *, live_only: bool = False, only: VEKind | None = None, v6_only: bool = False
+) -> Callable[[CheckFn], CheckFn]:
+    def register(fn: CheckFn) -> CheckFn:
+        def scoped(inp: CheckInput) -> Outcome:
+            why = _out_of_scope(inp, live_only=live_only, only=only, v6_only=v6_only)
+            return (SKIPPED, why) if why is not None else fn(inp)
+
+        REGISTRY[name] = scoped
+        return fn
+
+    return register
+
+
+def _out_of_scope(inp: CheckInput, *, live_only: bool, only: VEKind | None, v6_only: bool) -> str | None:
+    if v6_only and not is_virtuozzo6(inp.source):
+        if _version_text(inp.source) is None:
+            return (
+                f"{inp.src} did not report its product version, so whether it runs Virtuozzo 6 is unknown; not checked"
+            )
+        return f"{inp.src} runs {_version_text(inp.source)}, not Virtuozzo 6: not required"
+    if only == VEKind.CONTAINER and inp.ve.type != VEKind.CONTAINER:
+        return "virtual machine: applies to containers only"
+    if only == VEKind.VM and inp.ve.type != VEKind.VM:
+        return "container: applies to virtual machines only"
+    if live_only and not inp.live:
+        return "offline migration: not required"
+    return None
+
+
+# -- formatting ---------------------------------------------------------------------------------
+def _num(x: float) -> str:
+    return f"{x:.2f}".rstrip("0").rstrip(".")
+
+
+def _size(n: int) -> str:
+    for unit, factor in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if abs(n) >= factor:
+            return f"{_num(n / factor)} {unit}"
+    return f"{n} B"
+
+
+def _sizes(have: int, need: int) -> tuple[str, str]:
+    """Both sizes in human form; exact bytes when rounding would make them look equal."""
+    a, b = _size(have), _size(need)
+    if a == b and have != need:
+        return f"{a} ({have} bytes)", f"{b} ({need} bytes)"
+    return a, b
+
+
+def _listed(items: Sequence[str], limit: int = _MAX_LISTED) -> str:
+    if not items:
+        return "none"
+    shown = ", ".join(items[:limit])
+    return f"{shown} and {len(items) - limit} more" if len(items) > limit else shown
+
+
+def _clip(message: str) -> str:
+    return message if len(message) <= _MAX_MESSAGE else message[: _MAX_MESSAGE - 3] + "..."
+
+
+def _unknown(host: str, what: str) -> Outcome:
+    return SKIPPED, f"{host} did not report {what}; not checked"
+
+
+def _ve(inp: CheckInput) -> str:
+    kind = "container" if inp.container else "VM"
+    return f"{kind} {inp.ve.name!r}"
+
+
+# -- product versions ---------------------------------------------------------------------------
+# "Virtuozzo 6.0.11-3466", "Virtuozzo release 6.0.11 (3466)", "Parallels Cloud Server 6.0.10 (2722)",
+# "Virtuozzo 7.0.14", "Virtuozzo Hybrid Server 7.5.4", "Virtuozzo Hybrid Server 7.5 Update 4".
+# "Virtuozzo Linux" is the host OS, not the hypervisor, so it is not a product here.
+_PRODUCT = re.compile(
+    r"\b(?P<family>parallels\s+cloud\s+server|virtuozzo(?:\s+hybrid\s+server)?)(?!\s+linux)"
+    r"\s+(?:release\s+)?(?P<version>\d+(?:\.\d+)*)"
+    r"(?:\s+update\s+(?P<update>\d+))?"
+    r"(?:\s*-\s*(?P<build>\d+)|\s*\((?P<pbuild>\d+)\))?",
+    re.IGNORECASE,
+)
+
+
+def _version_text(host: HostStatus) -> str | None:
+    return host.version.product if host.version is not None and host.version.product else None
+
+
+def _product(host: HostStatus) -> tuple[tuple[int, ...], int | None] | None:
+    """(version, build) of Virtuozzo or its predecessor Parallels Cloud Server; None for anything else."""
+    text = _version_text(host)
+    match = _PRODUCT.search(text) if text else None
+    if match is None:
+        return None
+    version = tuple(int(p) for p in match["version"].split("."))
+    if match["update"] is not None:
+        version = (*_pad(version, 2), int(match["update"]))
+    build = match["build"] or match["pbuild"]
+    return version, int(build) if build else None
+
+
+def _pad(version: tuple[int, ...], n: int = 3) -> tuple[int, ...]:
+    return (*version, *(0,) * n)[:n]
+
+
+def _dotted(version: tuple[int, ...]) -> str:
+    return ".".join(str(p) for p in version)
+
+
+# -- requirements for every migration -----------------------------------------------------------
+@_check(CheckName.SOURCE_VE)
+def _source_ve(inp: CheckInput) -> Outcome:
+    ve = inp.ve
+    return PASSED, f"{inp.src} has {_ve(inp)} (UUID {ve.uuid}), {ve.state.value}"
+
+
+@_check(CheckName.TARGET_FREE)
+def _target_name_free(inp: CheckInput) -> Outcome:
+    other = inp.target_ve
+    if other is None:
+        return PASSED, f"{inp.dst} holds no VE named {inp.ve.name!r} or with UUID {inp.ve.uuid}"
+    same_name = other.name == inp.ve.name
+    same_uuid = other.uuid == inp.ve.uuid
+    where = f"{inp.dst} already has a VE {other.name!r} (UUID {other.uuid}, {other.state.value})"
+    if inp.spec.clone and not same_name:
+        return (
+            PASSED,
+            f"{where} with the source's UUID, but a clone gets a new UUID and the name {inp.ve.name!r} is free",
+        )
+    if inp.spec.clone and same_name:
+        clash = "with the same name: the clone gets a new UUID but the name still collides"
+    elif same_name and same_uuid:
+        clash = "with the same name and UUID: the VE may already have been migrated there"
+    elif same_name:
+        clash = "with the same name"
+    elif same_uuid:
+        clash = "with the same UUID: the VE may already have been migrated there"
+    else:
+        clash = "that collides with it"
+    return FAILED, (
+        f"{where} {clash}. Check which copy is the one to keep, then delete or rename the other on "
+        f"{inp.spec.target.host} (prlctl delete / virsh undefine) before migrating"
+    )
+
+
+_LIVE_STATES = {VEKind.VM: (VEState.RUNNING, VEState.PAUSED), VEKind.CONTAINER: (VEState.RUNNING,)}
+_OFFLINE_STATES = (VEState.STOPPED, VEState.SUSPENDED)
+
+
+@_check(CheckName.VE_STATE)
+def _ve_state(inp: CheckInput) -> Outcome:
+    state, ve = inp.ve.state, _ve(inp)
+    live_ok = _LIVE_STATES[inp.ve.type]
+    if state == VEState.MIGRATING:
+        return FAILED, f"{ve} is being migrated already; wait for that migration to finish"
+    if state not in live_ok and state not in _OFFLINE_STATES:
+        # No mode fits (e.g. a paused container or an unknown state), so even Auto cannot go on.
+        return FAILED, (
+            f"{ve} is {state.value}: live migration needs {' or '.join(s.value for s in live_ok)}, offline "
+            "needs stopped or suspended; start, resume or stop it first"
+        )
+    if inp.live:
+        if state in live_ok:
+            return PASSED, f"{ve} is {state.value}: live migration"
+        return FAILED, (
+            f"mode Live was requested but {ve} is {state.value}; live migration needs it "
+            f"{' or '.join(s.value for s in live_ok)}: start it first, or use mode Auto or Offline"
+        )
+    if state in _OFFLINE_STATES:
+        return PASSED, f"{ve} is {state.value}: offline migration"
+    return FAILED, (
+        f"mode Offline was requested but {ve} is {state.value}; offline migration needs it stopped or "
+        "suspended: stop or suspend it first, or use mode Auto"
+    )
+
+
+def _storage_for(path: str, storage: Sequence[StorageFacts]) -> StorageFacts | None:
+    """The storage entry whose path is the longest prefix (by path components) of `path`."""
+    target = PurePosixPath(path)
+    best: StorageFacts | None = None
+    for entry in storage:
+        root = PurePosixPath(entry.path)
+        if target.is_relative_to(root) and (best is None or len(root.parts) > len(PurePosixPath(best.path).parts)):
+            best = entry
+    return best
+
+
+@_check(CheckName.TARGET_DISK)
+def _target_disk(inp: CheckInput) -> Outcome:
+    path = inp.spec.target.path or inp.target.default_path
+    if not path:
+        return SKIPPED, f"{inp.dst} did not report its default VE directory and spec.target.path is unset; not checked"
+    if not inp.target.storage:
+        return _unknown(inp.dst, "free disk space")
+    entry = _storage_for(path, inp.target.storage)
+    if entry is None:
+        paths = _listed([s.path for s in inp.target.storage])
+        return _unknown(inp.dst, f"free space for {path} (it reported {paths})")
+    if inp.ve.shared_storage and entry.shared:
+        return (
+            PASSED,
+            f"{_ve(inp)} and {entry.path} on {inp.spec.target.host} are on shared storage: no disk data is copied",
+        )
+    if inp.ve.disk_bytes <= 0:
+        return _unknown(inp.src, f"the disk size of {_ve(inp)}")
+    need = inp.ve.disk_bytes + int(inp.ve.disk_bytes * DISK_MARGIN)
+    free, needed = _sizes(entry.free_bytes, need)
+    where = entry.path if PurePosixPath(entry.path) == PurePosixPath(path) else f"{entry.path} (holding {path})"
+    comparison = (
+        f"{inp.dst} has {free} free at {where}; {_ve(inp)} needs {_size(inp.ve.disk_bytes)} + 5% margin = {needed}"
+    )
+    if entry.free_bytes >= need:
+        return PASSED, comparison
+    return FAILED, f"{comparison}: free space there, choose another spec.target.path, or another target"
+
+
+@_check(CheckName.TARGET_MEMORY)
+def _target_memory(inp: CheckInput) -> Outcome:
+    if inp.target.memory_free_bytes is None:
+        return _unknown(inp.dst, "free memory")
+    if inp.ve.memory_bytes <= 0:
+        return _unknown(inp.src, f"the memory size of {_ve(inp)}")
+    free, need = _sizes(inp.target.memory_free_bytes, inp.ve.memory_bytes)
+    comparison = f"{inp.dst} has {free} memory free; {_ve(inp)} needs {need} to run there"
+    if inp.target.memory_free_bytes >= inp.ve.memory_bytes:
+        return PASSED, comparison
+    return FAILED, f"{comparison}: free memory on {inp.spec.target.host} or choose another target"
+
+
+@_check(CheckName.TARGET_CPU)
+def _target_cpu(inp: CheckInput) -> Outcome:
+    count = inp.target.cpu.count if inp.target.cpu is not None else None
+    if count is None:
+        return _unknown(inp.dst, "its CPU count")
+    comparison = f"{inp.dst} has {count} logical CPUs; {_ve(inp)} has {inp.ve.vcpus} vCPUs"
+    if count >= inp.ve.vcpus:
+        return PASSED, comparison
+    return FAILED, f"{comparison}: reduce the VE's vCPUs or choose a larger target"
+
+
+@_check(CheckName.SSH_PORT)
+def _ssh_port(inp: CheckInput) -> Outcome:
+    if inp.ssh_port_open is None:
+        return SKIPPED, f"unknown whether {inp.src} reaches port 22 on {inp.dst}; not checked"
+    if inp.ssh_port_open:
+        return PASSED, f"{inp.src} reaches port 22 on {inp.dst}"
+    return FAILED, (
+        f"the source cannot reach port 22 on the target: allow direct SSH from {inp.spec.source.host} "
+        f"to {inp.spec.target.host} port 22 (firewall, sshd)"
+    )
+
+
+@_check(CheckName.BRIDGES)
+def _bridges(inp: CheckInput) -> Outcome:
+    used = sorted(set(inp.ve.bridges))
+    if not used:
+        return PASSED, f"{_ve(inp)} uses no bridged network"
+    if inp.target.network is None or not inp.target.network.bridges:
+        return _unknown(inp.dst, "its bridges")
+    have = inp.target.network.bridges
+    missing = [b for b in used if b not in have]
+    if not missing:
+        return PASSED, f"{inp.dst} has every bridge {_ve(inp)} uses: {_listed(used)}"
+    return FAILED, (
+        f"{inp.dst} lacks bridge(s) {_listed(missing)} used by {_ve(inp)} (it has {_listed(sorted(have))}); "
+        "bridge names must be exactly the same on both hosts: create them on the target"
+    )
+
+
+@_check(CheckName.SNAPSHOTS, only=VEKind.VM)
+def _snapshots(inp: CheckInput) -> Outcome:
+    n = inp.ve.snapshots
+    if n <= 0:
+        return PASSED, f"{_ve(inp)} has no snapshots"
+    return FAILED, (
+        f"{_ve(inp)} has {n} snapshot{'s' if n != 1 else ''}; VMs with snapshots cannot be migrated: "
+        f"delete the {n} snapshot{'s' if n != 1 else ''} (prlctl snapshot-delete) or skip NoSnapshots"
+    )
+
+
+@_check(CheckName.LINKED_CLONES)
+def _linked_clones(inp: CheckInput) -> Outcome:
+    if not inp.ve.linked_clone:
+        return PASSED, f"{_ve(inp)} is neither a linked clone nor the base of one"
+    return FAILED, (
+        f"{_ve(inp)} is a linked clone or has linked clones; these cannot be migrated: make it a full "
+        "copy (prlctl clone without --linked) or delete the linked clones"
+    )
+
+
+@_check(CheckName.VE_TYPE)
+def _ve_type(inp: CheckInput) -> Outcome:
+    kinds = inp.target.ve_types
+    if not kinds:
+        return _unknown(inp.dst, "which kinds of VE it runs")
+    runs = ", ".join(k.value for k in kinds)
+    if inp.ve.type in kinds:
+        return PASSED, f"{inp.dst} runs {runs}"
+    if inp.container:
+        return FAILED, (
+            f"{inp.dst} runs only {runs}: a container cannot be migrated into a virtual machine; choose a "
+            "target that runs containers"
+        )
+    return FAILED, f"{inp.dst} runs only {runs}: choose a target that runs virtual machines"
+
+
+@_check(CheckName.TUNNEL)
+def _tunnel(inp: CheckInput) -> Outcome:
+    if inp.spec.tunnel:
+        return PASSED, "migration traffic goes through the encrypted tunnel"
+    if inp.container:
+        return FAILED, "tunnelless container migration is not supported: set spec.tunnel to true"
+    return PASSED, (
+        "tunnel off (--no-tunnel): migration traffic is unencrypted and the target's firewall must allow "
+        "incoming connections on any port of the migration interface"
+    )
+
+
+# -- live migration only ------------------------------------------------------------------------
+@_check(CheckName.TIME_SYNC, live_only=True)
+def _time_sync(inp: CheckInput) -> Outcome:
+    a, b = inp.source.time_offset_ms, inp.target.time_offset_ms
+    if a is None:
+        return _unknown(inp.src, "its clock offset")
+    if b is None:
+        return _unknown(inp.dst, "its clock offset")
+    skew = abs(a - b)
+    comparison = (
+        f"clocks differ by {skew} ms ({inp.src} {a:+d} ms, {inp.dst} {b:+d} ms against the operator); "
+        f"live migration allows at most {MAX_TIME_SKEW_MS} ms"
+    )
+    if skew <= MAX_TIME_SKEW_MS:
+        return PASSED, comparison
+    return FAILED, f"{comparison}: synchronise both hosts with NTP (chronyd: systemctl enable --now chronyd)"
+
+
+@_check(CheckName.LINK_SPEED, live_only=True)
+def _link_speed(inp: CheckInput) -> Outcome:
+    speeds: list[tuple[str, int]] = []
+    for label, host in ((inp.src, inp.source), (inp.dst, inp.target)):
+        speed = host.network.link_speed_mbps if host.network is not None else None
+        if speed is None:
+            return _unknown(label, "its link speed")
+        speeds.append((label, speed))
+    slow = [f"{label} links at {mbps} Mbit/s" for label, mbps in speeds if mbps < MIN_LINK_MBPS]
+    if not slow:
+        both = ", ".join(f"{label} {mbps} Mbit/s" for label, mbps in speeds)
+        return PASSED, f"{both}; live migration needs at least {MIN_LINK_MBPS} Mbit/s"
+    return FAILED, (
+        f"{'; '.join(slow)}; live migration needs at least {MIN_LINK_MBPS} Mbit/s (1 Gbit/s): use a faster "
+        "link (HypervisorHost migrationAddress) or migrate offline"
+    )
+
+
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _networks(cidrs: Sequence[str]) -> list[_Network]:
+    nets: list[_Network] = []
+    for cidr in cidrs:
+        try:
+            net = ipaddress.ip_network(cidr.strip(), strict=False)
+        except ValueError:
+            continue  # a garbled entry is no evidence either way
+        # Every host has loopback and link-local networks; sharing those proves nothing.
+        if not (net.is_loopback or net.is_link_local):
+            nets.append(net)
+    return nets
+
+
+@_check(CheckName.SUBNET, live_only=True)
+def _same_subnet(inp: CheckInput) -> Outcome:
+    src = _networks(inp.source.network.subnets) if inp.source.network is not None else []
+    dst = _networks(inp.target.network.subnets) if inp.target.network is not None else []
+    for label, nets in ((inp.src, src), (inp.dst, dst)):
+        if not nets:
+            return _unknown(label, "any subnet other than loopback or link-local")
+    shared = sorted({str(a) for a in src for b in dst if a.version == b.version and a.overlaps(b)})
+    if shared:
+        return PASSED, f"both hosts are on {_listed(shared)}"
+    return FAILED, (
+        f"{inp.src} is on {_listed([str(n) for n in src])}, {inp.dst} on {_listed([str(n) for n in dst])}: "
+        "live migration needs both in the same subnet; choose a target there or migrate offline"
+    )
+
+
+_VENDORS = {"genuineintel": "Intel", "intel": "Intel", "authenticamd": "AMD", "amd": "AMD"}
+
+
+def _vendor(host: HostStatus) -> str | None:
+    raw = host.cpu.vendor if host.cpu is not None else None
+    if not raw or not raw.strip():
+        return None
+    return _VENDORS.get(raw.strip().lower(), raw.strip())
+
+
+@_check(CheckName.CPU_VENDOR, live_only=True)
+def _cpu_vendor(inp: CheckInput) -> Outcome:
+    a, b = _vendor(inp.source), _vendor(inp.target)
+    if a is None:
+        return _unknown(inp.src, "its CPU vendor")
+    if b is None:
+        return _unknown(inp.dst, "its CPU vendor")
+    if a.lower() == b.lower():
+        return PASSED, f"both hosts have {a} CPUs"
+    return FAILED, (
+        f"{inp.src} has {a} CPUs, {inp.dst} has {b}: live migration needs the same CPU vendor; choose a "
+        f"target with {a} CPUs or stop the VE and migrate offline"
+    )
+
+
+@_check(CheckName.CPU_FEATURES, live_only=True)
+def _cpu_features(inp: CheckInput) -> Outcome:
+    src, dst = inp.source.cpu, inp.target.cpu
+    pool_a = src.pool if src is not None else None
+    pool_b = dst.pool if dst is not None else None
+    if pool_a and pool_a == pool_b:
+        return PASSED, f"both hosts are in CPU pool {pool_a!r}, which guarantees live migration between its members"
+    if src is None or not src.features:
+        return _unknown(inp.src, "its CPU features")
+    if dst is None or not dst.features:
+        return _unknown(inp.dst, "its CPU features")
+    have = {f.lower() for f in dst.features}
+    missing = sorted({f.lower() for f in src.features} - have)
+    if not missing:
+        return PASSED, f"{inp.dst} offers all {len(set(src.features))} CPU features of {inp.src}"
+    amd = "AMD" in (_vendor(inp.source), _vendor(inp.target))
+    remedy = (
+        "CPU pools and feature masks do not work on AMD processors: choose a target with the same CPU features"
+        if amd
+        else "put both hosts in one CPU pool, or mask the features on the source with prlsrvctl set "
+        "--cpu-features-mask (pools and masks work on Intel Ivy Bridge and newer, not on AMD)"
+    )
+    return FAILED, f"{inp.dst} lacks {len(missing)} CPU feature(s) of {inp.src}: {_listed(missing)}; {remedy}"
+
+
+@_check(CheckName.CPUID_OVERRIDE, live_only=True, only=VEKind.CONTAINER)
+def _cpuid_override(inp: CheckInput) -> Outcome:
+    lacking: list[str] = []
+    unknown: list[str] = []
+    for label, host in ((inp.src, inp.source), (inp.dst, inp.target)):
+        if host.cpuid_override or host.nested:  # nested installations are exempt
+            continue
+        (unknown if host.cpuid_override is None else lacking).append(label)
+    if lacking:
+        return FAILED, (
+            f"{' and '.join(lacking)} lack{'s' if len(lacking) == 1 else ''} /proc/vz/cpuid_override: container "
+            "live migration needs it on both physical hosts (check with ls /proc/vz | grep cpuid_override); "
+            "if the host is itself a VM (nested), this rule does not apply: skip CpuidOverride"
+        )
+    if unknown:
+        return _unknown(" and ".join(unknown), "whether /proc/vz/cpuid_override exists")
+    return PASSED, "both hosts have /proc/vz/cpuid_override or are nested"
+
+
+@_check(CheckName.ENTER_SESSIONS, live_only=True)
+def _enter_sessions(inp: CheckInput) -> Outcome:
+    n = inp.ve.enter_sessions
+    if n is None:
+        return _unknown(inp.src, f"open prlctl enter sessions of {_ve(inp)}")
+    if n <= 0:
+        return PASSED, f"{_ve(inp)} has no open prlctl enter sessions"
+    return FAILED, (
+        f"{_ve(inp)} has {n} open prlctl enter session{'s' if n != 1 else ''}: exit them, or stop the VE "
+        "and migrate offline"
+    )
+
+
+@_check(CheckName.IPSEC, live_only=True, only=VEKind.CONTAINER)
+def _ipsec(inp: CheckInput) -> Outcome:
+    if inp.ve.ipsec is None:
+        return _unknown(inp.src, f"IPSec use in {_ve(inp)}")
+    if not inp.ve.ipsec:
+        return PASSED, f"{_ve(inp)} has no IPSec connections"
+    return FAILED, f"{_ve(inp)} has IPSec connections: close them, or stop the container and migrate offline"
+
+
+@_check(CheckName.NFS_CLIENT, live_only=True, only=VEKind.CONTAINER)
+def _nfs_client(inp: CheckInput) -> Outcome:
+    nfs = inp.ve.nfs
+    if nfs is None:
+        return _unknown(inp.src, f"NFS client use in {_ve(inp)}")
+    if not nfs.client:
+        return PASSED, f"{_ve(inp)} has no NFS mounts"
+    problems = []
+    if nfs.open_device_files > 0:
+        problems.append(
+            f"{nfs.open_device_files} block or character device file(s) shared over NFS are open: close them"
+        )
+    if nfs.remote_locks and nfs.overmounted:
+        problems.append("remote file locking and over-mounted NFS file systems are used together: stop one of them")
+    if not problems:
+        return PASSED, f"{_ve(inp)} mounts NFS within the live-migration rules (local locks migrate with NFSv3 only)"
+    return FAILED, f"{_ve(inp)} has NFS mounts that block live migration: {'; '.join(problems)}; or migrate offline"
+
+
+@_check(CheckName.NFS_SERVER, live_only=True, only=VEKind.CONTAINER)
+def _nfs_server(inp: CheckInput) -> Outcome:
+    if inp.ve.nfs_server is None:
+        return _unknown(inp.src, f"whether the NFS server feature is on in {_ve(inp)}")
+    if not inp.ve.nfs_server:
+        return PASSED, f"{_ve(inp)} has the NFS server feature off"
+    return FAILED, (
+        f"{_ve(inp)} has the NFS server feature on: turn it off (prlctl set --features nfsd:off) or stop the "
+        "container and migrate offline"
+    )
+
+
+# -- Virtuozzo 6 to Virtuozzo Hybrid Server 7 ---------------------------------------------------
+@_check(CheckName.V6_SOURCE_VERSION, v6_only=True)
+def _v6_source_version(inp: CheckInput) -> Outcome:
+    parsed = _product(inp.source)
+    assert parsed is not None  # in scope only for a parsed Virtuozzo 6
+    version, build = parsed
+    need = f"{_dotted(V6_MIN_SOURCE[:3])}-{V6_MIN_SOURCE[3]}"
+    have = _version_text(inp.source)
+    base = _pad(version)
+    if base == V6_MIN_SOURCE[:3] and build is None:
+        return (
+            SKIPPED,
+            f"{inp.src} runs {have}: its build number is unknown, so it may be older than {need}; not checked",
+        )
+    if (*base, build or 0) >= V6_MIN_SOURCE:
+        return PASSED, f"{inp.src} runs {have} (at least {need})"
+    return FAILED, f"{inp.src} runs {have}: migration to Virtuozzo Hybrid Server 7 needs at least {need}; update it"
+
+
+@_check(CheckName.V6_TARGET_VERSION, v6_only=True)
+def _v6_target_version(inp: CheckInput) -> Outcome:
+    text = _version_text(inp.target)
+    if text is None:
+        return _unknown(inp.dst, "its product version")
+    parsed = _product(inp.target)
+    newest = "Virtuozzo Hybrid Server 7.5 Update 4 (7.5.4)"
+    if parsed is None or parsed[0][0] != 7:
+        return (
+            FAILED,
+            f"{inp.dst} runs {text}: Virtuozzo 6 VEs migrate only to Virtuozzo (Hybrid Server) 7, up to {newest}",
+        )
+    if _pad(parsed[0]) <= V6_MAX_TARGET:
+        return PASSED, f"{inp.dst} runs {text} (at most {newest})"
+    return FAILED, (
+        f"{inp.dst} runs {text}, newer than {newest}, the highest supported target for Virtuozzo 6 "
+        "migrations: choose a target at that version"
+    )
+
+
+@_check(CheckName.V6_VM_RUNNING, v6_only=True, only=VEKind.VM)
+def _v6_vm_running(inp: CheckInput) -> Outcome:
+    if inp.ve.state == VEState.RUNNING:
+        return PASSED, f"{_ve(inp)} is running: hot migration (it restarts on the target after conversion)"
+    return FAILED, (
+        f"{_ve(inp)} is {inp.ve.state.value}: Virtuozzo 6 VMs migrate only running (hot migration); start it first"
+    )
+
+
+@_check(CheckName.V6_CONTAINER_STOPPED, v6_only=True, only=VEKind.CONTAINER)
+def _v6_container_stopped(inp: CheckInput) -> Outcome:
+    if inp.ve.state in _OFFLINE_STATES:
+        return PASSED, f"{_ve(inp)} is {inp.ve.state.value}: offline migration"
+    return FAILED, (
+        f"{_ve(inp)} is {inp.ve.state.value}: Virtuozzo 6 containers migrate only offline; stop it first (prlctl stop)"
+    )
+
+
+@_check(CheckName.V6_GUEST_OS, v6_only=True, only=VEKind.VM)
+def _v6_guest_os(inp: CheckInput) -> Outcome:
+    installed = inp.ve.guest_os_installed
+    if installed is None:
+        return _unknown(inp.src, f"whether {_ve(inp)} has a guest OS installed")
+    if installed:
+        return PASSED, f"{_ve(inp)} has a guest OS installed"
+    return (
+        FAILED,
+        f"{_ve(inp)} has no guest OS installed: Virtuozzo 6 VMs are converted by their guest OS; install one first",
+    )
