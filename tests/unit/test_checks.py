@@ -90,6 +90,8 @@ def vm(**overrides: Any) -> VEFacts:
         vcpus=2,
         disk_bytes=10 * GIB,
         bridges=("br0",),
+        snapshots=0,
+        linked_clone=False,
         enter_sessions=0,
         guest_os_installed=True,
     )
@@ -252,7 +254,7 @@ CASES = [
         "no-path",
         target=host(default_path=None),
     ),
-    case(CheckName.TARGET_DISK, S, "source node-a did not report the disk size", "no-disk", ve=vm(disk_bytes=0)),
+    case(CheckName.TARGET_DISK, S, "source node-a did not report the disk size", "no-disk", ve=vm(disk_bytes=None)),
     # TargetMemory
     case(CheckName.TARGET_MEMORY, P, "32 GiB memory free; VM 'web1' needs 2 GiB", "enough"),
     case(
@@ -291,6 +293,7 @@ CASES = [
     case(CheckName.BRIDGES, S, "target node-b did not report its bridges", "unknown", target=host(network=None)),
     # NoSnapshots
     case(CheckName.SNAPSHOTS, P, "has no snapshots", "none"),
+    case(CheckName.SNAPSHOTS, S, "did not report the snapshots", "unknown", ve=vm(snapshots=None)),
     case(
         CheckName.SNAPSHOTS,
         F,
@@ -301,6 +304,7 @@ CASES = [
     case(CheckName.SNAPSHOTS, S, "applies to virtual machines only", "container", ve=ct(snapshots=2)),
     # NoLinkedClones
     case(CheckName.LINKED_CLONES, P, "neither a linked clone", "plain"),
+    case(CheckName.LINKED_CLONES, S, "did not report whether", "unknown", ve=vm(linked_clone=None)),
     case(CheckName.LINKED_CLONES, F, "linked clone", "linked", ve=vm(linked_clone=True)),
     # NoContainerToVM
     case(CheckName.VE_TYPE, P, "runs vm, container", "both", ve=ct()),

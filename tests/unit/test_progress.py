@@ -55,7 +55,9 @@ def test_eta_accounts_for_the_dirty_rate() -> None:
     assert second.eta_seconds == 198
     # Dirtied faster than sent: no honest ETA.
     third = progress.advance(
-        second, JobStats(bytes_processed=2 * GIB, bytes_remaining=99 * GIB, dirty_rate_bytes_per_second=2 * GIB), later(2)
+        second,
+        JobStats(bytes_processed=2 * GIB, bytes_remaining=99 * GIB, dirty_rate_bytes_per_second=2 * GIB),
+        later(2),
     )
     assert third.eta_seconds is None
 
@@ -71,7 +73,9 @@ def test_percent_is_monotonic_and_bounded(samples: list[tuple[int, int | None, i
     now = T0
     for processed, remaining, total in samples:
         now += timedelta(seconds=1)
-        nxt = progress.advance(current, JobStats(bytes_processed=processed, bytes_remaining=remaining, bytes_total=total), now)
+        nxt = progress.advance(
+            current, JobStats(bytes_processed=processed, bytes_remaining=remaining, bytes_total=total), now
+        )
         assert 0 <= nxt.percent <= 99
         assert current is None or nxt.percent >= current.percent
         current = nxt

@@ -241,9 +241,7 @@ def _command(args: argparse.Namespace) -> int:
         diffs = stale(output)
         if diffs:
             sys.stdout.write("".join(diffs))
-            print(
-                f"vemigrate crds: {output}/ is out of date; run `vemigrate crds` and commit", file=sys.stderr
-            )
+            print(f"vemigrate crds: {output}/ is out of date; run `vemigrate crds` and commit", file=sys.stderr)
             return 1
         print(f"vemigrate crds: {output}/ is up to date")
         return 0
@@ -253,11 +251,7 @@ def _command(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser(
-        "crds", help="write the CustomResourceDefinitions generated from the API models"
-    )
+    parser = subparsers.add_parser("crds", help="write the CustomResourceDefinitions generated from the API models")
     parser.add_argument("--output", default="crds", help="directory to write to (default: crds)")
-    parser.add_argument(
-        "--check", action="store_true", help="exit 1 if the files differ from what would be written"
-    )
+    parser.add_argument("--check", action="store_true", help="exit 1 if the files differ from what would be written")
     parser.set_defaults(func=_command)

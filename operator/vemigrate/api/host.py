@@ -98,9 +98,7 @@ class HostSpec(Model):
 class CPUFacts(Model):
     """The host CPU as the hypervisor reports it."""
 
-    vendor: str | None = Field(
-        default=None, max_length=64, description="Manufacturer, for example Intel or AMD."
-    )
+    vendor: str | None = Field(default=None, max_length=64, description="Manufacturer, for example Intel or AMD.")
     model: str | None = Field(default=None, max_length=256, description="CPU model name.")
     count: int | None = Field(default=None, ge=0, description="Logical CPUs.")
     features: list[str] = Field(
@@ -161,9 +159,7 @@ class HostStatus(Model):
     cpu: CPUFacts | None = Field(default=None, description="CPU vendor, count and features.")
     memory_total_bytes: int | None = Field(default=None, ge=0, description="Physical memory.")
     memory_free_bytes: int | None = Field(default=None, ge=0, description="Memory available for new VEs.")
-    storage: list[StorageFacts] = Field(
-        default_factory=list, max_length=64, description="Free space per storage path."
-    )
+    storage: list[StorageFacts] = Field(default_factory=list, max_length=64, description="Free space per storage path.")
     network: NetworkFacts | None = Field(default=None, description="Bridges, subnets and link speed.")
     time_offset_ms: int | None = Field(
         default=None, description="Host clock minus the operator's clock at the last probe, in milliseconds."
@@ -183,9 +179,7 @@ class HostStatus(Model):
         default=None, max_length=1024, description="Directory new VEs go to when target.path is unset."
     )
     last_probe_time: datetime | None = Field(default=None, description="When the facts were read.")
-    observed_generation: int | None = Field(
-        default=None, ge=0, description="metadata.generation the last probe used."
-    )
+    observed_generation: int | None = Field(default=None, ge=0, description="metadata.generation the last probe used.")
 
 
 class HypervisorHost(Model):
@@ -195,6 +189,4 @@ class HypervisorHost(Model):
     kind: str = Field(default=KIND, description="HypervisorHost")
     metadata: dict[str, Any] = Field(default_factory=dict, description="Standard object metadata.")
     spec: HostSpec = Field(description="How to reach the host.")
-    status: HostStatus | None = Field(
-        default=None, description="Facts from the last probe, written by the operator."
-    )
+    status: HostStatus | None = Field(default=None, description="Facts from the last probe, written by the operator.")

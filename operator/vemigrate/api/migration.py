@@ -7,6 +7,7 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 from pydantic import Field
+from pydantic.config import JsonDict
 
 from vemigrate.api.checks import CheckName, CheckResult
 from vemigrate.api.common import API_VERSION, Condition, Model, ObjectName
@@ -177,7 +178,7 @@ _IMMUTABLE = (
 )
 
 
-def _immutability_rules() -> list[dict[str, str]]:
+def _immutability_rules() -> list[JsonDict]:
     return [
         {
             "rule": f"has(self.{f}) == has(oldSelf.{f}) && (!has(self.{f}) || self.{f} == oldSelf.{f})",
@@ -318,9 +319,7 @@ class CheckStatus(Model):
 class Progress(Model):
     """How far the transfer is. Percent never goes backwards."""
 
-    percent: int = Field(
-        default=0, ge=0, le=100, description="Share of the work done, 0-100; never decreases."
-    )
+    percent: int = Field(default=0, ge=0, le=100, description="Share of the work done, 0-100; never decreases.")
     bytes_processed: int | None = Field(default=None, ge=0, description="Bytes sent so far.")
     bytes_remaining: int | None = Field(default=None, ge=0, description="Bytes still to send (estimate).")
     bytes_total: int | None = Field(default=None, ge=0, description="Bytes to send in all (estimate).")
@@ -347,9 +346,7 @@ class Failure(Model):
     phase: Phase = Field(description="The phase the migration was in when it failed.")
     reason: str = Field(max_length=1024, description="One CamelCase word a program can match on.")
     message: str = Field(default="", max_length=32768, description="What happened and what to do.")
-    retryable: bool = Field(
-        default=False, description="Whether a later attempt may pass (spec.retry applies)."
-    )
+    retryable: bool = Field(default=False, description="Whether a later attempt may pass (spec.retry applies).")
 
 
 class Result(Model):
@@ -362,8 +359,7 @@ class Result(Model):
     source_disposition: SourceDisposition | None = Field(
         default=None,
         description=(
-            "What became of the source: Removed (VM), RenamedMigrated (container: .migrated suffix) "
-            "or Kept (clone)."
+            "What became of the source: Removed (VM), RenamedMigrated (container: .migrated suffix) or Kept (clone)."
         ),
     )
 
@@ -372,12 +368,8 @@ class MigrationStatus(Model):
     """What the operator observed and did. Written by the operator only."""
 
     phase: Phase = Field(default=Phase.PENDING, description="Where the migration is in its life.")
-    mode: Mode | None = Field(
-        default=None, description="The mode resolved from spec.mode and the VE's state."
-    )
-    driver: str | None = Field(
-        default=None, max_length=64, description="The driver moving the VE: libvirt or prlctl."
-    )
+    mode: Mode | None = Field(default=None, description="The mode resolved from spec.mode and the VE's state.")
+    driver: str | None = Field(default=None, max_length=64, description="The driver moving the VE: libvirt or prlctl.")
     conditions: list[Condition] = Field(
         default_factory=list,
         max_length=16,
@@ -391,9 +383,7 @@ class MigrationStatus(Model):
     phase_transitions: list[PhaseTransition] = Field(
         default_factory=list, max_length=64, description="Each phase entered, with its time."
     )
-    start_time: datetime | None = Field(
-        default=None, description="When the first attempt started validating."
-    )
+    start_time: datetime | None = Field(default=None, description="When the first attempt started validating.")
     completion_time: datetime | None = Field(default=None, description="When a final phase was reached.")
     downtime_ms: int | None = Field(
         default=None,
@@ -406,9 +396,7 @@ class MigrationStatus(Model):
     )
     failure: Failure | None = Field(default=None, description="Why it failed, when it failed.")
     result: Result | None = Field(default=None, description="Where the VE is now, when it succeeded.")
-    queued_reason: str | None = Field(
-        default=None, max_length=4096, description="Why the migration waits in Queued."
-    )
+    queued_reason: str | None = Field(default=None, max_length=4096, description="Why the migration waits in Queued.")
     observed_generation: int | None = Field(
         default=None, ge=0, description="metadata.generation this status was computed from."
     )
@@ -421,6 +409,4 @@ class VirtualEnvironmentMigration(Model):
     kind: str = Field(default=KIND, description="VirtualEnvironmentMigration")
     metadata: dict[str, Any] = Field(default_factory=dict, description="Standard object metadata.")
     spec: MigrationSpec = Field(description="What to migrate, where, and how.")
-    status: MigrationStatus | None = Field(
-        default=None, description="Observed state, written by the operator."
-    )
+    status: MigrationStatus | None = Field(default=None, description="Observed state, written by the operator.")

@@ -305,7 +305,7 @@ def _target_disk(inp: CheckInput) -> Outcome:
             PASSED,
             f"{_ve(inp)} and {entry.path} on {inp.spec.target.host} are on shared storage: no disk data is copied",
         )
-    if inp.ve.disk_bytes <= 0:
+    if inp.ve.disk_bytes is None:
         return _unknown(inp.src, f"the disk size of {_ve(inp)}")
     need = inp.ve.disk_bytes + int(inp.ve.disk_bytes * DISK_MARGIN)
     free, needed = _sizes(entry.free_bytes, need)
@@ -322,7 +322,7 @@ def _target_disk(inp: CheckInput) -> Outcome:
 def _target_memory(inp: CheckInput) -> Outcome:
     if inp.target.memory_free_bytes is None:
         return _unknown(inp.dst, "free memory")
-    if inp.ve.memory_bytes <= 0:
+    if inp.ve.memory_bytes is None:
         return _unknown(inp.src, f"the memory size of {_ve(inp)}")
     free, need = _sizes(inp.target.memory_free_bytes, inp.ve.memory_bytes)
     comparison = f"{inp.dst} has {free} memory free; {_ve(inp)} needs {need} to run there"
@@ -374,6 +374,8 @@ def _bridges(inp: CheckInput) -> Outcome:
 @_check(CheckName.SNAPSHOTS, only=VEKind.VM)
 def _snapshots(inp: CheckInput) -> Outcome:
     n = inp.ve.snapshots
+    if n is None:
+        return _unknown(inp.src, f"the snapshots of {_ve(inp)}")
     if n <= 0:
         return PASSED, f"{_ve(inp)} has no snapshots"
     return FAILED, (
@@ -384,6 +386,8 @@ def _snapshots(inp: CheckInput) -> Outcome:
 
 @_check(CheckName.LINKED_CLONES)
 def _linked_clones(inp: CheckInput) -> Outcome:
+    if inp.ve.linked_clone is None:
+        return _unknown(inp.src, f"whether {_ve(inp)} is a linked clone")
     if not inp.ve.linked_clone:
         return PASSED, f"{_ve(inp)} is neither a linked clone nor the base of one"
     return FAILED, (

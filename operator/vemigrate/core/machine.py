@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 
 from vemigrate.api.checks import CheckResult
 from vemigrate.api.common import ConditionStatus
-from vemigrate.api.host import HostStatus
+from vemigrate.api.host import HostStatus, VEKind
 from vemigrate.api.migration import (
     Action as SpecAction,
 )
@@ -45,7 +45,6 @@ from vemigrate.core.observation import (
     JobStats,
     Observation,
     VEFacts,
-    VEKind,
 )
 
 # Phases in which a migration holds a slot on its hosts.
@@ -116,9 +115,7 @@ class _Pass:
 
     def fail(self, reason: str, message: str, *, retryable: bool = False) -> None:
         """Without a rollback: only from phases in which nothing was moved or touched."""
-        self.status.failure = Failure(
-            phase=self.status.phase, reason=reason, message=message, retryable=retryable
-        )
+        self.status.failure = Failure(phase=self.status.phase, reason=reason, message=message, retryable=retryable)
         _conclude_failure(self)
 
     def succeed(self, reason: str, message: str) -> None:
@@ -129,9 +126,7 @@ class _Pass:
 
     def roll_back(self, reason: str, message: str, *, retryable: bool) -> None:
         """Stop the job and undo the target; the final phase is decided once that is observed."""
-        self.status.failure = Failure(
-            phase=self.status.phase, reason=reason, message=message, retryable=retryable
-        )
+        self.status.failure = Failure(phase=self.status.phase, reason=reason, message=message, retryable=retryable)
         self.act(ActionKind.ABORT_JOB)
         self.goto(Phase.ROLLING_BACK, f"{reason}: {message}")
         self.poll(POLL_JOB)
@@ -288,8 +283,7 @@ def _validating(step: _Pass) -> None:
             status.result = Result(target_name=obs.target_ve.name, target_uuid=obs.target_ve.uuid)
             step.succeed(
                 "AlreadyOnTarget",
-                f"VE {spec.source.name!r} is on {spec.target.host!r} and gone from {spec.source.host!r}; "
-                "nothing moved",
+                f"VE {spec.source.name!r} is on {spec.target.host!r} and gone from {spec.source.host!r}; nothing moved",
             )
             return
         step.fail("VENotFound", f"No VE {spec.source.name!r} on host {spec.source.host!r}")
@@ -432,7 +426,7 @@ def _finalizing(step: _Pass) -> None:
         return
     disposition = _disposition(step)
     if disposition != SourceDisposition.KEPT and obs.source_disposed is not True:
-        if obs.source_disposed is None:
+        if obs.source_disposed is None or obs.source is None or obs.source.reachable is not True:
             step.wait("StateUnknown", f"Cannot observe the source on {spec.source.host!r}")
             return
         step.act(ActionKind.DISPOSE_SOURCE, disposition=disposition)
@@ -456,9 +450,7 @@ def _rolling_back(step: _Pass) -> None:
         return
     if job.state == JobState.COMPLETED:
         # The job finished before the abort reached it: the target holds the complete VE now.
-        step.event(
-            EventType.WARNING, "CompletedBeforeAbort", "The transfer completed before it could be stopped"
-        )
+        step.event(EventType.WARNING, "CompletedBeforeAbort", "The transfer completed before it could be stopped")
         _to_finalizing(step, job)
         return
     if job.state == JobState.POST_COPY:
@@ -493,8 +485,10 @@ def _rolling_back(step: _Pass) -> None:
 def _conclude_failure(step: _Pass) -> None:
     """Nothing of this attempt is in flight any more: queue the next attempt if allowed, else Failed."""
     spec, status, now = step.spec, step.status, step.now
+    if status.failure is None:
+        # A rollback whose cause was not recorded (an older status): still a failure, and a specific one.
+        status.failure = Failure(phase=status.phase, reason="RolledBack", message="The migration was rolled back")
     failure = status.failure
-    assert failure is not None
     if failure.retryable and status.attempts < spec.retry.max_attempts and not step.cancelling:
         wait = deadlines.backoff(status.attempts, spec.retry.backoff_seconds)
         status.next_attempt_time = now + wait

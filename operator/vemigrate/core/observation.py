@@ -45,12 +45,12 @@ class VEFacts:
     uuid: str
     type: VEKind
     state: VEState
-    memory_bytes: int = 0
+    memory_bytes: int | None = None
     vcpus: int = 1
-    disk_bytes: int = 0  # what a copy needs on the target (allocated size of every disk)
+    disk_bytes: int | None = None  # what a copy needs on the target (allocated size of every disk)
     bridges: tuple[str, ...] = ()
-    snapshots: int = 0
-    linked_clone: bool = False  # a linked clone, or the base of one (qcow2 backing chains)
+    snapshots: int | None = None
+    linked_clone: bool | None = None  # a linked clone, or the base of one (qcow2 backing chains)
     enter_sessions: int | None = None  # open `prlctl enter` sessions; None: the driver cannot tell
     ipsec: bool | None = None
     nfs: NFSFacts | None = None

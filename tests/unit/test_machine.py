@@ -1,0 +1,630 @@
+"""The phase machine as tables: given this stored phase and this observation, the decision is ..."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from tests.unit.builders import (
+    GIB,
+    T0,
+    host_facts,
+    job,
+    later,
+    observation,
+    running_job,
+    spec,
+    status_in,
+    ve,
+)
+from vemigrate.api.common import ConditionStatus
+from vemigrate.api.host import VEKind
+from vemigrate.api.migration import (
+    ConditionType,
+    Failure,
+    MigrationStatus,
+    Mode,
+    Phase,
+    Progress,
+    SourceDisposition,
+)
+from vemigrate.core.conditions import find
+from vemigrate.core.decision import Action, ActionKind
+from vemigrate.core.machine import decide
+from vemigrate.core.observation import (
+    ErrorClass,
+    HostObservation,
+    JobState,
+    JobStats,
+    OtherMigration,
+    VEState,
+)
+
+
+@dataclass
+class Case:
+    name: str
+    status: MigrationStatus | None
+    obs: dict[str, Any] = field(default_factory=dict)
+    spec: dict[str, Any] = field(default_factory=dict)
+    now_after: float = 1.0
+    phase: Phase = Phase.PENDING
+    actions: tuple[Action, ...] = ()
+    reason: str | None = None  # failure.reason, or the Succeeded condition's reason
+    message: str | None = None  # a piece of the Progressing or failure message
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def other(phase: Phase, *, source: str = "node-x", target: str = "node-y", ve_name: str = "other", **kw: Any) -> Any:
+    data: dict[str, Any] = {
+        "uid": f"uid-{phase.value}-{source}-{target}-{ve_name}",
+        "created": T0 - timedelta(minutes=5),
+        "phase": phase.value,
+        "source_host": source,
+        "target_host": target,
+        "ve_name": ve_name,
+    }
+    data.update(kw)
+    return OtherMigration(**data)
+
+
+START_LIVE = (Action(ActionKind.START_JOB, mode=Mode.LIVE),)
+ABORT = (Action(ActionKind.ABORT_JOB),)
+MISSING_HOST = HostObservation(name="node-b", reachable=None, exists=False)
+DOWN = HostObservation(name="node-a", reachable=False, error="connection refused")
+
+CASES = [
+    # -- Pending and Queued: admission ---------------------------------------------------------
+    Case("new migration starts validating", None, phase=Phase.VALIDATING),
+    Case(
+        "maintenance window not yet open",
+        None,
+        spec={"notBefore": later(3600).isoformat()},
+        phase=Phase.QUEUED,
+        message="maintenance window",
+    ),
+    Case(
+        "maintenance window open",
+        status_in(Phase.QUEUED, attempts=0),
+        spec={"notBefore": later(-10).isoformat()},
+        phase=Phase.VALIDATING,
+    ),
+    Case(
+        "cluster limit reached",
+        None,
+        obs={"cluster_limit": 1, "others": (other(Phase.TRANSFERRING),)},
+        phase=Phase.QUEUED,
+        message="Cluster limit: 1 of 1",
+    ),
+    Case(
+        "source outbound limit reached",
+        None,
+        obs={
+            "source": HostObservation(name="node-a", reachable=True, facts=host_facts(), max_outbound=1),
+            "others": (other(Phase.TRANSFERRING, source="node-a"),),
+        },
+        phase=Phase.QUEUED,
+        message="'node-a' limit: 1 of 1 outbound",
+    ),
+    Case(
+        "target inbound limit reached",
+        None,
+        obs={
+            "target": HostObservation(name="node-b", reachable=True, facts=host_facts(), max_inbound=2),
+            "others": (other(Phase.VALIDATING, target="node-b"), other(Phase.FINALIZING, target="node-b")),
+        },
+        phase=Phase.QUEUED,
+        message="'node-b' limit: 2 of 2 inbound",
+    ),
+    Case(
+        "finished and queued migrations take no slot",
+        None,
+        obs={
+            "cluster_limit": 1,
+            "others": (other(Phase.SUCCEEDED), other(Phase.FAILED), other(Phase.QUEUED)),
+        },
+        phase=Phase.VALIDATING,
+    ),
+    Case(
+        "an older unfinished migration of the same VE wins",
+        None,
+        obs={"others": (other(Phase.TRANSFERRING, source="node-a", ve_name="web1"),)},
+        phase=Phase.FAILED,
+        reason="DuplicateMigration",
+    ),
+    Case(
+        "a finished migration of the same VE is no duplicate",
+        None,
+        obs={"others": (other(Phase.SUCCEEDED, source="node-a", ve_name="web1"),)},
+        phase=Phase.VALIDATING,
+    ),
+    Case(
+        "unknown host: wait for it to be created",
+        None,
+        obs={"target": MISSING_HOST},
+        phase=Phase.QUEUED,
+        message="Waiting for HypervisorHost 'node-b'",
+    ),
+    Case(
+        "unknown host for longer than the progress timeout",
+        status_in(Phase.QUEUED, attempts=0),
+        obs={"target": MISSING_HOST},
+        now_after=301,
+        phase=Phase.FAILED,
+        reason="HostNotFound",
+    ),
+    Case(
+        "retry backoff not over",
+        status_in(Phase.QUEUED, next_attempt_time=later(60)),
+        phase=Phase.QUEUED,
+        message="next attempt at",
+    ),
+    Case(
+        "retry backoff over",
+        status_in(Phase.QUEUED, next_attempt_time=later(60)),
+        now_after=61,
+        phase=Phase.VALIDATING,
+    ),
+    # -- Validating --------------------------------------------------------------------------
+    Case("running VE: live", status_in(Phase.VALIDATING), phase=Phase.TRANSFERRING, actions=START_LIVE),
+    Case(
+        "paused VE: live",
+        status_in(Phase.VALIDATING),
+        obs={"source_ve": ve(state=VEState.PAUSED)},
+        phase=Phase.TRANSFERRING,
+        actions=START_LIVE,
+    ),
+    Case(
+        "stopped VE: offline",
+        status_in(Phase.VALIDATING),
+        obs={"source_ve": ve(state=VEState.STOPPED)},
+        phase=Phase.TRANSFERRING,
+        actions=(Action(ActionKind.START_JOB, mode=Mode.OFFLINE),),
+    ),
+    Case(
+        "suspended VE: offline",
+        status_in(Phase.VALIDATING),
+        obs={"source_ve": ve(state=VEState.SUSPENDED)},
+        phase=Phase.TRANSFERRING,
+        actions=(Action(ActionKind.START_JOB, mode=Mode.OFFLINE),),
+    ),
+    Case(
+        "dry run: checks only",
+        status_in(Phase.VALIDATING),
+        spec={"dryRun": True},
+        phase=Phase.SUCCEEDED,
+        reason="DryRun",
+    ),
+    Case(
+        "a failing check fails the migration",
+        status_in(Phase.VALIDATING),
+        obs={"source_ve": ve(snapshots=2)},
+        phase=Phase.FAILED,
+        reason="PreflightFailed",
+        message="NoSnapshots",
+    ),
+    Case(
+        "dry run with a failing check fails",
+        status_in(Phase.VALIDATING),
+        spec={"dryRun": True},
+        obs={"source_ve": ve(linked_clone=True)},
+        phase=Phase.FAILED,
+        reason="PreflightFailed",
+    ),
+    Case(
+        "a skipped check does not fail",
+        status_in(Phase.VALIDATING),
+        spec={"checks": {"skip": ["NoSnapshots"]}},
+        obs={"source_ve": ve(snapshots=2)},
+        phase=Phase.TRANSFERRING,
+        actions=START_LIVE,
+    ),
+    Case(
+        "VE already on the target and gone from the source",
+        status_in(Phase.VALIDATING),
+        obs={"source_ve": None, "target_ve": ve()},
+        phase=Phase.SUCCEEDED,
+        reason="AlreadyOnTarget",
+    ),
+    Case(
+        "VE on neither host",
+        status_in(Phase.VALIDATING),
+        obs={"source_ve": None},
+        phase=Phase.FAILED,
+        reason="VENotFound",
+    ),
+    Case(
+        "source unreachable: wait",
+        status_in(Phase.VALIDATING),
+        obs={"source": DOWN, "source_ve": None, "job": None},
+        phase=Phase.VALIDATING,
+        message="connection refused",
+    ),
+    Case(
+        "source unreachable past the progress timeout",
+        status_in(Phase.VALIDATING),
+        obs={"source": DOWN, "source_ve": None, "job": None},
+        now_after=301,
+        phase=Phase.FAILED,
+        reason="HostUnreachable",
+    ),
+    Case(
+        "source unreachable past the timeout, retries left",
+        status_in(Phase.VALIDATING),
+        spec={"retry": {"maxAttempts": 3, "backoffSeconds": 10}},
+        obs={"source": DOWN, "source_ve": None, "job": None},
+        now_after=301,
+        phase=Phase.QUEUED,
+        message="Attempt 1 of 3 failed (HostUnreachable)",
+    ),
+    Case(
+        "a job of ours already runs (restart after start, before status write)",
+        status_in(Phase.VALIDATING),
+        obs={"job": running_job(bytes_processed=10, bytes_total=100)},
+        phase=Phase.TRANSFERRING,
+    ),
+    # -- Transferring and Switchover ---------------------------------------------------------
+    Case(
+        "job running: progress",
+        status_in(Phase.TRANSFERRING),
+        obs={"job": running_job(bytes_processed=GIB, bytes_total=4 * GIB)},
+        phase=Phase.TRANSFERRING,
+    ),
+    Case(
+        "job in switchover",
+        status_in(Phase.TRANSFERRING),
+        obs={"job": job(JobState.SWITCHOVER, stats=JobStats(bytes_processed=GIB, bytes_total=GIB))},
+        phase=Phase.SWITCHOVER,
+    ),
+    Case(
+        "source unreachable mid-transfer: wait, never abort",
+        status_in(Phase.TRANSFERRING),
+        obs={"source": DOWN, "job": None, "source_ve": None},
+        now_after=10_000,
+        phase=Phase.TRANSFERRING,
+        message="source host not reachable",
+    ),
+    Case(
+        "no job yet (start not done): start it",
+        status_in(Phase.TRANSFERRING),
+        obs={"job": job(JobState.NONE)},
+        phase=Phase.TRANSFERRING,
+        actions=START_LIVE,
+    ),
+    Case(
+        "job completed, target verified: dispose of the source",
+        status_in(Phase.TRANSFERRING),
+        obs={"job": job(JobState.COMPLETED, stats=JobStats(downtime_ms=80)), "target_verified": True},
+        phase=Phase.FINALIZING,
+        actions=(Action(ActionKind.DISPOSE_SOURCE, disposition=SourceDisposition.REMOVED),),
+    ),
+    Case(
+        "job failed, retryable",
+        status_in(Phase.TRANSFERRING),
+        obs={
+            "job": job(
+                JobState.FAILED, error_reason="ConnectionLost", error_message="EOF", error_class=ErrorClass.RETRYABLE
+            )
+        },
+        phase=Phase.ROLLING_BACK,
+        actions=ABORT,
+        reason="ConnectionLost",
+    ),
+    Case(
+        "no progress for progressSeconds",
+        status_in(
+            Phase.TRANSFERRING,
+            progress=Progress(percent=10, bytes_processed=100, bytes_total=1000, last_progress_time=T0),
+        ),
+        obs={"job": running_job(bytes_processed=100, bytes_total=1000)},
+        now_after=301,
+        phase=Phase.ROLLING_BACK,
+        actions=ABORT,
+        reason="ProgressTimeout",
+    ),
+    Case(
+        "completion deadline passed, no post-copy",
+        status_in(Phase.TRANSFERRING),
+        obs={"job": running_job(bytes_processed=GIB, bytes_total=2 * GIB)},
+        now_after=601,  # 2 GiB at 300 s per GiB
+        phase=Phase.ROLLING_BACK,
+        actions=ABORT,
+        reason="CompletionTimeout",
+    ),
+    Case(
+        "completion deadline not yet passed",
+        status_in(Phase.TRANSFERRING),
+        obs={"job": running_job(bytes_processed=GIB, bytes_total=2 * GIB)},
+        now_after=299,
+        phase=Phase.TRANSFERRING,
+    ),
+    Case(
+        "completion deadline passed with post-copy: force completion",
+        status_in(Phase.TRANSFERRING),
+        spec={"postCopy": True},
+        obs={"job": running_job(bytes_processed=GIB, bytes_total=GIB)},
+        now_after=301,
+        phase=Phase.TRANSFERRING,
+        actions=(Action(ActionKind.FORCE_COMPLETE),),
+    ),
+    Case(
+        "ForceComplete requested",
+        status_in(Phase.TRANSFERRING),
+        spec={"action": "ForceComplete"},
+        obs={"job": running_job(bytes_processed=GIB, bytes_total=4 * GIB)},
+        phase=Phase.TRANSFERRING,
+        actions=(Action(ActionKind.FORCE_COMPLETE),),
+    ),
+    Case(
+        "post-copy running: cancel is too late",
+        status_in(Phase.SWITCHOVER),
+        spec={"action": "Cancel"},
+        obs={"job": job(JobState.POST_COPY)},
+        phase=Phase.SWITCHOVER,
+        message="Cancel ignored",
+    ),
+    # -- Finalizing --------------------------------------------------------------------------
+    Case(
+        "verified, VM source not yet removed",
+        status_in(Phase.FINALIZING),
+        obs={"target_verified": True, "target_ve": ve(), "job": job(JobState.COMPLETED)},
+        phase=Phase.FINALIZING,
+        actions=(Action(ActionKind.DISPOSE_SOURCE, disposition=SourceDisposition.REMOVED),),
+    ),
+    Case(
+        "verified, container source renamed .migrated",
+        status_in(Phase.FINALIZING),
+        obs={
+            "target_verified": True,
+            "source_ve": ve(type=VEKind.CONTAINER, state=VEState.STOPPED),
+            "job": job(JobState.COMPLETED),
+        },
+        phase=Phase.FINALIZING,
+        actions=(Action(ActionKind.DISPOSE_SOURCE, disposition=SourceDisposition.RENAMED_MIGRATED),),
+    ),
+    Case(
+        "verified and source removed",
+        status_in(Phase.FINALIZING),
+        obs={"target_verified": True, "source_disposed": True, "source_ve": None, "target_ve": ve()},
+        phase=Phase.SUCCEEDED,
+        reason="Migrated",
+    ),
+    Case(
+        "clone: source kept",
+        status_in(Phase.FINALIZING),
+        spec={"clone": True},
+        obs={"target_verified": True, "target_ve": ve(uuid="new-uuid")},
+        phase=Phase.SUCCEEDED,
+        reason="Migrated",
+    ),
+    Case(
+        "target copy does not verify: both copies left alone",
+        status_in(Phase.FINALIZING),
+        obs={"target_verified": False},
+        phase=Phase.FAILED,
+        reason="TargetVerificationFailed",
+    ),
+    Case(
+        "target unreachable while finalizing: wait",
+        status_in(Phase.FINALIZING),
+        obs={"target_verified": None},
+        now_after=10_000,
+        phase=Phase.FINALIZING,
+    ),
+    # -- RollingBack -------------------------------------------------------------------------
+    Case(
+        "job still running: abort again",
+        status_in(Phase.ROLLING_BACK, failure=Failure(phase=Phase.TRANSFERRING, reason="X", retryable=False)),
+        obs={"job": running_job()},
+        phase=Phase.ROLLING_BACK,
+        actions=ABORT,
+    ),
+    Case(
+        "job gone, target has leftovers: clean them",
+        status_in(Phase.ROLLING_BACK, failure=Failure(phase=Phase.TRANSFERRING, reason="X", retryable=False)),
+        obs={"job": job(JobState.FAILED), "target_leftovers": True},
+        phase=Phase.ROLLING_BACK,
+        actions=(Action(ActionKind.CLEANUP_TARGET),),
+    ),
+    Case(
+        "rolled back, permanent failure",
+        status_in(Phase.ROLLING_BACK, failure=Failure(phase=Phase.TRANSFERRING, reason="X", retryable=False)),
+        obs={"job": job(JobState.FAILED)},
+        phase=Phase.FAILED,
+        reason="X",
+    ),
+    Case(
+        "rolled back, retryable, attempts left",
+        status_in(Phase.ROLLING_BACK, failure=Failure(phase=Phase.TRANSFERRING, reason="X", retryable=True)),
+        spec={"retry": {"maxAttempts": 2, "backoffSeconds": 30}},
+        obs={"job": job(JobState.CANCELLED)},
+        phase=Phase.QUEUED,
+        message="Attempt 1 of 2 failed (X)",
+    ),
+    Case(
+        "rolled back, retryable, no attempts left",
+        status_in(
+            Phase.ROLLING_BACK, attempts=2, failure=Failure(phase=Phase.TRANSFERRING, reason="X", retryable=True)
+        ),
+        spec={"retry": {"maxAttempts": 2}},
+        obs={"job": job(JobState.CANCELLED)},
+        phase=Phase.FAILED,
+        reason="X",
+    ),
+    Case(
+        "source copy missing after rollback: never clean the target",
+        status_in(Phase.ROLLING_BACK, failure=Failure(phase=Phase.TRANSFERRING, reason="X")),
+        obs={"job": job(JobState.FAILED), "source_ve": None, "target_leftovers": True},
+        phase=Phase.FAILED,
+        reason="RollbackIncomplete",
+    ),
+    Case(
+        "completed before the abort arrived: finish",
+        status_in(Phase.ROLLING_BACK, failure=Failure(phase=Phase.TRANSFERRING, reason="X")),
+        obs={"job": job(JobState.COMPLETED), "target_verified": True, "source_disposed": False},
+        phase=Phase.FINALIZING,
+        actions=(Action(ActionKind.DISPOSE_SOURCE, disposition=SourceDisposition.REMOVED),),
+    ),
+    Case(
+        "rolling back with the source unreachable: wait",
+        status_in(Phase.ROLLING_BACK, failure=Failure(phase=Phase.TRANSFERRING, reason="X")),
+        obs={"job": None, "source": DOWN, "source_ve": None, "target_leftovers": True},
+        now_after=10_000,
+        phase=Phase.ROLLING_BACK,
+    ),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_transition(case: Case) -> None:
+    obs = observation(**case.obs)
+    decision = decide(spec(**case.spec), case.status, obs, later(case.now_after))
+    status = decision.status
+    assert status.phase == case.phase
+    assert decision.actions == case.actions
+    if case.reason is not None:
+        if status.phase == Phase.SUCCEEDED:
+            succeeded = find(status.conditions, ConditionType.SUCCEEDED)
+            assert succeeded is not None and succeeded.reason == case.reason
+        else:
+            assert status.failure is not None and status.failure.reason == case.reason
+    if case.message is not None:
+        texts = [c.message for c in status.conditions] + [status.queued_reason or ""]
+        texts += [status.failure.message if status.failure else ""]
+        assert any(case.message in t for t in texts), texts
+    if status.phase != (case.status.phase if case.status else Phase.PENDING):
+        assert decision.events, "every phase change is announced with an Event"
+        assert status.phase_transitions[-1].phase == status.phase
+
+
+NON_FINAL = [p for p in Phase if not p.final]
+
+
+@pytest.mark.parametrize("phase", NON_FINAL, ids=str)
+@pytest.mark.parametrize("by", ["action", "deletion"])
+def test_cancel_in_every_non_final_phase(phase: Phase, by: str) -> None:
+    """Cancel never removes anything: it ends Cancelled, or rolls back first, or (too late) finishes."""
+    stored = status_in(phase, failure=Failure(phase=Phase.TRANSFERRING, reason="Cancelled"))
+    obs = observation(
+        job=running_job(bytes_processed=1, bytes_total=10)
+        if phase in (Phase.TRANSFERRING, Phase.SWITCHOVER)
+        else job(JobState.FAILED if phase == Phase.ROLLING_BACK else JobState.NONE),
+        target_verified=True if phase == Phase.FINALIZING else None,
+        deleting=by == "deletion",
+    )
+    decision = decide(spec(action="Cancel") if by == "action" else spec(), stored, obs, later(5))
+    kinds = {a.kind for a in decision.actions}
+    assert ActionKind.START_JOB not in kinds
+    assert ActionKind.CLEANUP_TARGET not in kinds  # nothing left on the target in this observation
+    expected = {
+        Phase.PENDING: Phase.CANCELLED,
+        Phase.QUEUED: Phase.CANCELLED,
+        Phase.VALIDATING: Phase.CANCELLED,
+        Phase.TRANSFERRING: Phase.ROLLING_BACK,
+        Phase.SWITCHOVER: Phase.ROLLING_BACK,
+        Phase.FINALIZING: Phase.FINALIZING,  # the copy is complete: finishing is the safe way out
+        Phase.ROLLING_BACK: Phase.CANCELLED,
+    }[phase]
+    assert decision.status.phase == expected
+    if expected == Phase.ROLLING_BACK:
+        assert kinds == {ActionKind.ABORT_JOB}
+    if expected == Phase.FINALIZING:
+        assert kinds == {ActionKind.DISPOSE_SOURCE}
+        progressing = find(decision.status.conditions, ConditionType.PROGRESSING)
+        assert progressing is not None and "Cancel ignored" in progressing.message
+    if expected == Phase.CANCELLED:
+        assert decision.status.failure is not None and decision.status.failure.reason == "Cancelled"
+        assert decision.release_finalizer == (by == "deletion")
+
+
+@pytest.mark.parametrize("phase", [Phase.SUCCEEDED, Phase.FAILED, Phase.CANCELLED], ids=str)
+def test_deleting_a_final_migration_touches_nothing(phase: Phase) -> None:
+    stored = status_in(phase)
+    decision = decide(spec(), stored, observation(deleting=True, source_ve=None, target_ve=ve()), later(1))
+    assert decision.status == stored
+    assert decision.actions == ()
+    assert decision.events == ()
+    assert decision.release_finalizer
+
+
+def test_full_live_migration_walk() -> None:
+    """One migration from creation to Succeeded, each pass fed the previous pass's status."""
+    s = spec()
+    status: MigrationStatus | None = None
+    passes = [
+        (observation(), Phase.VALIDATING),
+        (observation(), Phase.TRANSFERRING),
+        (observation(job=running_job(bytes_processed=GIB, bytes_total=2 * GIB)), Phase.TRANSFERRING),
+        (observation(job=job(JobState.SWITCHOVER, stats=JobStats(bytes_processed=2 * GIB))), Phase.SWITCHOVER),
+        (
+            observation(job=job(JobState.COMPLETED, stats=JobStats(downtime_ms=90)), target_verified=None),
+            Phase.FINALIZING,
+        ),
+        (observation(job=job(JobState.NONE), target_verified=True, source_disposed=False), Phase.FINALIZING),
+        (
+            observation(
+                job=job(JobState.NONE), target_verified=True, source_disposed=True, source_ve=None, target_ve=ve()
+            ),
+            Phase.SUCCEEDED,
+        ),
+    ]
+    for i, (obs, expected) in enumerate(passes):
+        status = decide(s, status, obs, later(i * 10)).status
+        assert status.phase == expected, f"pass {i}"
+    assert status is not None
+    assert [t.phase for t in status.phase_transitions] == [
+        Phase.VALIDATING,
+        Phase.TRANSFERRING,
+        Phase.SWITCHOVER,
+        Phase.FINALIZING,
+        Phase.SUCCEEDED,
+    ]
+    assert status.downtime_ms == 90
+    assert status.progress is not None and status.progress.percent == 100
+    assert status.result is not None and status.result.source_disposition == SourceDisposition.REMOVED
+    assert status.completion_time == later(60)
+    conditions = {c.type: c for c in status.conditions}
+    assert conditions[ConditionType.SUCCEEDED].status == ConditionStatus.TRUE
+    assert conditions[ConditionType.PREFLIGHT_PASSED].status == ConditionStatus.TRUE
+    assert conditions[ConditionType.PROGRESSING].status == ConditionStatus.FALSE
+    assert conditions[ConditionType.FAILED].status == ConditionStatus.FALSE
+
+
+def test_restart_safety_status_round_trips_through_the_api() -> None:
+    """decide depends on stored status plus observation only: a status read back from the API server
+    (camelCase JSON) gives the same decision as the in-memory one."""
+    obs = observation(job=running_job(bytes_processed=GIB, bytes_total=4 * GIB))
+    stored = status_in(Phase.TRANSFERRING)
+    first = decide(spec(), stored, obs, later(30))
+    reread = MigrationStatus.model_validate(stored.to_wire())
+    again = decide(spec(), reread, obs, later(30))
+    assert again == first
+    # And a pass on the new status with the same observation is stable (no flapping, no new actions).
+    settled = decide(spec(), MigrationStatus.model_validate(first.status.to_wire()), obs, later(30))
+    assert settled.status.phase == first.status.phase
+    assert settled.actions == ()
+    assert settled.events == ()
+
+
+def test_conditions_keep_transition_time_until_status_flips() -> None:
+    obs = observation(job=running_job(bytes_processed=1, bytes_total=100))
+    one = decide(spec(), status_in(Phase.TRANSFERRING), obs, later(10)).status
+    progressing = find(one.conditions, ConditionType.PROGRESSING)
+    assert progressing is not None and progressing.status == ConditionStatus.TRUE
+    two = decide(
+        spec(), one, replace(obs, generation=2, job=running_job(bytes_processed=5, bytes_total=100)), later(20)
+    ).status
+    again = find(two.conditions, ConditionType.PROGRESSING)
+    assert again is not None
+    assert again.last_transition_time == progressing.last_transition_time
+    assert again.observed_generation == 2 and two.observed_generation == 2
+    # The source drops off: Progressing flips to Unknown, and its time moves.
+    three = decide(spec(), two, replace(obs, job=None, source=DOWN), later(30)).status
+    unknown = find(three.conditions, ConditionType.PROGRESSING)
+    assert unknown is not None and unknown.status == ConditionStatus.UNKNOWN
+    assert unknown.last_transition_time == later(30)
