@@ -141,7 +141,11 @@ def make_disk(conn: Any, host: HostState, name: str, disk_mib: int, seed: str) -
             f.truncate(disk_mib << 20)
             f.seek(PAYLOAD_OFFSET)
             f.write(data)
-        run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(target)], timeout=120)
+        try:
+            run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(target)], timeout=120)
+        except CommandError as exc:
+            target.unlink(missing_ok=True)  # e.g. the pool is full: leave no half-written disk
+            raise RuntimeError(f"cannot create the disk of {name} on lab host {host.name}: {exc}") from exc
     conn.storagePoolLookupByName("default").refresh(0)
     return inside, hashlib.md5(data).hexdigest()  # noqa: S324 - matches the guest's md5sum, not security
 

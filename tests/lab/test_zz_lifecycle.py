@@ -1,0 +1,69 @@
+"""`down` leaves no namespace, link, mount or process; a crashed run is cleaned by the next `up`.
+Named to run last in this tier: it takes the session's lab down (the fixture brings it back if needed)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+from vemigrate.devenv.lab import Lab, LabInfo
+from vemigrate.devenv.lab.process import Tracked
+from vemigrate.devenv.lab.state import LabState, lab_dir
+
+
+def _our_pids(state: LabState) -> list[Tracked]:
+    procs = [p for h in state.hosts for p in ([h.holder] if h.holder else []) + list(h.daemons.values())]
+    for h in state.hosts:
+        out = subprocess.run(["ip", "netns", "pids", h.netns], capture_output=True, text=True).stdout
+        for pid in out.split():
+            with contextlib.suppress(RuntimeError):
+                procs.append(Tracked.of(int(pid)))
+    return procs
+
+
+def _assert_nothing_left(procs: list[Tracked]) -> None:
+    netns = json.loads(subprocess.run(["ip", "-j", "netns", "list"], capture_output=True, text=True).stdout or "[]")
+    assert not [n["name"] for n in netns if n["name"].startswith("vemigrate-")]
+    links = json.loads(subprocess.run(["ip", "-j", "link"], capture_output=True, text=True).stdout)
+    assert not [lk["ifname"] for lk in links if lk["ifname"].startswith("vmlab")]
+    mounts = Path("/proc/self/mountinfo").read_text()
+    assert str(lab_dir()) not in mounts
+    assert "/run/netns/vemigrate-" not in mounts
+    assert [p.pid for p in procs if p.alive()] == []
+    assert not (lab_dir() / "hosts").exists()
+    assert Lab.info() is None
+
+
+def test_down_leaves_nothing(lab: LabInfo) -> None:
+    Lab.create_vm(lab.hosts[0].name, "doomed", dirty_mib=1)  # a QEMU process to clean up too
+    state = LabState.load()
+    assert state is not None
+    procs = _our_pids(state)
+    assert any("qemu" in Path(f"/proc/{p.pid}/comm").read_text() for p in procs if p.alive())
+    Lab.down()
+    _assert_nothing_left(procs)
+
+
+def test_next_up_cleans_a_crashed_run() -> None:
+    from tests.fixtures.lab import require_lab
+
+    require_lab()
+    info = Lab.up(hosts=1)
+    state = LabState.load()
+    assert state is not None
+    procs = _our_pids(state)
+    # A crash: the lab's record is lost while everything keeps running; a daemon died as well.
+    LabState.path().unlink()
+    os.kill(state.hosts[0].daemons["virtlogd"].pid, signal.SIGKILL)
+    again = Lab.up(hosts=1)
+    assert [p.pid for p in procs if p.alive()] == []
+    assert again.hosts[0].holder_pid != info.hosts[0].holder_pid
+    new_state = LabState.load()
+    assert new_state is not None
+    procs = _our_pids(new_state)
+    Lab.down()
+    _assert_nothing_left(procs)
