@@ -263,6 +263,22 @@ CASES = [
         message="Attempt 1 of 3 failed (HostUnreachable)",
     ),
     Case(
+        "wrong SSH key: fail at once with the specific reason",
+        status_in(Phase.VALIDATING),
+        obs={
+            "target": HostObservation(
+                name="node-b",
+                reachable=False,
+                error="root@192.0.2.2:22 refused the credentials from the Secret",
+                error_reason="AuthenticationFailed",
+                permanent=True,
+            )
+        },
+        phase=Phase.FAILED,
+        reason="AuthenticationFailed",
+        message="refused the credentials",
+    ),
+    Case(
         "a job of ours already runs (restart after start, before status write)",
         status_in(Phase.VALIDATING),
         obs={"job": running_job(bytes_processed=10, bytes_total=100)},

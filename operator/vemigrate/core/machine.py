@@ -245,13 +245,15 @@ def _admission(step: _Pass) -> str | None:
 
 
 # -- Validating -------------------------------------------------------------------------------
-def _unreachable(hosts: list[HostObservation | None]) -> str | None:
-    for host in hosts:
-        if host is None or host.reachable is not True:
-            name = host.name if host is not None else "?"
-            detail = f": {host.error}" if host is not None and host.error else ""
-            return f"Host {name!r} not reachable{detail}"
-    return None
+def _unreachable(hosts: list[HostObservation | None]) -> HostObservation | None:
+    """The first host that was not reached this pass (a permanent cause first)."""
+    missing = [h or HostObservation(name="?", reachable=None) for h in hosts if h is None or h.reachable is not True]
+    return next((h for h in missing if h.permanent), missing[0] if missing else None)
+
+
+def _host_problem(host: HostObservation) -> tuple[str, str]:
+    detail = f": {host.error}" if host.error else ""
+    return host.error_reason or "HostUnreachable", f"Host {host.name!r} not reachable{detail}"
 
 
 def resolve_mode(requested: Mode, ve: VEFacts) -> Mode:
@@ -272,10 +274,13 @@ def _validating(step: _Pass) -> None:
         return
     unreachable = _unreachable([obs.source, obs.target])
     if unreachable is not None:
-        if now - step.entered(Phase.VALIDATING) > timedelta(seconds=spec.timeouts.progress_seconds):
-            step.fail("HostUnreachable", unreachable, retryable=True)
+        reason, message = _host_problem(unreachable)
+        if unreachable.permanent:
+            step.fail(reason, message)
+        elif now - step.entered(Phase.VALIDATING) > timedelta(seconds=spec.timeouts.progress_seconds):
+            step.fail(reason, message, retryable=True)
         else:
-            step.wait("HostUnreachable", unreachable)
+            step.wait("HostUnreachable", message)
         return
     assert obs.source is not None and obs.target is not None
     if obs.source_ve is None:

@@ -70,6 +70,8 @@ class HostObservation:
     exists: bool = True  # False: no HypervisorHost of that name in the migration's namespace
     facts: HostStatus | None = None
     error: str | None = None  # why it was not reachable, for the condition message
+    error_reason: str | None = None  # one CamelCase word: HostUnreachable, HostKeyMismatch, SecretNotFound, ...
+    permanent: bool = False  # waiting will not help (wrong key, host key mismatch, missing Secret)
     max_inbound: int = 2
     max_outbound: int = 2
 

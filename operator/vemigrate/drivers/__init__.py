@@ -1,0 +1,1 @@
+"""Hypervisor drivers behind one protocol: libvirt (libvirt-python, virsh) and prlctl (Virtuozzo)."""

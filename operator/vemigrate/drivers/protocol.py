@@ -1,0 +1,83 @@
+"""The one protocol every hypervisor driver implements, and the plan it is handed.
+
+A driver instance serves one host. Every method has a deadline (the driver enforces it) and raises
+`DriverError` subclasses: `StateUnknownError` when the host did not answer in time, which the
+reconcile pass turns into "not observed" (None) rather than a failure.
+
+Jobs are keyed by the migration's UID and live on the source host, not in the operator: a restarted
+operator finds a running job with `job()`, and a finished job's outcome (exit status and error)
+stays readable there until `forget_job()`. So `job()` returning JobState.NONE means the job was
+never started.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from vemigrate.api.host import HostStatus
+from vemigrate.api.migration import MigrationSpec, Mode, SourceDisposition
+from vemigrate.core.access import HostAccess
+from vemigrate.core.observation import JobObservation, VEFacts
+
+
+@dataclass(frozen=True)
+class MigrationPlan:
+    """Everything a driver needs to run or inspect one migration."""
+
+    uid: str
+    spec: MigrationSpec
+    mode: Mode  # Live or Offline, resolved
+    ve: VEFacts  # the VE as seen on the source when the job started
+    source: HostAccess
+    target: HostAccess
+
+
+class HypervisorDriver(Protocol):
+    access: HostAccess
+
+    async def probe(self) -> HostStatus:
+        """Facts about the host for the pre-flight checks and the HypervisorHost status."""
+
+    async def find_ve(self, name: str) -> VEFacts | None:
+        """The VE with this name or UUID on this host, or None when there is none."""
+
+    async def reaches(self, other: HostAccess) -> bool:
+        """Whether this host opens a direct SSH connection to `other` on its SSH port."""
+
+    # -- on the source ----------------------------------------------------------------------
+    async def start_job(self, plan: MigrationPlan) -> None:
+        """Start the migration job for plan.uid; a no-op when it already exists."""
+
+    async def job(self, plan: MigrationPlan) -> JobObservation:
+        """The job's state, counters and outcome."""
+
+    async def abort_job(self, plan: MigrationPlan) -> None:
+        """Ask the job to stop; the VE keeps running on the source."""
+
+    async def force_complete(self, plan: MigrationPlan) -> None:
+        """Finish a live migration now: pause the VE for switchover, or switch to post-copy."""
+
+    async def source_disposed(self, plan: MigrationPlan, disposition: SourceDisposition) -> bool:
+        """Whether the source VE was already removed or renamed as `disposition` says."""
+
+    async def dispose_source(self, plan: MigrationPlan, disposition: SourceDisposition) -> None:
+        """Remove the source VE (VMs) or rename it .migrated (containers). Called only once the target
+        copy is verified."""
+
+    async def forget_job(self, plan: MigrationPlan) -> None:
+        """Remove the job's records from the host once the migration is final."""
+
+    # -- on the target ----------------------------------------------------------------------
+    async def verify_target(self, plan: MigrationPlan) -> bool:
+        """Whether the copy here is complete: defined, in the expected state, data intact."""
+
+    async def target_leftovers(self, plan: MigrationPlan) -> bool:
+        """Whether this migration left anything here (a half-defined VE, partial disks)."""
+
+    async def cleanup_target(self, plan: MigrationPlan) -> None:
+        """Remove what this migration left here. Never called while the source copy is missing."""
+
+
+class DriverFactory(Protocol):
+    def __call__(self, access: HostAccess) -> HypervisorDriver: ...

@@ -1,0 +1,155 @@
+"""SSH to hosts with asyncssh: host keys always verified, every command quoted and under a deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import asyncssh
+
+from vemigrate.core.access import HostAccess
+from vemigrate.drivers.errors import DriverError, PermanentError, RetryableError, StateUnknownError
+
+CONNECT_TIMEOUT = 10.0
+COMMAND_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class Completed:
+    argv: tuple[str, ...]
+    exit_status: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_status == 0
+
+
+def known_hosts_for(access: HostAccess) -> asyncssh.SSHKnownHosts:
+    if not access.known_hosts.strip():
+        raise PermanentError(
+            "NoHostKey",
+            f"HypervisorHost {access.name!r} has no known_hosts entry or hostKey: refusing to connect unverified",
+        )
+    try:
+        return asyncssh.import_known_hosts(access.known_hosts)
+    except (ValueError, asyncssh.KeyImportError) as exc:
+        raise PermanentError("InvalidKnownHosts", f"known_hosts of {access.name!r} cannot be read: {exc}") from exc
+
+
+def _client_keys(access: HostAccess) -> list[asyncssh.SSHKey] | None:
+    if access.private_key is None:
+        return None
+    try:
+        return [asyncssh.import_private_key(access.private_key)]
+    except (ValueError, asyncssh.KeyImportError) as exc:
+        raise PermanentError(
+            "InvalidPrivateKey", f"the SSH private key of {access.name!r} cannot be read: {exc}"
+        ) from exc
+
+
+def classify(access: HostAccess, exc: BaseException) -> DriverError:
+    """Turn what asyncssh or the network raised into a driver error with a specific reason."""
+    where = f"{access.user}@{access.address}:{access.port} ({access.name})"
+    if isinstance(exc, DriverError):
+        return exc
+    if isinstance(exc, asyncssh.HostKeyNotVerifiable):
+        return PermanentError(
+            "HostKeyMismatch",
+            f"host key of {where} does not match its known_hosts: refusing to connect ({exc.reason})",
+        )
+    if isinstance(exc, asyncssh.PermissionDenied):
+        return PermanentError("AuthenticationFailed", f"{where} refused the credentials from the Secret: {exc.reason}")
+    if isinstance(exc, TimeoutError):
+        return StateUnknownError("Timeout", f"{where} did not answer in time")
+    if isinstance(exc, asyncssh.DisconnectError | asyncssh.ConnectionLost | asyncssh.ChannelOpenError):
+        return StateUnknownError("ConnectionLost", f"connection to {where} lost: {exc}")
+    if isinstance(exc, OSError):
+        return RetryableError("HostUnreachable", f"cannot connect to {where}: {exc.strerror or exc}")
+    return RetryableError("SSHError", f"{where}: {exc}")
+
+
+class SSHHost:
+    """One verified SSH connection per host, opened on first use and renewed when the host changes."""
+
+    def __init__(self, access: HostAccess) -> None:
+        self.access = access
+        self._conn: asyncssh.SSHClientConnection | None = None
+        self._lock = asyncio.Lock()
+
+    async def connection(self) -> asyncssh.SSHClientConnection:
+        async with self._lock:
+            if self._conn is not None and not self._conn.is_closed():
+                return self._conn
+            access = self.access
+            try:
+                self._conn = await asyncio.wait_for(
+                    asyncssh.connect(
+                        access.address,
+                        port=access.port,
+                        username=access.user,
+                        known_hosts=known_hosts_for(access),
+                        client_keys=_client_keys(access),
+                        password=access.password,
+                        agent_path=None,
+                        config=None,
+                        keepalive_interval=15,
+                        keepalive_count_max=2,
+                    ),
+                    CONNECT_TIMEOUT,
+                )
+            except BaseException as exc:
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                raise classify(access, exc) from exc
+            return self._conn
+
+    async def run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float = COMMAND_TIMEOUT,
+        input: str | None = None,
+        check: bool = True,
+    ) -> Completed:
+        """Run argv on the host. Each word is quoted, so no value is ever parsed by the remote shell."""
+        command = shlex.join(argv)
+        try:
+            conn = await self.connection()
+            result = await asyncio.wait_for(conn.run(command, input=input, check=False), timeout)
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise classify(self.access, exc) from exc
+        done = Completed(
+            argv=tuple(argv),
+            exit_status=result.exit_status if result.exit_status is not None else -1,
+            stdout=str(result.stdout or ""),
+            stderr=str(result.stderr or ""),
+        )
+        if check and not done.ok:
+            raise PermanentError(
+                "CommandFailed",
+                f"{argv[0]} on {self.access.name} exited {done.exit_status}: {done.stderr.strip()[:500]}",
+            )
+        return done
+
+    async def forward_socket(self, local_path: str, remote_path: str) -> asyncssh.SSHListener:
+        """A local Unix socket that reaches a Unix socket on the host through this connection."""
+        try:
+            conn = await self.connection()
+            return await asyncio.wait_for(conn.forward_local_path(local_path, remote_path), CONNECT_TIMEOUT)
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise classify(self.access, exc) from exc
+
+    async def close(self) -> None:
+        async with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                await self._conn.wait_closed()
+                self._conn = None
