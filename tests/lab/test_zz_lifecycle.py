@@ -10,7 +10,11 @@ import signal
 import subprocess
 from pathlib import Path
 
+import libvirt
+
+from tests.lab.test_containers import container_init
 from vemigrate.devenv.lab import Lab, LabInfo
+from vemigrate.devenv.lab.ct import lxc_uri
 from vemigrate.devenv.lab.process import Tracked
 from vemigrate.devenv.lab.state import LabState, lab_dir
 
@@ -40,10 +44,14 @@ def _assert_nothing_left(procs: list[Tracked]) -> None:
 
 def test_down_leaves_nothing(lab: LabInfo) -> None:
     Lab.create_vm(lab.hosts[0].name, "doomed", dirty_mib=1)  # a QEMU process to clean up too
+    ct = Lab.create_ct(lab.hosts[1].name, "doomed-ct")  # and a container in namespaces of its own
     state = LabState.load()
     assert state is not None
     procs = _our_pids(state)
     assert any("qemu" in Path(f"/proc/{p.pid}/comm").read_text() for p in procs if p.alive())
+    conn = libvirt.open(lxc_uri(state.host(ct.host)))
+    procs.append(Tracked.of(container_init(conn.lookupByName("doomed-ct"))))
+    conn.close()
     Lab.down()
     _assert_nothing_left(procs)
 

@@ -12,6 +12,7 @@ from typing import Any
 import libvirt
 
 from vemigrate.devenv.lab import network
+from vemigrate.devenv.lab.ct import lxc_uri
 from vemigrate.devenv.lab.environment import Lab, LabInfo
 from vemigrate.devenv.lab.host import DAEMONS
 from vemigrate.devenv.lab.state import LabState
@@ -88,6 +89,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     clone.add_argument("source")
     clone.add_argument("name")
     clone.set_defaults(func=_vm_clone)
+
+    ctp = verbs.add_parser("ct", help="lab containers (libvirt LXC)")
+    ct_verbs = ctp.add_subparsers(dest="ct_verb", required=True, metavar="VERB")
+    ctc = ct_verbs.add_parser("create", help="make a container whose root is a private area directory")
+    ctc.add_argument("host")
+    ctc.add_argument("name")
+    ctc.add_argument("--memory", type=int, default=64, metavar="MiB")
+    ctc.add_argument("--stopped", action="store_true", help="define it without starting it")
+    ctc.set_defaults(func=_ct_create)
 
     link = verbs.add_parser("link", help="cut or restore a host's network link")
     link.add_argument("host")
@@ -216,6 +226,7 @@ def _status(args: argparse.Namespace) -> int:
                     entry["vms"][dom.name()] = st
             finally:
                 conn.close()
+            entry["cts"] = _containers(h)
         report["hosts"].append(entry)
     if args.json:
         return _dump(report)
@@ -226,7 +237,20 @@ def _status(args: argparse.Namespace) -> int:
         print(f"  {e['name']} {e['address']} bridge:{e['guestBridge']} {daemons}{faults}")
         for name, st in sorted(e["vms"].items()):
             print(f"    vm {name}: {st}")
+        for name, st in sorted(e.get("cts", {}).items()):
+            print(f"    ct {name}: {st}")
     return 0
+
+
+def _containers(h: Any) -> dict[str, str]:
+    try:
+        conn = libvirt.open(lxc_uri(h))
+    except libvirt.libvirtError:
+        return {}  # no LXC driver on this machine
+    try:
+        return {d.name(): _DOMAIN_STATES.get(d.state()[0], "other") for d in conn.listAllDomains()}
+    finally:
+        conn.close()
 
 
 def _dump(obj: Any) -> int:
@@ -268,6 +292,13 @@ def _vm_create(args: argparse.Namespace) -> int:
     )
     boot = f", booted in {v.boot_seconds:.1f} s" if v.boot_seconds is not None else ""
     print(f"vm {v.name} ({v.uuid}) on {v.host}: {v.state.value}{boot}; serial log {v.serial_log}")
+    return 0
+
+
+def _ct_create(args: argparse.Namespace) -> int:
+    c = Lab.create_ct(args.host, args.name, memory_mib=args.memory, running=not args.stopped)
+    state = "running" if c.running else "stopped"
+    print(f"ct {c.name} ({c.uuid}) on {c.host}: {state}; private area {c.private}")
     return 0
 
 

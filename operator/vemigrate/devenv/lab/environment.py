@@ -3,6 +3,7 @@ in between (VMs, exec, faults). Used by the `vemigrate lab` command, the test fi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -16,7 +17,7 @@ from typing import Any
 import libvirt
 
 from vemigrate.devenv.lab import accel as accel_mod
-from vemigrate.devenv.lab import guest, host, network, vm
+from vemigrate.devenv.lab import ct, guest, host, network, vm
 from vemigrate.devenv.lab.process import CommandError, Tracked, run, stop_pids
 from vemigrate.devenv.lab.state import (
     DEFAULT_GUEST_BRIDGE,
@@ -216,7 +217,9 @@ class Lab:
                 finally:
                     conn.close()
                 probed = h.dir / "cache" / "qemu" / "capabilities"
-                if not caps.is_dir() and probed.is_dir():
+                if h is state.hosts[0] and probed.is_dir():
+                    # Keep the shared copy current: libvirt rewrites it when QEMU or libvirt changed.
+                    shutil.rmtree(caps, ignore_errors=True)
                     shutil.copytree(probed, caps)
             host.known_hosts_path().write_text("".join(host.host_key_line(h) for h in state.hosts))
         except BaseException:
@@ -233,6 +236,7 @@ class Lab:
         state = LabState.load()
         errors: list[str] = []
         for h in state.hosts if state else []:
+            _stop_containers(h)
             try:
                 host.stop_host_processes(h, network.netns_pids(h.netns) if h.netns in network.list_netns() else [])
                 network.remove_host_network(h.netns, h.veth)
@@ -253,6 +257,7 @@ class Lab:
                 errors.append(str(exc))
         for link in network.leftover_links():
             run(["ip", "link", "del", link], check=False)
+        _remove_container_cgroups()
         shutil.rmtree(lab_dir() / "hosts", ignore_errors=True)
         LabState.path().unlink(missing_ok=True)
         if errors:
@@ -308,6 +313,19 @@ class Lab:
         conn = _connect(h)
         try:
             return vm.linked_clone(conn, h, source, name, lab.accel)
+        finally:
+            conn.close()
+
+    @staticmethod
+    def create_ct(host_name: str, name: str, *, memory_mib: int = 64, running: bool = True) -> ct.CTInfo:
+        """A libvirt LXC container with a private area directory as its root file system."""
+        h = _running_state().host(host_name)
+        try:
+            conn = libvirt.open(ct.lxc_uri(h))
+        except libvirt.libvirtError as exc:
+            raise RuntimeError(f"libvirt's LXC driver is not available on lab host {h.name}: {exc}") from exc
+        try:
+            return ct.create(conn, h, _host_path(h, "/"), name=name, memory_mib=memory_mib, running=running)
         finally:
             conn.close()
 
@@ -388,3 +406,31 @@ def _host_path(h: HostState, inside: str) -> Path:
     if h.holder is None:
         raise RuntimeError(f"lab host {h.name} is not running")
     return Path(f"/proc/{h.holder.pid}/root{inside}")
+
+
+def _stop_containers(h: HostState) -> None:
+    """Containers first, through libvirt, while it still runs: see ct.destroy_all."""
+    live = h.daemons.get("libvirtd")
+    if live is None or not live.alive():
+        return
+    try:
+        conn = libvirt.open(ct.lxc_uri(h))
+    except libvirt.libvirtError:
+        return  # no LXC driver: no containers
+    try:
+        ct.destroy_all(conn)
+    except libvirt.libvirtError:
+        pass  # best effort; the processes are killed by PID next
+    finally:
+        conn.close()
+
+
+def _remove_container_cgroups() -> None:
+    """libvirt (without systemd) files containers under /machine in every cgroup v1 hierarchy and
+    leaves that group behind; remove the empty ones (rmdir refuses anything still in use)."""
+    for machine in Path("/sys/fs/cgroup").glob("*/machine"):
+        for group in machine.glob("lxc-*.libvirt-lxc"):
+            with contextlib.suppress(OSError):
+                group.rmdir()
+        with contextlib.suppress(OSError):
+            machine.rmdir()

@@ -39,8 +39,15 @@ mount --bind "$hostdir/log" /var/log/libvirt
 mount --bind "$hostdir/cache" /var/cache/libvirt
 # Disks live on a size-limited tmpfs, so `lab fill-disk` fills this host and never the machine.
 mount -t tmpfs -o "size=${pool_mib}m,mode=0711" tmpfs /var/lib/libvirt/images
-# sysfs of this network namespace: libvirt looks up bridges and taps under /sys/class/net.
+# sysfs of this network namespace: libvirt looks up bridges and taps under /sys/class/net. The
+# cgroup mounts are carried over (LXC containers need them) minus the cgroup2 one: libvirt's LXC
+# driver fails on this machine's hybrid v1 + v2 layout and works on the v1 controllers alone.
+mkdir /run/.cgroup
+mount --rbind /sys/fs/cgroup /run/.cgroup
 mount -t sysfs sysfs /sys
+mount --move /run/.cgroup /sys/fs/cgroup
+rmdir /run/.cgroup
+if [ -d /sys/fs/cgroup/unified ] && [ -e /sys/fs/cgroup/cpu ]; then umount /sys/fs/cgroup/unified; fi
 # ssh run by libvirtd (qemu+ssh:// to other hosts) uses the lab key and known_hosts only.
 mount --bind "$ssh_config" /etc/ssh/ssh_config
 if [ -d /root/.ssh ]; then mount --bind "$hostdir/dotssh" /root/.ssh; fi
