@@ -405,10 +405,10 @@ def _to_finalizing(step: _Pass, job: JobObservation) -> None:
 
 
 # -- Finalizing -------------------------------------------------------------------------------
-def _disposition(step: _Pass) -> SourceDisposition:
-    if step.spec.clone:
+def disposition_for(spec: MigrationSpec, ve: VEFacts | None) -> SourceDisposition:
+    """What becomes of the source (the seed): kept by a clone, containers renamed, VMs removed."""
+    if spec.clone:
         return SourceDisposition.KEPT
-    ve = step.obs.source_ve
     if ve is not None and ve.type == VEKind.CONTAINER:
         return SourceDisposition.RENAMED_MIGRATED
     return SourceDisposition.REMOVED
@@ -429,7 +429,7 @@ def _finalizing(step: _Pass) -> None:
             "was left untouched. Inspect both hosts before retrying",
         )
         return
-    disposition = _disposition(step)
+    disposition = disposition_for(spec, obs.source_ve)
     if disposition != SourceDisposition.KEPT and obs.source_disposed is not True:
         if obs.source_disposed is None or obs.source is None or obs.source.reachable is not True:
             step.wait("StateUnknown", f"Cannot observe the source on {spec.source.host!r}")

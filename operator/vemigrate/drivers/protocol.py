@@ -28,7 +28,7 @@ class MigrationPlan:
     uid: str
     spec: MigrationSpec
     mode: Mode  # Live or Offline, resolved
-    ve: VEFacts  # the VE as seen on the source when the job started
+    ve: VEFacts | None  # the VE as seen on the source this pass (None once it was removed)
     source: HostAccess
     target: HostAccess
 

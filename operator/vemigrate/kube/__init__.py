@@ -1,0 +1,1 @@
+"""Kubernetes API access: reading hosts and Secrets, writing status and Events."""

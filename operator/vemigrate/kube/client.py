@@ -1,0 +1,42 @@
+"""The kubernetes client, configured once, with blocking calls moved off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import kubernetes
+
+T = TypeVar("T")
+
+CALL_TIMEOUT = 30.0
+
+
+class Kube:
+    """Thin async wrapper: every call runs in a thread under a deadline."""
+
+    def __init__(self, api_client: Any) -> None:
+        self.api_client = api_client
+        self.core = kubernetes.client.CoreV1Api(api_client)
+        self.custom = kubernetes.client.CustomObjectsApi(api_client)
+
+    @classmethod
+    def from_environment(cls, kubeconfig: str | None = None) -> Kube:
+        """In a Pod: the ServiceAccount; elsewhere: the kubeconfig (KUBECONFIG or ~/.kube/config)."""
+        configuration = kubernetes.client.Configuration()
+        try:
+            kubernetes.config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        except kubernetes.config.ConfigException:
+            kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+                config_file=kubeconfig, client_configuration=configuration
+            )
+        return cls(kubernetes.client.ApiClient(configuration))
+
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        kwargs.setdefault("_request_timeout", CALL_TIMEOUT)
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+def not_found(exc: BaseException) -> bool:
+    return isinstance(exc, kubernetes.client.ApiException) and exc.status == 404

@@ -1,0 +1,104 @@
+"""HypervisorHost objects and their Secrets, resolved into HostAccess."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import kubernetes
+
+from vemigrate.api import host as host_api
+from vemigrate.api.common import GROUP, VERSION
+from vemigrate.api.host import HostSpec, HypervisorHost
+from vemigrate.core.access import HostAccess
+from vemigrate.kube.client import Kube, not_found
+
+
+class HostConfigError(Exception):
+    """The HypervisorHost cannot be used as configured (missing Secret or key). Waiting will not help."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+async def get_host(kube: Kube, namespace: str, name: str) -> HypervisorHost | None:
+    try:
+        body = await kube.call(
+            kube.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, host_api.PLURAL, name
+        )
+    except kubernetes.client.ApiException as exc:
+        if not_found(exc):
+            return None
+        raise
+    return HypervisorHost.model_validate(body)
+
+
+async def _secret_data(kube: Kube, namespace: str, host: str, secret: str) -> dict[str, str]:
+    try:
+        body = await kube.call(kube.core.read_namespaced_secret, secret, namespace)
+    except kubernetes.client.ApiException as exc:
+        if not_found(exc):
+            raise HostConfigError(
+                "SecretNotFound", f"HypervisorHost {host!r} refers to Secret {secret!r}, which does not exist"
+            ) from exc
+        if exc.status == 403:
+            raise HostConfigError(
+                "SecretForbidden", f"the operator may not read Secret {secret!r} (RBAC) used by HypervisorHost {host!r}"
+            ) from exc
+        raise
+    return {k: base64.b64decode(v).decode() for k, v in (body.data or {}).items()}
+
+
+def _pick(data: dict[str, str], host: str, secret: str, keys: tuple[str, ...]) -> tuple[str, str]:
+    for key in keys:
+        if key in data:
+            return key, data[key]
+    have = ", ".join(sorted(data)) or "none"
+    wanted = " or ".join(repr(k) for k in keys)
+    raise HostConfigError(
+        "SecretKeyMissing", f"Secret {secret!r} of HypervisorHost {host!r} has no key {wanted} (it has: {have})"
+    )
+
+
+def _host_key_line(spec: HostSpec) -> str:
+    assert spec.host_key is not None
+    where = spec.address if spec.port == 22 else f"[{spec.address}]:{spec.port}"
+    return f"{where} {spec.host_key.strip()}\n"
+
+
+async def resolve(kube: Kube, namespace: str, hvh: HypervisorHost) -> HostAccess:
+    """The host's spec with its credentials and known hosts read from its Secrets."""
+    spec = hvh.spec
+    name = str(hvh.metadata.get("name", ""))
+    cred = spec.credentials_secret_ref
+    data = await _secret_data(kube, namespace, name, cred.name)
+    # An explicit key names the one to use; otherwise a private key wins over a password.
+    wanted = (cred.key,) if cred.key else (host_api.PRIVATE_KEY_KEY, host_api.PASSWORD_KEY)
+    key, value = _pick(data, name, cred.name, wanted)
+    private_key, password = (None, value) if key == host_api.PASSWORD_KEY else (value, None)
+    known = ""
+    if spec.known_hosts_secret_ref is not None:
+        ref = spec.known_hosts_secret_ref
+        known_data = await _secret_data(kube, namespace, name, ref.name)
+        known = _pick(known_data, name, ref.name, (ref.key or host_api.KNOWN_HOSTS_KEY,))[1]
+    if spec.host_key:
+        known += _host_key_line(spec)
+    metadata: dict[str, Any] = hvh.metadata
+    return HostAccess(
+        name=name,
+        namespace=namespace,
+        address=spec.address,
+        port=spec.port,
+        user=spec.user,
+        driver=spec.driver.value,
+        private_key=private_key,
+        password=password,
+        known_hosts=known,
+        libvirt_uri=spec.libvirt_uri,
+        migration_address=spec.migration_address,
+        max_inbound=spec.max_inbound,
+        max_outbound=spec.max_outbound,
+        version=f"{metadata.get('resourceVersion', '')}/{hash((private_key, password, known))}",
+    )

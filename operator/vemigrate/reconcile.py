@@ -1,0 +1,356 @@
+"""One reconcile pass: observe both hosts and the job, decide (core), act, write status once.
+
+Any pass may be the first after a restart: everything it needs comes from the stored status and
+from what it observes now. A host that does not answer becomes "not observed" (None), never an error
+that aborts anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
+
+from vemigrate import metrics
+from vemigrate.api.common import ConditionStatus
+from vemigrate.api.host import HostConditionType, HostStatus, HypervisorHost
+from vemigrate.api.migration import Failure, MigrationSpec, MigrationStatus, Mode, Phase
+from vemigrate.core.access import HostAccess
+from vemigrate.core.conditions import set_condition
+from vemigrate.core.decision import Action, ActionKind, Decision
+from vemigrate.core.machine import ACTIVE_PHASES, decide, disposition_for, resolve_mode
+from vemigrate.core.observation import (
+    HostObservation,
+    JobObservation,
+    JobState,
+    Observation,
+    OtherMigration,
+    VEFacts,
+)
+from vemigrate.drivers.errors import DriverError, PermanentError
+from vemigrate.drivers.protocol import DriverFactory, HypervisorDriver, MigrationPlan
+from vemigrate.kube import events, hosts, status
+from vemigrate.kube.client import Kube
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Phases whose pass talks to the hosts; Pending and Queued only read the API.
+_HOST_PHASES = ACTIVE_PHASES
+
+
+@dataclass
+class Settings:
+    cluster_limit: int = 0  # migrations in flight at once across the cluster; 0: no limit
+    host_probe_seconds: float = 60.0
+
+
+@dataclass
+class World:
+    """What passes share: the API client, the drivers (one per host, reused), the settings."""
+
+    kube: Kube
+    make_driver: DriverFactory
+    settings: Settings = field(default_factory=Settings)
+    _drivers: dict[tuple[str, str], HypervisorDriver] = field(default_factory=dict)
+    # Admission is decided under this lock, and what it admitted is remembered until the API shows
+    # it, so two migrations never take the last slot at once.
+    admission: asyncio.Lock = field(default_factory=asyncio.Lock)
+    admitted: dict[str, OtherMigration] = field(default_factory=dict)
+
+    def driver(self, access: HostAccess) -> HypervisorDriver:
+        key = (access.namespace, access.name)
+        cached = self._drivers.get(key)
+        if cached is None or cached.access.version != access.version:
+            cached = self.make_driver(access)
+            self._drivers[key] = cached
+        return cached
+
+
+@dataclass
+class _Host:
+    """A host as this pass knows it: its observation, and a driver when it could be resolved."""
+
+    obs: HostObservation
+    driver: HypervisorDriver | None = None
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def _host(world: World, namespace: str, name: str) -> _Host:
+    try:
+        hvh = await hosts.get_host(world.kube, namespace, name)
+    except Exception as exc:  # the API server itself: not known this pass
+        log.warning("reading HypervisorHost %s/%s: %s", namespace, name, exc)
+        return _Host(HostObservation(name=name, reachable=None, error=str(exc)))
+    if hvh is None:
+        return _Host(HostObservation(name=name, reachable=None, exists=False))
+    try:
+        access = await hosts.resolve(world.kube, namespace, hvh)
+    except hosts.HostConfigError as exc:
+        return _Host(
+            HostObservation(name=name, reachable=False, error=exc.message, error_reason=exc.reason, permanent=True)
+        )
+    obs = HostObservation(
+        name=name,
+        reachable=None,
+        facts=hvh.status,
+        max_inbound=hvh.spec.max_inbound,
+        max_outbound=hvh.spec.max_outbound,
+    )
+    return _Host(obs, world.driver(access))
+
+
+async def _ask(host: _Host, call: Callable[[HypervisorDriver], Awaitable[T]]) -> T | None:
+    """One driver call; on failure the host is marked not reachable for this pass and None returned."""
+    if host.driver is None or host.obs.reachable is False:
+        return None
+    try:
+        result = await call(host.driver)
+    except DriverError as exc:
+        host.obs = replace(
+            host.obs,
+            reachable=False,
+            error=exc.message,
+            error_reason=exc.reason,
+            permanent=isinstance(exc, PermanentError) and exc.reason in _PERMANENT_CONNECT_REASONS,
+        )
+        return None
+    host.obs = replace(host.obs, reachable=True)
+    return result
+
+
+# Connection failures that waiting cannot fix: reported at once instead of after the timeout.
+_PERMANENT_CONNECT_REASONS = frozenset(
+    {"HostKeyMismatch", "AuthenticationFailed", "NoHostKey", "InvalidKnownHosts", "InvalidPrivateKey"}
+)
+
+
+def _plan(
+    uid: str, spec: MigrationSpec, stored: MigrationStatus | None, ve: VEFacts | None, src: _Host, dst: _Host
+) -> MigrationPlan | None:
+    if src.driver is None or dst.driver is None:
+        return None
+    mode = stored.mode if stored and stored.mode else (resolve_mode(spec.mode, ve) if ve else Mode.OFFLINE)
+    return MigrationPlan(uid=uid, spec=spec, mode=mode, ve=ve, source=src.driver.access, target=dst.driver.access)
+
+
+async def _observe(
+    world: World,
+    body: Mapping[str, Any],
+    spec: MigrationSpec,
+    stored: MigrationStatus | None,
+    *,
+    deleting: bool,
+    others: Iterable[OtherMigration],
+) -> tuple[Observation, MigrationPlan | None]:
+    meta = body["metadata"]
+    namespace, uid = meta["namespace"], meta["uid"]
+    phase = stored.phase if stored else Phase.PENDING
+    src, dst = await asyncio.gather(
+        _host(world, namespace, spec.source.host), _host(world, namespace, spec.target.host)
+    )
+    created = datetime.fromisoformat(meta["creationTimestamp"]) if meta.get("creationTimestamp") else None
+    base = Observation(
+        generation=int(meta.get("generation", 1)),
+        deleting=deleting,
+        created=created,
+        uid=uid,
+        others=tuple(o for o in others if o.uid != uid),
+        cluster_limit=world.settings.cluster_limit,
+    )
+    if phase not in _HOST_PHASES or phase.final:
+        return replace(base, source=src.obs, target=dst.obs), None
+
+    source_ve, target_ve = await asyncio.gather(
+        _ask(src, lambda d: d.find_ve(spec.source.name)), _ask(dst, lambda d: d.find_ve(spec.source.name))
+    )
+    plan = _plan(uid, spec, stored, source_ve, src, dst)
+    job: JobObservation | None = None
+    verified = disposed = leftovers = reaches = None
+    if plan is not None:
+        job = await _ask(src, lambda d: d.job(plan))
+        if phase == Phase.VALIDATING:
+            facts = await asyncio.gather(_ask(src, lambda d: d.probe()), _ask(dst, lambda d: d.probe()))
+            src.obs = replace(src.obs, facts=facts[0] or src.obs.facts)
+            dst.obs = replace(dst.obs, facts=facts[1] or dst.obs.facts)
+            reaches = await _ask(src, lambda d: d.reaches(plan.target))
+        finishing = phase == Phase.FINALIZING or (job is not None and job.state in (JobState.COMPLETED, JobState.NONE))
+        if finishing and phase != Phase.VALIDATING:
+            verified = await _ask(dst, lambda d: d.verify_target(plan))
+            disposition = disposition_for(spec, source_ve)
+            disposed = await _ask(src, lambda d: d.source_disposed(plan, disposition))
+        if phase == Phase.ROLLING_BACK:
+            leftovers = await _ask(dst, lambda d: d.target_leftovers(plan))
+    if src.obs.reachable is not True:
+        source_ve = None
+    obs = replace(
+        base,
+        source=src.obs,
+        target=dst.obs,
+        source_ve=source_ve,
+        target_ve=target_ve if dst.obs.reachable is True else None,
+        job=job,
+        target_verified=verified,
+        source_disposed=disposed,
+        target_leftovers=leftovers,
+        ssh_port_open=reaches,
+    )
+    return obs, plan
+
+
+async def _act(world: World, action: Action, plan: MigrationPlan, src: HypervisorDriver, dst: HypervisorDriver) -> None:
+    match action.kind:
+        case ActionKind.START_JOB:
+            await src.start_job(replace(plan, mode=action.mode or plan.mode))
+        case ActionKind.ABORT_JOB:
+            await src.abort_job(plan)
+        case ActionKind.FORCE_COMPLETE:
+            await src.force_complete(plan)
+        case ActionKind.CLEANUP_TARGET:
+            await dst.cleanup_target(plan)
+        case ActionKind.DISPOSE_SOURCE:
+            assert action.disposition is not None
+            await src.dispose_source(plan, action.disposition)
+
+
+async def migration_pass(
+    world: World,
+    body: Mapping[str, Any],
+    *,
+    deleting: bool = False,
+    others: Iterable[OtherMigration] = (),
+) -> Decision:
+    """Observe, decide, act, and write the status if it changed. Returns the decision made."""
+    meta = body["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    raw_status = body.get("status") or None
+    stored = MigrationStatus.model_validate(raw_status) if raw_status else None
+    try:
+        spec = MigrationSpec.model_validate(body.get("spec") or {})
+    except ValidationError as exc:
+        # The CRD refuses such specs; an object stored before a schema change can still hold one.
+        return await _invalid_spec(world, body, stored, exc)
+
+    waiting = stored is None or stored.phase in (Phase.PENDING, Phase.QUEUED)
+    async with world.admission if waiting else _NO_LOCK:
+        pending = [*others, *world.admitted.values()]
+        obs, plan = await _observe(world, body, spec, stored, deleting=deleting, others=pending)
+        decision = decide(spec, stored, obs, _now())
+        if waiting and decision.status.phase in ACTIVE_PHASES:
+            world.admitted[meta["uid"]] = OtherMigration(
+                uid=meta["uid"],
+                created=obs.created or _now(),
+                phase=decision.status.phase.value,
+                source_host=spec.source.host,
+                target_host=spec.target.host,
+                ve_name=spec.source.name,
+            )
+
+    if plan is not None and decision.actions:
+        src = world.driver(plan.source)
+        dst = world.driver(plan.target)
+        for action in decision.actions:
+            try:
+                await _act(world, action, plan, src, dst)
+            except DriverError as exc:
+                await events.emit(world.kube, body, "Warning", f"{action.kind.value}Failed", exc.message)
+                if action.kind == ActionKind.START_JOB and isinstance(exc, PermanentError):
+                    # The job could not even start, and will not: record it as a failed job.
+                    failed = JobObservation(
+                        state=JobState.FAILED,
+                        error_reason=exc.reason,
+                        error_message=exc.message,
+                        error_class=exc.error_class,
+                    )
+                    decision = decide(spec, decision.status, replace(obs, job=failed), _now())
+                break
+
+    new = decision.status
+    if new.driver is None and plan is not None:
+        new.driver = plan.source.driver
+    if new != stored:
+        await status.patch_migration_status(world.kube, namespace, name, new)
+    for event in decision.events:
+        await events.emit(world.kube, body, event.type.value, event.reason, event.message)
+    metrics.record_final(stored, new)
+    if new.phase.final:
+        world.admitted.pop(meta["uid"], None)
+    return decision
+
+
+class _Unlocked:
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+_NO_LOCK = _Unlocked()
+
+
+async def _invalid_spec(
+    world: World, body: Mapping[str, Any], stored: MigrationStatus | None, exc: ValidationError
+) -> Decision:
+    current = stored.model_copy(deep=True) if stored else MigrationStatus()
+    if current.phase.final:
+        return Decision(status=current)
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    message = f"spec.{where}: {first['msg']}"
+    before = current.phase
+    current.failure = Failure(phase=before, reason="InvalidSpec", message=message)
+    current.phase = Phase.FAILED
+    current.completion_time = _now()
+    meta = body["metadata"]
+    await status.patch_migration_status(world.kube, meta["namespace"], meta["name"], current)
+    await events.emit(world.kube, body, "Warning", "InvalidSpec", message)
+    metrics.record_final(stored, current)
+    return Decision(status=current)
+
+
+async def host_pass(world: World, body: Mapping[str, Any]) -> HostStatus:
+    """Probe one HypervisorHost and write its facts and Reachable condition."""
+    meta = body["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    hvh = HypervisorHost.model_validate(body)
+    before = hvh.status or HostStatus()
+    now = _now()
+    try:
+        access = await hosts.resolve(world.kube, namespace, hvh)
+        facts = await world.driver(access).probe()
+    except (hosts.HostConfigError, DriverError) as exc:
+        reachable, reason, message = ConditionStatus.FALSE, exc.reason, exc.message
+        new = before.model_copy()
+    else:
+        reachable, reason, message = (
+            ConditionStatus.TRUE,
+            "Probed",
+            f"{access.user}@{access.address}:{access.port} answered",
+        )
+        new = facts.model_copy(update={"last_probe_time": now})
+    new.conditions = set_condition(
+        before.conditions, HostConditionType.REACHABLE, reachable, reason, message, now, meta.get("generation")
+    )
+    new.observed_generation = meta.get("generation")
+    await status.patch_host_status(world.kube, namespace, name, new)
+    if reachable != _reachable(before):
+        kind = "Normal" if reachable == ConditionStatus.TRUE else "Warning"
+        await events.emit(world.kube, body, kind, reason, message)
+    metrics.HOST_REACHABLE.labels(namespace=namespace, host=name).set(1 if reachable == ConditionStatus.TRUE else 0)
+    return new
+
+
+def _reachable(status: HostStatus) -> ConditionStatus | None:
+    for condition in status.conditions:
+        if condition.type == HostConditionType.REACHABLE:
+            return condition.status
+    return None
