@@ -67,7 +67,11 @@ def apply(info: LabInfo, namespace: str, kubeconfig: str) -> list[str]:
     from kubernetes import client, config
     from kubernetes.client.exceptions import ApiException
 
-    api_client = config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+    try:
+        api_client = config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+    except Exception as exc:  # missing or unreadable kubeconfig
+        raise RuntimeError(f"cannot use kubeconfig {kubeconfig}: {exc}") from exc
+    api_client.configuration.retries = 1  # fail in seconds when the cluster is down, not after minutes
     core = client.CoreV1Api(api_client)
     custom = client.CustomObjectsApi(api_client)
     done = []
@@ -96,7 +100,7 @@ def apply(info: LabInfo, namespace: str, kubeconfig: str) -> list[str]:
             f"could not apply the lab's hosts to the cluster ({exc.status} {exc.reason}); "
             "is the control plane up and the HypervisorHost CRD installed?"
         ) from exc
-    except OSError as exc:
+    except Exception as exc:  # urllib3 and OS errors alike: the cluster is not reachable
         raise RuntimeError(f"could not reach the cluster in {kubeconfig}: {exc}") from exc
     finally:
         api_client.close()
