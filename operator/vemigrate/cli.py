@@ -1,9 +1,10 @@
-"""The `vemigrate` command: `crds`, and the local-environment verbs (`controlplane`, `lab`)."""
+"""The `vemigrate` command: `run` (the operator), `crds`, and the local-environment verbs (`controlplane`, `lab`)."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -16,9 +17,55 @@ _COMMAND_MODULES = (
 )
 
 
+def _run(args: argparse.Namespace) -> int:
+    """The operator: kopf with our handlers, metrics on their own port."""
+    import os
+
+    import kopf
+
+    from vemigrate import handlers, metrics, reconcile
+    from vemigrate.drivers.registry import driver_for
+    from vemigrate.kube.client import Kube
+
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.kubeconfig:
+        os.environ["KUBECONFIG"] = args.kubeconfig  # kopf's login reads it
+    settings = reconcile.Settings(cluster_limit=args.max_parallel, host_probe_seconds=args.host_probe_seconds)
+    handlers.install(
+        reconcile.World(kube=Kube.from_environment(args.kubeconfig), make_driver=driver_for, settings=settings)
+    )
+    if args.metrics_port:
+        metrics.serve(args.metrics_port, args.metrics_address)
+    kopf.run(
+        standalone=args.peering is None,
+        peering_name=args.peering,
+        namespaces=args.namespace or [],
+        clusterwide=not args.namespace,
+        liveness_endpoint=args.liveness or None,
+    )
+    return 0
+
+
+def _register_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    run = sub.add_parser("run", help="run the operator")
+    run.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then KUBECONFIG)")
+    run.add_argument("--namespace", action="append", help="watch only this namespace (repeatable; default: all)")
+    run.add_argument(
+        "--max-parallel", type=int, default=0, help="migrations in flight at once, cluster-wide (0: no limit)"
+    )
+    run.add_argument("--host-probe-seconds", type=float, default=60.0, help="how often hosts are probed")
+    run.add_argument("--metrics-port", type=int, default=9090, help="port for /metrics (0: off)")
+    run.add_argument("--metrics-address", default="0.0.0.0", help="address for /metrics")  # noqa: S104
+    run.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="kopf liveness endpoint URL ('' off)")
+    run.add_argument("--peering", help="kopf peering name, for several replicas (one active); default: standalone")
+    run.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING")
+    run.set_defaults(func=_run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vemigrate", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _register_run(sub)
     for name in _COMMAND_MODULES:
         importlib.import_module(name).register(sub)
     return parser

@@ -172,6 +172,10 @@ class HostStatus(Model):
         default=None, description="Whether the host is itself a virtual machine (nested installation)."
     )
     version: VersionFacts | None = Field(default=None, description="Product, hypervisor and kernel versions.")
+    migration_tls: bool | None = Field(
+        default=None,
+        description="Whether QEMU migration TLS certificates are installed (libvirt: encrypted disk copy).",
+    )
     ve_types: list[VEKind] = Field(
         default_factory=list, max_length=2, description="Kinds of VE the host runs: vm, container."
     )

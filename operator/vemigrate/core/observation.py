@@ -57,6 +57,7 @@ class VEFacts:
     nfs_server: bool | None = None
     guest_os_installed: bool | None = None
     storage_path: str | None = None  # directory holding the VE's files on its host
+    disk_paths: tuple[str, ...] = ()  # the VE's disk files on its host
     shared_storage: bool = False  # on Virtuozzo Storage or NFS: nothing to copy
     macs: tuple[str, ...] = ()
 

@@ -1,0 +1,767 @@
+"""The libvirt driver: QEMU/KVM hosts (qemu+ssh://) and Virtuozzo's libvirt driver (vz+ssh://).
+
+How it reaches a host: one asyncssh connection with the host key verified against the host's
+known_hosts Secret; libvirt-python talks to the host's libvirtd through a Unix socket forwarded over
+that connection (or directly to `spec.libvirtURI` when one is set, e.g. `vz+ssh://...`). Every
+blocking libvirt call runs in a thread under a deadline: a hung call is a fact (state unknown), not
+a reason to block.
+
+How it migrates: the job is a script run detached on the source host (drivers/hostjob.py) so it
+outlives the operator:
+- live: `virsh migrate --live --p2p --persistent` (libvirt's virDomainMigrateToURI3 with
+  VIR_MIGRATE_PEER2PEER) to `qemu+ssh://<target>/system`, which needs the source node to reach the
+  target over SSH as root (the same requirement as prlctl migrate's RSA authentication between nodes).
+  Encrypted by default: `--tunnelled` carries memory through libvirtd's SSH connection; local disks,
+  which libvirt cannot tunnel, are copied with `--copy-storage-all` over QEMU's migration TLS
+  (`--tls`), and when the hosts have no migration TLS the job refuses to start rather than copy in
+  clear. `tunnel: false` is a direct QEMU stream, unencrypted.
+- offline: each disk is streamed over SSH (`zstd` when compression is on), its sha256 compared on
+  both ends, then the domain is defined on the target with the disks at `<path>/<UUID>/`.
+The domain carries `<vemigrate:migration uid=.../>` metadata, so the copy on the target is
+recognisably this migration's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import re
+import shlex
+import tempfile
+import time
+import uuid as uuidlib
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import Any, TypeVar
+
+import libvirt
+
+from vemigrate.api.host import CPUFacts, HostStatus, NetworkFacts, StorageFacts, VEKind, VersionFacts
+from vemigrate.api.migration import Mode, SourceDisposition
+from vemigrate.core.access import HostAccess
+from vemigrate.core.observation import ErrorClass, JobObservation, JobState, JobStats, VEFacts, VEState
+from vemigrate.drivers import hostjob
+from vemigrate.drivers.errors import DriverError, PermanentError, RetryableError, StateUnknownError
+from vemigrate.drivers.protocol import MigrationPlan
+from vemigrate.drivers.ssh import SSHHost
+
+T = TypeVar("T")
+CALL_TIMEOUT = 30.0
+LIBVIRT_SOCKET = "/run/libvirt/libvirt-sock"
+DEFAULT_POOL_PATH = "/var/lib/libvirt/images"
+METADATA_NS = "https://vemigrate.io/migration"
+METADATA_KEY = "vemigrate"
+TLS_DIR = "/etc/pki/qemu"
+ET.register_namespace("vemigrate", METADATA_NS)
+
+# libvirt error codes that mean "cannot tell what happened" rather than "it failed".
+_UNKNOWN_CODES = {libvirt.VIR_ERR_RPC, libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_ERR_NO_CONNECT}
+_PROGRESS = re.compile(r"^(\d+) bytes")
+_DOWNTIME = re.compile(r"Total downtime:\s+(\d+)\s*ms")
+_TRANSIENT = re.compile(
+    r"unable to connect|connection reset|end of file|timed out|timeout|no route|broken pipe|cannot recv|"
+    r"cannot send|connection refused|resource temporarily",
+    re.IGNORECASE,
+)
+
+# Facts from the shell, in one round trip: df of the given paths, bridges, addresses, link speeds,
+# clock, kernel, and whether QEMU migration TLS certificates are in place.
+_FACTS = r"""
+for p in "$@"; do df -B1 --output=target,avail,size "$p" 2>/dev/null | tail -n 1 | sed "s|^|df $p |"; done
+for b in /sys/class/net/*/bridge; do [ -d "$b" ] && echo "bridge $(basename "$(dirname "$b")")"; done
+ip -o -4 addr show scope global 2>/dev/null | awk '{print "addr", $2, $4}'
+for d in /sys/class/net/*; do s=$(cat "$d/speed" 2>/dev/null) && echo "speed $(basename "$d") $s"; done
+echo "clock $(date +%s%N)"
+echo "kernel $(uname -r)"
+key='^[[:space:]]*migrate_tls_x509_cert_dir[[:space:]]*=[[:space:]]*'
+tls=$(sed -n "s/$key\"\(.*\)\"/\1/p" /etc/libvirt/qemu.conf 2>/dev/null)
+[ -n "$tls" ] || tls=/etc/pki/qemu
+[ -r "$tls/server-cert.pem" ] && [ -r "$tls/client-cert.pem" ] && echo "tls yes" || echo "tls no"
+"""
+
+
+@dataclass(frozen=True)
+class _Disk:
+    target: str  # vda
+    path: str  # file on the host
+    format: str
+
+
+def _classify(exc: libvirt.libvirtError, what: str) -> DriverError:
+    code = exc.get_error_code()
+    message = f"{what}: {exc.get_error_message() or exc}"
+    if code in _UNKNOWN_CODES:
+        return StateUnknownError("LibvirtUnreachable", message)
+    if code in (libvirt.VIR_ERR_OPERATION_TIMEOUT, libvirt.VIR_ERR_AGENT_UNRESPONSIVE):
+        return RetryableError("LibvirtTimeout", message)
+    return PermanentError("LibvirtError", message)
+
+
+def _state(dom: Any) -> VEState:
+    state, reason = dom.state()
+    if state == libvirt.VIR_DOMAIN_RUNNING:
+        return VEState.RUNNING
+    if state == libvirt.VIR_DOMAIN_PAUSED:
+        migrating = reason in (libvirt.VIR_DOMAIN_PAUSED_MIGRATION, libvirt.VIR_DOMAIN_PAUSED_POSTCOPY)
+        return VEState.MIGRATING if migrating else VEState.PAUSED
+    if state in (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTDOWN):
+        return VEState.SUSPENDED if dom.hasManagedSaveImage(0) else VEState.STOPPED
+    return VEState.OTHER
+
+
+def _disks(root: ET.Element) -> list[_Disk]:
+    found = []
+    for disk in root.findall("./devices/disk[@device='disk']"):
+        source = disk.find("source")
+        target = disk.find("target")
+        driver = disk.find("driver")
+        if source is None or target is None or source.get("file") is None:
+            continue
+        found.append(
+            _Disk(
+                target.get("dev", ""),
+                str(source.get("file")),
+                driver.get("type", "raw") if driver is not None else "raw",
+            )
+        )
+    return found
+
+
+def _backing_files(root: ET.Element) -> set[str]:
+    return {str(s.get("file")) for s in root.findall("./devices/disk/backingStore//source") if s.get("file")}
+
+
+def _migration_uid(root: ET.Element) -> str | None:
+    for element in root.iter(f"{{{METADATA_NS}}}migration"):
+        return element.get("uid")
+    return None
+
+
+class LibvirtDriver:
+    """One host reached through libvirt. See the module docstring for how."""
+
+    def __init__(self, access: HostAccess) -> None:
+        self.access = access
+        self.ssh = SSHHost(access)
+        self._conn: Any = None
+        self._forward: Any = None
+        self._sockdir: tempfile.TemporaryDirectory[str] | None = None
+        self._lock = asyncio.Lock()
+
+    # -- plumbing ---------------------------------------------------------------------------
+    async def _libvirt(self) -> Any:
+        async with self._lock:
+            if self._conn is not None:
+                with contextlib.suppress(libvirt.libvirtError):
+                    if self._conn.isAlive():
+                        return self._conn
+                self._conn = None
+            uri = self.access.libvirt_uri
+            if not uri:
+                if self._forward is not None:
+                    self._forward.close()
+                self._sockdir = tempfile.TemporaryDirectory(prefix="vem-")
+                local = str(Path(self._sockdir.name) / "libvirt-sock")
+                self._forward = await self.ssh.forward_socket(local, LIBVIRT_SOCKET)
+                uri = f"qemu+unix:///system?socket={local}"
+            try:
+                self._conn = await asyncio.wait_for(asyncio.to_thread(libvirt.open, uri), CALL_TIMEOUT)
+            except TimeoutError as exc:
+                raise StateUnknownError("LibvirtTimeout", f"libvirtd on {self.access.name} did not answer") from exc
+            except libvirt.libvirtError as exc:
+                raise _classify(exc, f"connecting to libvirtd on {self.access.name}") from exc
+            return self._conn
+
+    async def _call(self, what: str, fn: Callable[[Any], T], timeout: float = CALL_TIMEOUT) -> T:
+        """fn(connection) in a thread, under a deadline, with libvirt errors classified."""
+        conn = await self._libvirt()
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(fn, conn), timeout)
+        except TimeoutError as exc:
+            raise StateUnknownError(
+                "LibvirtTimeout", f"{what} on {self.access.name} did not finish in {timeout:.0f} s"
+            ) from exc
+        except libvirt.libvirtError as exc:
+            raise _classify(exc, f"{what} on {self.access.name}") from exc
+
+    @staticmethod
+    def _lookup(conn: Any, name: str) -> Any:
+        for lookup in (conn.lookupByName, conn.lookupByUUIDString):
+            try:
+                return lookup(name)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() not in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_INVALID_ARG):
+                    raise
+        return None
+
+    # -- facts ------------------------------------------------------------------------------
+    async def probe(self) -> HostStatus:
+        def read(conn: Any) -> dict[str, Any]:
+            info = conn.getInfo()
+            caps = ET.fromstring(conn.getCapabilities())
+            pools = []
+            for pool in conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE):
+                path = ET.fromstring(pool.XMLDesc()).findtext("./target/path")
+                if path:
+                    pools.append((pool.name(), path))
+            return {
+                "cpus": info[2],
+                "free": conn.getFreeMemory(),
+                "total": info[1] * 1024 * 1024,
+                "vendor": caps.findtext("./host/cpu/vendor"),
+                "model": caps.findtext("./host/cpu/model"),
+                "features": sorted(f.get("name", "") for f in caps.findall("./host/cpu/feature")),
+                "hypervisor": conn.getType(),
+                "hv_version": conn.getVersion(),
+                "lib_version": conn.getLibVersion(),
+                "pools": pools,
+            }
+
+        facts = await self._call("reading host facts", read)
+        paths = [p for _, p in facts["pools"]] or [DEFAULT_POOL_PATH]
+        sent = time.time_ns()
+        shell = await self.ssh.run(["sh", "-c", _FACTS, "sh", *paths, "/"])
+        received = time.time_ns()
+        return _host_status(facts, shell.stdout, paths, (sent + received) // 2, self.access)
+
+    async def find_ve(self, name: str) -> VEFacts | None:
+        def read(conn: Any) -> VEFacts | None:
+            dom = self._lookup(conn, name)
+            if dom is None:
+                return None
+            root = ET.fromstring(dom.XMLDesc(0))
+            disks = _disks(root)
+            sizes = []
+            for disk in disks:
+                try:
+                    sizes.append(dom.blockInfo(disk.path)[2])
+                except libvirt.libvirtError:
+                    sizes.append(0)
+            paths = {d.path for d in disks}
+            based_on_us = False
+            for other in conn.listAllDomains(0):
+                if other.UUIDString() != dom.UUIDString() and paths & _backing_files(ET.fromstring(other.XMLDesc(0))):
+                    based_on_us = True
+            bridges = tuple(
+                str(i.find("source").get("bridge"))  # type: ignore[union-attr]
+                for i in root.findall("./devices/interface[@type='bridge']")
+                if i.find("source") is not None
+            )
+            macs = tuple(str(m.get("address")) for m in root.findall("./devices/interface/mac"))
+            return VEFacts(
+                name=dom.name(),
+                uuid=dom.UUIDString(),
+                type=VEKind.CONTAINER if conn.getType() == "LXC" else VEKind.VM,
+                state=_state(dom),
+                memory_bytes=dom.maxMemory() * 1024,
+                vcpus=dom.info()[3],
+                disk_bytes=sum(sizes),
+                bridges=bridges,
+                snapshots=dom.snapshotNum(0),
+                linked_clone=bool(_backing_files(root)) or based_on_us,
+                storage_path=str(PurePosixPath(disks[0].path).parent) if disks else None,
+                disk_paths=tuple(d.path for d in disks),
+                macs=macs,
+            )
+
+        return await self._call(f"looking up {name!r}", read)
+
+    async def reaches(self, other: HostAccess) -> bool:
+        result = await self.ssh.run(
+            [
+                "ssh",
+                "-o", "BatchMode=yes",
+                "-o", "ConnectTimeout=5",
+                "-o", "StrictHostKeyChecking=yes",
+                "-p", str(other.port),
+                f"{other.user}@{other.data_address}",
+                "true",
+            ],
+            check=False,
+        )  # fmt: skip
+        return result.ok
+
+    # -- the job on the source --------------------------------------------------------------
+    async def start_job(self, plan: MigrationPlan) -> None:
+        if plan.ve is None:
+            raise PermanentError("VENotFound", f"VE {plan.spec.source.name!r} is not on {self.access.name}")
+        flags = libvirt.VIR_DOMAIN_XML_SECURE | libvirt.VIR_DOMAIN_XML_INACTIVE
+        xml = await self._call("reading the domain", lambda c: self._lookup(c, plan.ve.uuid).XMLDesc(flags))  # type: ignore[union-attr]
+        if plan.mode == Mode.LIVE:
+            if plan.spec.clone:
+                raise PermanentError(
+                    "CloneNeedsStoppedVM",
+                    "libvirt cannot clone a running VM live: stop it and migrate offline with clone, "
+                    "or migrate without clone",
+                )
+            text = await self._live_script(plan, xml)
+        else:
+            text = _offline_script(plan, xml)
+        await self._mark(plan)
+        await hostjob.start(self.ssh, plan.uid, text)
+
+    async def _mark(self, plan: MigrationPlan) -> None:
+        """Tag the domain with the migration UID; live migration carries the tag to the target."""
+        assert plan.ve is not None
+        element = f"<migration uid='{plan.uid}'/>"
+
+        def tag(conn: Any) -> None:
+            dom = self._lookup(conn, plan.ve.uuid)  # type: ignore[union-attr]
+            flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG
+            if dom.isActive():
+                flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
+            dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, element, METADATA_KEY, METADATA_NS, flags)
+
+        await self._call("tagging the domain", tag)
+
+    async def _live_script(self, plan: MigrationPlan, xml: str) -> str:
+        spec, ve = plan.spec, plan.ve
+        assert ve is not None
+        copy_disks = not ve.shared_storage and bool(_disks(ET.fromstring(xml)))
+        argv = [
+            "virsh",
+            "-c",
+            "qemu:///system",
+            "migrate",
+            "--live",
+            "--p2p",
+            "--persistent",
+            "--verbose",
+            "--abort-on-error",
+        ]
+        if spec.tunnel and copy_disks:
+            if not (await self.probe()).migration_tls:
+                raise PermanentError(
+                    "EncryptionUnavailable",
+                    "tunnel: true with local disks needs QEMU migration TLS on both hosts (certificates in "
+                    f"{TLS_DIR}, see docs/libvirt.md): libvirt cannot tunnel a disk copy, and the operator never "
+                    "drops encryption silently. Configure TLS, or set tunnel: false to accept an unencrypted stream",
+                )
+            argv.append("--tls")
+        elif spec.tunnel:
+            argv.append("--tunnelled")
+        if copy_disks:
+            argv.append("--copy-storage-all")
+        if spec.compression and not (spec.tunnel and not copy_disks):
+            argv.append("--compressed")  # QEMU's xbzrle; not available inside a tunnel
+        if spec.bandwidth_mib_ps:
+            argv += ["--bandwidth", str(spec.bandwidth_mib_ps)]
+        if spec.auto_converge:
+            argv.append("--auto-converge")
+        if spec.post_copy:
+            argv.append("--postcopy")
+        dest = f"qemu+ssh://{plan.target.user}@{plan.target.data_address}:{plan.target.port}/system"
+        argv += [ve.uuid, dest]
+        if not spec.tunnel:
+            argv += ["--migrateuri", f"tcp://{plan.target.data_address}"]
+        lines = [_refuse_existing(plan, list(ve.disk_paths))] if copy_disks else []
+        if spec.max_downtime_ms:
+            lines.append(
+                hostjob.command(
+                    ["virsh", "-c", "qemu:///system", "migrate-setmaxdowntime", ve.uuid, str(spec.max_downtime_ms)]
+                )
+            )
+        lines.append(hostjob.command(argv))
+        # The completed job's statistics (downtime) are kept by the target's libvirtd.
+        lines.append(
+            hostjob.command(["virsh", "-c", dest, "domjobinfo", "--completed", ve.uuid]) + " >stats 2>&1 || true"
+        )
+        return hostjob.script(lines)
+
+    async def job(self, plan: MigrationPlan) -> JobObservation:
+        record = await hostjob.read(self.ssh, plan.uid)
+        if record.state == "none":
+            return JobObservation(state=JobState.NONE)
+        if record.state == "running":
+            if plan.mode == Mode.LIVE:
+                return await self._live_progress(plan)
+            return JobObservation(state=JobState.RUNNING, stats=_offline_stats(record.log_tail))
+        if record.state == "lost":
+            return JobObservation(
+                state=JobState.FAILED,
+                error_reason="JobLost",
+                error_message=f"the migration job on {self.access.name} ended without an exit status (host restarted?)",
+                error_class=ErrorClass.RETRYABLE,
+            )
+        if record.exit_status == 0:
+            stats = await self.ssh.run(["cat", f"{hostjob.job_dir(plan.uid)}/stats"], check=False)
+            found = _DOWNTIME.search(stats.stdout)
+            return JobObservation(
+                state=JobState.COMPLETED, stats=JobStats(downtime_ms=int(found.group(1)) if found else None)
+            )
+        line = record.error_line()
+        aborted = "operation aborted" in line.lower() or "migration job: canceled" in line.lower()
+        return JobObservation(
+            state=JobState.CANCELLED if aborted else JobState.FAILED,
+            error_reason="Aborted" if aborted else "MigrationFailed",
+            error_message=line[:1000],
+            error_class=ErrorClass.RETRYABLE if _TRANSIENT.search(line) else ErrorClass.PERMANENT,
+        )
+
+    async def _live_progress(self, plan: MigrationPlan) -> JobObservation:
+        assert plan.ve is not None
+
+        def read(conn: Any) -> tuple[dict[str, int], VEState]:
+            dom = self._lookup(conn, plan.ve.uuid)  # type: ignore[union-attr]
+            return dom.jobStats(0), _state(dom)
+
+        stats, state = await self._call("reading job statistics", read)
+        job_state = JobState.RUNNING
+        if state == VEState.MIGRATING:
+            reason = await self._call("reading the domain state", lambda c: self._lookup(c, plan.ve.uuid).state()[1])  # type: ignore[union-attr]
+            job_state = JobState.POST_COPY if reason == libvirt.VIR_DOMAIN_PAUSED_POSTCOPY else JobState.SWITCHOVER
+        return JobObservation(
+            state=job_state,
+            stats=JobStats(
+                bytes_processed=stats.get("data_processed"),
+                bytes_remaining=stats.get("data_remaining"),
+                bytes_total=stats.get("data_total"),
+                dirty_rate_bytes_per_second=_dirty_rate(stats),
+                iteration=stats.get("memory_iteration"),
+            ),
+        )
+
+    async def abort_job(self, plan: MigrationPlan) -> None:
+        if plan.mode == Mode.LIVE and plan.ve is not None:
+
+            def abort(conn: Any) -> None:
+                dom = self._lookup(conn, plan.ve.uuid)  # type: ignore[union-attr]
+                if dom is not None and dom.jobInfo()[0] != libvirt.VIR_DOMAIN_JOB_NONE:
+                    dom.abortJob()
+
+            with contextlib.suppress(PermanentError):
+                await self._call("aborting the migration", abort)
+        await hostjob.kill(self.ssh, plan.uid)
+
+    async def force_complete(self, plan: MigrationPlan) -> None:
+        if plan.mode != Mode.LIVE or plan.ve is None:
+            return
+
+        def finish(conn: Any) -> None:
+            dom = self._lookup(conn, plan.ve.uuid)  # type: ignore[union-attr]
+            if plan.spec.post_copy:
+                dom.migrateStartPostCopy(0)
+            elif _state(dom) == VEState.RUNNING:
+                dom.suspend()  # nothing left dirty: the next iteration converges; resumed on the target
+
+        await self._call("forcing completion", finish)
+
+    async def source_disposed(self, plan: MigrationPlan, disposition: SourceDisposition) -> bool:
+        if disposition == SourceDisposition.KEPT:
+            return True
+        dom = await self._call("looking up the source", lambda c: self._lookup(c, plan.spec.source.name))
+        return dom is None
+
+    async def dispose_source(self, plan: MigrationPlan, disposition: SourceDisposition) -> None:
+        if disposition != SourceDisposition.REMOVED:
+            raise PermanentError("UnsupportedDisposition", f"libvirt VMs are removed, not {disposition.value}")
+
+        def remove(conn: Any) -> list[str]:
+            dom = self._lookup(conn, plan.spec.source.name)
+            if dom is None:
+                return []
+            if dom.isActive():
+                # Never remove a running copy: the target copy is verified, but this one still runs.
+                raise PermanentError("SourceStillRunning", f"{dom.name()} still runs on {self.access.name}")
+            root = ET.fromstring(dom.XMLDesc(0))
+            files = [] if plan.ve is not None and plan.ve.shared_storage else [d.path for d in _disks(root)]
+            flags = libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+            dom.undefineFlags(flags | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+            return files
+
+        files = await self._call("removing the source domain", remove)
+        if files:
+            await self.ssh.run(["rm", "-f", "--", *files])
+
+    async def forget_job(self, plan: MigrationPlan) -> None:
+        await hostjob.forget(self.ssh, plan.uid)
+
+    # -- the target -------------------------------------------------------------------------
+    async def verify_target(self, plan: MigrationPlan) -> bool:
+        def ours(conn: Any) -> list[str] | None:
+            """The copy's disk paths when the domain is this migration's and in the right state."""
+            dom = self._lookup(conn, _target_name(plan))
+            if dom is None:
+                return None
+            root = ET.fromstring(dom.XMLDesc(0))
+            if _migration_uid(root) != plan.uid:
+                return None
+            if plan.mode == Mode.LIVE and _state(dom) not in (VEState.RUNNING, VEState.PAUSED):
+                return None
+            return [d.path for d in _disks(root)]
+
+        paths = await self._call("verifying the target copy", ours)
+        if paths is None:
+            return False
+        # The job compared sha256 sums on both ends before defining the domain; the files must be there.
+        present = await self.ssh.run(
+            ["sh", "-c", 'for f in "$@"; do [ -f "$f" ] || exit 1; done', "sh", *paths], check=False
+        )
+        return present.ok
+
+    async def target_leftovers(self, plan: MigrationPlan) -> bool:
+        def ours(conn: Any) -> bool:
+            dom = self._lookup(conn, _target_name(plan))
+            return dom is not None and _migration_uid(ET.fromstring(dom.XMLDesc(0))) == plan.uid
+
+        if await self._call("looking for leftovers", ours):
+            return True
+        files = await self._unused(_planned_target_files(plan))
+        return bool(files)
+
+    async def _unused(self, files: list[str]) -> list[str]:
+        """Those of `files` that exist here and that no domain here uses."""
+        if not files:
+            return []
+
+        def used(conn: Any) -> set[str]:
+            return {d.path for dom in conn.listAllDomains(0) for d in _disks(ET.fromstring(dom.XMLDesc(0)))}
+
+        in_use = await self._call("listing disks in use", used)
+        found = await self.ssh.run(["sh", "-c", 'for f in "$@"; do [ -e "$f" ] && echo "$f"; done; true', "sh", *files])
+        return [f for f in found.stdout.splitlines() if f and f not in in_use]
+
+    async def cleanup_target(self, plan: MigrationPlan) -> None:
+        def remove(conn: Any) -> None:
+            dom = self._lookup(conn, _target_name(plan))
+            if dom is None or _migration_uid(ET.fromstring(dom.XMLDesc(0))) != plan.uid:
+                return  # not this migration's: never touched
+            if dom.isActive():
+                dom.destroy()
+            if dom.isPersistent():
+                dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+
+        await self._call("removing the half-built target", remove)
+        files = await self._unused(_planned_target_files(plan))
+        if files:
+            await self.ssh.run(["rm", "-f", "--", *files])
+        if plan.mode == Mode.OFFLINE and plan.ve is not None:
+            # The job made this UUID-named directory itself (mkdir fails when it exists).
+            await self.ssh.run(["rm", "-rf", "--", _target_dir(plan, _copy_uuid(plan))])
+
+
+# -- pure helpers -----------------------------------------------------------------------------
+def _target_name(plan: MigrationPlan) -> str:
+    return plan.ve.name if plan.ve is not None else plan.spec.source.name
+
+
+def _target_dir(plan: MigrationPlan, ve_uuid: str) -> str:
+    base = plan.spec.target.path or DEFAULT_POOL_PATH
+    return f"{base.rstrip('/')}/{ve_uuid}"
+
+
+def _copy_uuid(plan: MigrationPlan) -> str:
+    """The copy's UUID: the VE's own, or for a clone a new one derived from the migration UID, so every
+    pass (and a restarted operator) computes the same."""
+    assert plan.ve is not None
+    if plan.spec.clone:
+        return str(uuidlib.uuid5(uuidlib.NAMESPACE_URL, f"vemigrate:{plan.uid}"))
+    return plan.ve.uuid
+
+
+def _planned_target_files(plan: MigrationPlan) -> list[str]:
+    """Disk files this migration creates on the target; only these are ever removed there. Live
+    migration (copy-storage) creates them at the source's paths; offline puts them in <path>/<UUID>/."""
+    if plan.ve is None:
+        return []
+    if plan.mode == Mode.LIVE:
+        return list(plan.ve.disk_paths)
+    directory = _target_dir(plan, _copy_uuid(plan))
+    return [f"{directory}/{PurePosixPath(p).name}" for p in plan.ve.disk_paths]
+
+
+def _dirty_rate(stats: dict[str, int]) -> int | None:
+    rate = stats.get("memory_dirty_rate")  # pages per second
+    page = stats.get("memory_page_size", 4096)
+    return rate * page if rate is not None else None
+
+
+def _offline_stats(log: str) -> JobStats:
+    """Bytes copied so far: finished disks (`done N`) plus dd's last progress line on the current one."""
+    total = finished = current = 0
+    for raw in log.splitlines():
+        line = raw.split("\r")[-1].strip()
+        if line.startswith("total "):
+            total = int(line.split()[1])
+        elif line.startswith("done "):
+            finished += int(line.split()[1])
+            current = 0
+        elif match := _PROGRESS.match(line):
+            current = int(match.group(1))
+    return JobStats(bytes_processed=finished + current, bytes_total=total or None)
+
+
+def _on_target(plan: MigrationPlan, argv: list[str]) -> str:
+    """A script line that runs argv on the target over the source node's own SSH (host key checked)."""
+    t = plan.target
+    ssh = [
+        "ssh",
+        "-p",
+        str(t.port),
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        f"{t.user}@{t.data_address}",
+    ]
+    return shlex.join([*ssh, "--", shlex.join(argv)])
+
+
+def _refuse_existing(plan: MigrationPlan, files: list[str]) -> str:
+    """Fail the job before it starts when a file it would create already exists on the target: so every
+    such file found after a failure is this migration's, and safe to remove."""
+    check = 'for f in "$@"; do if [ -e "$f" ]; then echo "error: $f already exists on the target" >&2; exit 3; fi; done'
+    return _on_target(plan, ["sh", "-c", check, "sh", *files])
+
+
+def _copy_lines(plan: MigrationPlan, src: str, dst: str) -> list[str]:
+    """Stream one file to the target, compressed unless told not to, and compare sha256 sums."""
+    q = shlex.quote
+    part = f"{dst}.part"
+    unpack = (
+        ["sh", "-c", 'zstd -q -d -c >"$1"', "sh", part]
+        if plan.spec.compression
+        else ["sh", "-c", 'cat >"$1"', "sh", part]
+    )
+    pack = " | zstd -q -c -T0" if plan.spec.compression else ""
+    return [
+        f"sum=$(sha256sum <{q(src)} | cut -d' ' -f1)",
+        f"dd if={q(src)} bs=4M status=progress{pack} | {_on_target(plan, unpack)}",
+        f"remote=$({_on_target(plan, ['sha256sum', part])} | cut -d' ' -f1)",
+        f'[ "$sum" = "$remote" ] || {{ echo "error: checksum mismatch for" {q(src)} >&2; exit 4; }}',
+        _on_target(plan, ["mv", "--", part, dst]),
+        f"echo done $(stat -c %s {q(src)})",
+    ]
+
+
+def _target_xml(plan: MigrationPlan, xml: str, directory: str) -> str:
+    """The domain as the target defines it: disks in <path>/<UUID>/, this migration's tag, and for a
+    clone a new UUID and no MAC addresses (libvirt assigns new ones)."""
+    root = ET.fromstring(xml)
+    for disk in root.findall("./devices/disk[@device='disk']/source[@file]"):
+        disk.set("file", f"{directory}/{PurePosixPath(str(disk.get('file'))).name}")
+    if plan.spec.clone:
+        uuid_el = root.find("uuid")
+        if uuid_el is not None:
+            uuid_el.text = _copy_uuid(plan)
+        for interface in root.findall("./devices/interface"):
+            mac = interface.find("mac")
+            if mac is not None:
+                interface.remove(mac)
+    metadata = root.find("metadata")
+    if metadata is None:
+        metadata = ET.SubElement(root, "metadata")
+    for old in metadata.findall(f"{{{METADATA_NS}}}migration"):
+        metadata.remove(old)
+    ET.SubElement(metadata, f"{{{METADATA_NS}}}migration", {"uid": plan.uid})
+    return ET.tostring(root, encoding="unicode")
+
+
+def _offline_script(plan: MigrationPlan, xml: str) -> str:
+    """Copy every disk (and a suspended VM's saved memory) into <path>/<UUID>/ on the target, verify
+    each by sha256, then define the VM there (and restore its saved state as a managed save)."""
+    ve = plan.ve
+    assert ve is not None
+    if plan.spec.change_sid:
+        raise PermanentError(
+            "ChangeSidUnsupported",
+            "libvirt has no --changesid: run Sysprep in the clone instead, and migrate without changeSid",
+        )
+    suspended = ve.state == VEState.SUSPENDED
+    if suspended and plan.spec.clone:
+        raise PermanentError(
+            "CloneOfSuspendedVM", "a suspended VM's saved memory cannot take a new UUID: resume or stop it first"
+        )
+    directory = _target_dir(plan, _copy_uuid(plan))
+    files = list(ve.disk_paths) + ([_save_image(ve.name)] if suspended else [])
+    q = shlex.quote
+    lines = [
+        "echo total $(stat -c %s " + " ".join(q(f) for f in files) + " | awk '{s+=$1} END {print s+0}')",
+        _on_target(plan, ["mkdir", "-p", "--", str(PurePosixPath(directory).parent)]),
+        # mkdir without -p fails when the directory exists: everything inside it is this migration's.
+        _on_target(plan, ["mkdir", "--", directory]),
+    ]
+    for src in files:
+        lines += _copy_lines(plan, src, f"{directory}/{PurePosixPath(src).name}")
+    target_xml = _target_xml(plan, xml, directory)
+    lines.append(f"cat >domain.xml <<'VEMIGRATE_XML_END'\n{target_xml}\nVEMIGRATE_XML_END")
+    lines.append(_on_target(plan, ["virsh", "-c", "qemu:///system", "define", "/dev/stdin"]) + " <domain.xml")
+    if suspended:
+        saved = f"{directory}/{PurePosixPath(_save_image(ve.name)).name}"
+        lines.append(_on_target(plan, ["sh", "-c", 'cat >"$1"', "sh", f"{directory}/domain.xml"]) + " <domain.xml")
+        # Restore paused into the defined domain, then save it the managed way: suspended, as it was.
+        lines.append(
+            _on_target(
+                plan,
+                ["virsh", "-c", "qemu:///system", "restore", saved, "--xml", f"{directory}/domain.xml", "--paused"],
+            )
+        )
+        lines.append(_on_target(plan, ["virsh", "-c", "qemu:///system", "managedsave", ve.name]))
+        lines.append(_on_target(plan, ["rm", "-f", "--", saved, f"{directory}/domain.xml"]))
+    return hostjob.script(lines)
+
+
+def _save_image(name: str) -> str:
+    return f"/var/lib/libvirt/qemu/save/{name}.save"
+
+
+def _host_status(facts: dict[str, Any], shell: str, paths: list[str], sent_ns: int, access: HostAccess) -> HostStatus:
+    storage: list[StorageFacts] = []
+    bridges: list[str] = []
+    subnets: list[str] = []
+    speeds: dict[str, int] = {}
+    addr_dev: dict[str, str] = {}
+    offset_ms = None
+    kernel = None
+    tls = None
+    for line in shell.splitlines():
+        word, _, rest = line.partition(" ")
+        parts = rest.split()
+        if word == "df" and len(parts) >= 4:
+            storage.append(StorageFacts(path=parts[0], free_bytes=int(parts[2]), total_bytes=int(parts[3])))
+        elif word == "bridge" and parts:
+            bridges.append(parts[0])
+        elif word == "addr" and len(parts) >= 2:
+            subnets.append(str(ipaddress.ip_interface(parts[1]).network))
+            addr_dev[parts[1].split("/")[0]] = parts[0]
+        elif word == "speed" and len(parts) >= 2 and parts[1].lstrip("-").isdigit():
+            speeds[parts[0]] = int(parts[1])
+        elif word == "clock" and parts:
+            offset_ms = (int(parts[0]) - sent_ns) // 1_000_000
+        elif word == "kernel" and parts:
+            kernel = parts[0]
+        elif word == "tls" and parts:
+            tls = parts[0] == "yes"
+    device = addr_dev.get(access.data_address)
+    speed = speeds.get(device) if device else None
+    major, minor, micro = (
+        facts["lib_version"] // 1_000_000,
+        facts["lib_version"] // 1000 % 1000,
+        facts["lib_version"] % 1000,
+    )
+    hv = facts["hv_version"]
+    return HostStatus(
+        cpu=CPUFacts(vendor=facts["vendor"], model=facts["model"], count=facts["cpus"], features=facts["features"]),
+        memory_total_bytes=facts["total"],
+        memory_free_bytes=facts["free"],
+        storage=storage,
+        network=NetworkFacts(
+            bridges=sorted(set(bridges)),
+            subnets=sorted(set(subnets)),
+            link_speed_mbps=speed if speed and speed > 0 else None,
+        ),
+        time_offset_ms=offset_ms,
+        version=VersionFacts(
+            product=f"libvirt {major}.{minor}.{micro}",
+            hypervisor=f"{facts['hypervisor']} {hv // 1_000_000}.{hv // 1000 % 1000}.{hv % 1000}",
+            kernel=kernel,
+        ),
+        ve_types=[VEKind.CONTAINER] if facts["hypervisor"] == "LXC" else [VEKind.VM],
+        default_path=paths[0] if paths else DEFAULT_POOL_PATH,
+        migration_tls=tls,
+        last_probe_time=datetime.now(UTC),
+    )

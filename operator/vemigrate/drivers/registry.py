@@ -1,0 +1,14 @@
+"""Which driver serves a host: `spec.driver` of its HypervisorHost."""
+
+from __future__ import annotations
+
+from vemigrate.core.access import HostAccess
+from vemigrate.drivers.libvirt import LibvirtDriver
+from vemigrate.drivers.protocol import HypervisorDriver
+from vemigrate.drivers.unavailable import UnavailableDriver
+
+
+def driver_for(access: HostAccess) -> HypervisorDriver:
+    if access.driver == "libvirt":
+        return LibvirtDriver(access)
+    return UnavailableDriver(access, f"the {access.driver} driver is not part of this build of ve-migrate yet")

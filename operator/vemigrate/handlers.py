@@ -1,0 +1,177 @@
+"""kopf glue: which events start which passes. The work itself is in reconcile."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from vemigrate import metrics, reconcile
+from vemigrate.api import host as host_api
+from vemigrate.api import migration as migration_api
+from vemigrate.api.common import GROUP, VERSION
+from vemigrate.api.migration import FINAL_PHASES, MigrationStatus
+from vemigrate.core.observation import OtherMigration
+
+PREFIX = GROUP
+FINALIZER = f"{GROUP}/finalizer"
+IDLE_POLL = 5.0
+
+log = logging.getLogger(__name__)
+_world: reconcile.World | None = None
+# One pass at a time per migration: the daemon and the deletion handler never overlap.
+_locks: dict[str, asyncio.Lock] = {}
+# A spec change (spec.action: Cancel) wakes the migration's daemon at once instead of at its next poll.
+_wakeups: dict[str, asyncio.Event] = {}
+
+
+def install(world: reconcile.World) -> None:
+    global _world
+    _world = world
+
+
+def world() -> reconcile.World:
+    if _world is None:
+        raise kopf.PermanentError("the operator was started without its world (vemigrate run installs it)")
+    return _world
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    # kopf's own bookkeeping goes under our prefix, and the finalizer is ours by name.
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=PREFIX, key="last-handled-configuration"
+    )
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+
+
+def _phase(body: Mapping[str, Any]) -> str:
+    return str((body.get("status") or {}).get("phase") or migration_api.Phase.PENDING.value)
+
+
+@kopf.index(GROUP, VERSION, migration_api.PLURAL)
+def migrations(body: kopf.Body, uid: str, spec: kopf.Spec, meta: kopf.Meta, **_: Any) -> dict[str, OtherMigration]:
+    """Every migration's hosts and phase, by namespace: what admission and duplicate detection compare
+    against (hosts are namespaced, so migrations only compete within their namespace)."""
+    created = meta.get("creationTimestamp")
+    return {
+        str(meta.get("namespace")): OtherMigration(
+            uid=uid,
+            created=datetime.fromisoformat(created) if created else datetime.min.replace(tzinfo=UTC),
+            phase=_phase(body),
+            source_host=str(spec.get("source", {}).get("host", "")),
+            target_host=str(spec.get("target", {}).get("host", "")),
+            ve_name=str(spec.get("source", {}).get("name", "")),
+        )
+    }
+
+
+def _others(index: kopf.Index[str, OtherMigration], body: Mapping[str, Any]) -> list[OtherMigration]:
+    metrics.phase_counts([o.phase for key in index for o in index[key]])
+    return list(index.get(body["metadata"]["namespace"], []))
+
+
+def _with_status(body: Mapping[str, Any], status: MigrationStatus | None) -> dict[str, Any]:
+    """The body with the status this process wrote last: the watch may not have delivered it yet."""
+    copy = {k: v for k, v in body.items()}
+    if status is not None:
+        copy["status"] = status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return copy
+
+
+@kopf.daemon(
+    GROUP,
+    VERSION,
+    migration_api.PLURAL,
+    initial_delay=0,
+    cancellation_timeout=30,
+    when=lambda body, **_: _phase(body) not in {p.value for p in FINAL_PHASES},
+)
+async def run_migration(**kwargs: Any) -> None:
+    """One daemon per unfinished migration: passes until a final phase (or the operator stops)."""
+    body: kopf.Body = kwargs["body"]
+    stopped: kopf.DaemonStopped = kwargs["stopped"]
+    migrations: kopf.Index[str, OtherMigration] = kwargs["migrations"]
+    uid = body["metadata"]["uid"]
+    lock = _locks.setdefault(uid, asyncio.Lock())
+    last: MigrationStatus | None = None
+    while not stopped:
+        if body["metadata"].get("deletionTimestamp"):
+            return  # the deletion handler rolls back
+        async with lock:
+            try:
+                decision = await reconcile.migration_pass(
+                    world(), _with_status(body, last), others=_others(migrations, body)
+                )
+            except Exception:
+                metrics.PASSES.labels(kind="migration", outcome="error").inc()
+                log.exception("reconcile pass of %s failed; retrying", body["metadata"]["name"])
+                await stopped.wait(IDLE_POLL)
+                continue
+        metrics.PASSES.labels(kind="migration", outcome="ok").inc()
+        metrics.LAST_PASS.set_to_current_time()
+        last = decision.status
+        if last.phase.final:
+            _locks.pop(uid, None)
+            _wakeups.pop(uid, None)
+            return
+        await _sleep(uid, stopped, decision.requeue_after if decision.requeue_after is not None else IDLE_POLL)
+
+
+async def _sleep(uid: str, stopped: kopf.DaemonStopped, seconds: float) -> None:
+    wake = _wakeups.setdefault(uid, asyncio.Event())
+    waiters = {asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stopped.wait())}
+    _, pending = await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    wake.clear()
+
+
+@kopf.on.field(GROUP, VERSION, migration_api.PLURAL, field="spec.action")
+def action_changed(uid: str, **_: Any) -> None:
+    _wakeups.setdefault(uid, asyncio.Event()).set()
+
+
+@kopf.on.delete(GROUP, VERSION, migration_api.PLURAL, optional=False)
+async def delete_migration(**kwargs: Any) -> None:
+    """Deleting an unfinished migration cancels and rolls it back before the finalizer goes."""
+    body: kopf.Body = kwargs["body"]
+    migrations: kopf.Index[str, OtherMigration] = kwargs["migrations"]
+    uid = body["metadata"]["uid"]
+    async with _locks.setdefault(uid, asyncio.Lock()):
+        decision = await reconcile.migration_pass(world(), body, deleting=True, others=_others(migrations, body))
+    if not decision.release_finalizer:
+        raise kopf.TemporaryError(
+            f"rolling back before deletion (phase {decision.status.phase.value})", delay=decision.requeue_after or 2
+        )
+    _locks.pop(uid, None)
+
+
+@kopf.on.create(GROUP, VERSION, host_api.PLURAL)
+@kopf.on.update(GROUP, VERSION, host_api.PLURAL, field="spec")
+@kopf.on.resume(GROUP, VERSION, host_api.PLURAL)
+async def probe_host_now(body: kopf.Body, **_: Any) -> None:
+    await _probe(body)
+
+
+@kopf.timer(GROUP, VERSION, host_api.PLURAL, interval=60, initial_delay=60, sharp=False)
+async def probe_host(body: kopf.Body, **_: Any) -> None:
+    await _probe(body)
+
+
+async def _probe(body: kopf.Body) -> None:
+    try:
+        await reconcile.host_pass(world(), body)
+    except Exception as exc:
+        metrics.PASSES.labels(kind="host", outcome="error").inc()
+        raise kopf.TemporaryError(f"probe failed: {exc}", delay=30) from exc
+    metrics.PASSES.labels(kind="host", outcome="ok").inc()
+    metrics.LAST_PASS.set_to_current_time()
