@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import libvirt
+import pytest
 
 from vemigrate.devenv.lab import Heartbeats, Lab, LabHost, LabInfo, VMState
 from vemigrate.devenv.lab.guest import DISK_EVERY, PAYLOAD_OFFSET, PAYLOAD_SIZE
@@ -52,6 +53,15 @@ def test_live_migration_with_local_disk_keeps_the_guest_running(lab: LabInfo, tm
     sconn, dconn = libvirt.open(src.uri), libvirt.open(dst.uri)
     try:
         dom = sconn.lookupByName("live1")
+        # lab3's guest bridge has another name: libvirt refuses, and the guest runs on where it was.
+        odd = lab.host("lab3")
+        with pytest.raises(libvirt.libvirtError, match=src.guest_bridge):
+            dom.migrateToURI3(odd.ssh_uri, {}, LIVE_FLAGS)
+        assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+        oconn = libvirt.open(odd.uri)
+        assert "live1" not in [d.name() for d in oconn.listAllDomains()]
+        oconn.close()
+
         start = time.monotonic()
         dom.migrateToURI3(dst.ssh_uri, {libvirt.VIR_MIGRATE_PARAM_BANDWIDTH: 1000}, LIVE_FLAGS)
         wall = time.monotonic() - start
