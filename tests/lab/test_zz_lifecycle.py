@@ -61,9 +61,13 @@ def test_next_up_cleans_a_crashed_run() -> None:
 
     require_lab()
     info = Lab.up(hosts=1)
+    Lab.create_ct("lab1", "orphan")  # its init lives outside the host's namespace: found anyway
     state = LabState.load()
     assert state is not None
     procs = _our_pids(state)
+    conn = libvirt.open(lxc_uri(state.host("lab1")))
+    procs.append(Tracked.of(container_init(conn.lookupByName("orphan"))))
+    conn.close()
     # A crash: the lab's record is lost while everything keeps running; a daemon died as well.
     LabState.path().unlink()
     os.kill(state.hosts[0].daemons["virtlogd"].pid, signal.SIGKILL)

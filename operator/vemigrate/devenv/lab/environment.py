@@ -233,6 +233,8 @@ class Lab:
     def down() -> None:
         """Stop every process the lab started (by PID), remove namespaces, links, bridge and host
         directories. Also cleans what a crashed run left, with or without its state file."""
+        if os.geteuid() != 0:
+            raise RuntimeError("the lab needs root (network and mount namespaces, libvirtd as root)")
         state = LabState.load()
         errors: list[str] = []
         for h in state.hosts if state else []:

@@ -8,7 +8,7 @@ import ipaddress
 import json
 from dataclasses import dataclass
 
-from vemigrate.devenv.lab.process import CommandError, run
+from vemigrate.devenv.lab.process import CommandError, children, command_name, run
 from vemigrate.devenv.lab.state import LINK_PREFIX, NETNS_PREFIX, ROOT_BRIDGE, HostState
 
 
@@ -91,8 +91,13 @@ def leftover_links() -> list[str]:
 
 
 def netns_pids(netns: str) -> list[int]:
+    """Every process in the namespace, plus the init of each LXC container started from it: a
+    container has network and PID namespaces of its own, but its init is a child of libvirt_lxc,
+    which stays in the host's namespace. Killing that init ends the whole container."""
     out = run(["ip", "netns", "pids", netns], check=False).stdout
-    return [int(p) for p in out.split()]
+    pids = [int(p) for p in out.split()]
+    inits = [c for p in pids if command_name(p) == "libvirt_lxc" for c in children(p)]
+    return inits + pids
 
 
 def set_link(host: HostState, up: bool) -> None:
