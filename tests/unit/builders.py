@@ -39,6 +39,7 @@ def host_facts(**overrides: Any) -> HostStatus:
         version=VersionFacts(product="libvirt 9.0.0", hypervisor="QEMU 7.2.0"),
         ve_types=[VEKind.VM],
         default_path="/var/lib/libvirt/images",
+        encrypted_disk_copy=True,
     )
     return facts.model_copy(update=overrides)
 

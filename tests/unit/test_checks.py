@@ -61,6 +61,7 @@ def host(**overrides: Any) -> HostStatus:
         version=VersionFacts(product=VZ7),
         ve_types=[VEKind.VM, VEKind.CONTAINER],
         default_path="/vz/vmprivate",
+        encrypted_disk_copy=True,
     )
     return facts.model_copy(update=overrides)
 
@@ -335,6 +336,38 @@ CASES = [
         spec={"tunnel": False},
     ),
     case(CheckName.TUNNEL, P, "unencrypted", "vm-no-tunnel", spec={"tunnel": False}),
+    # EncryptedDiskCopy: tunnel true never silently becomes a clear-text disk copy
+    case(CheckName.ENCRYPTED_DISK_COPY, P, "both hosts copy local disks", "both"),
+    case(
+        CheckName.ENCRYPTED_DISK_COPY,
+        F,
+        "target node-b cannot copy local disks encrypted",
+        "target-no-tls",
+        target=host(encrypted_disk_copy=False),
+    ),
+    case(
+        CheckName.ENCRYPTED_DISK_COPY,
+        S,
+        "did not report whether it can copy",
+        "unknown",
+        source=host(encrypted_disk_copy=None),
+    ),
+    case(
+        CheckName.ENCRYPTED_DISK_COPY,
+        P,
+        "nothing to keep encrypted",
+        "tunnel-off",
+        target=host(encrypted_disk_copy=False),
+        spec={"tunnel": False},
+    ),
+    case(
+        CheckName.ENCRYPTED_DISK_COPY,
+        P,
+        "no local disks",
+        "shared",
+        ve=vm(shared_storage=True),
+        target=host(encrypted_disk_copy=False),
+    ),
     # TimeSync
     case(CheckName.TIME_SYNC, P, "clocks differ by 0 ms", "synced"),
     case(CheckName.TIME_SYNC, P, "differ by 1000 ms", "limit", target=host(time_offset_ms=1003)),
@@ -746,8 +779,8 @@ def test_failed_and_summary() -> None:
     facts = Facts(ve=vm(snapshots=1), target=host(storage=[StorageFacts(path="/vz", free_bytes=GIB)]))
     results = run_checks(facts.input())
     assert [c.name for c in failed(results)] == [CheckName.TARGET_DISK, CheckName.SNAPSHOTS]
-    assert summary(results) == "2 of 27 checks failed: TargetDiskSpace, NoSnapshots"
-    assert summary(run_checks(Facts().input())) == "18 of 27 checks passed, 9 skipped, none failed"
+    assert summary(results) == "2 of 28 checks failed: TargetDiskSpace, NoSnapshots"
+    assert summary(run_checks(Facts().input())) == "19 of 28 checks passed, 9 skipped, none failed"
 
 
 def test_a_check_that_raises_fails_instead_of_crashing(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -890,4 +923,4 @@ def test_property_one_result_per_check_and_no_check_raises(inp: CheckInput) -> N
             assert (c.result, c.message) == (S, "skipped by spec.checks.skip")
         elif c.name in LIVE_ONLY and inp.mode == Mode.OFFLINE and c.result != S:
             pytest.fail(f"{c.name} ran for an offline migration: {c.message}")
-    assert summary(results).startswith(f"{len(failed(results))} of 27" if failed(results) else "")
+    assert summary(results).startswith(f"{len(failed(results))} of 28" if failed(results) else "")

@@ -23,6 +23,7 @@ class CheckName(StrEnum):
     VE_TYPE = "NoContainerToVM"  # a container can only land on a host that runs containers
     TUNNEL = "TunnelledContainer"  # tunnelless migration of containers is not supported
     # Live migration only.
+    ENCRYPTED_DISK_COPY = "EncryptedDiskCopy"  # tunnel: true can keep local disks encrypted in flight
     TIME_SYNC = "TimeSync"
     LINK_SPEED = "LinkSpeed"
     SUBNET = "SameSubnet"

@@ -172,9 +172,12 @@ class HostStatus(Model):
         default=None, description="Whether the host is itself a virtual machine (nested installation)."
     )
     version: VersionFacts | None = Field(default=None, description="Product, hypervisor and kernel versions.")
-    migration_tls: bool | None = Field(
+    encrypted_disk_copy: bool | None = Field(
         default=None,
-        description="Whether QEMU migration TLS certificates are installed (libvirt: encrypted disk copy).",
+        description=(
+            "Whether local disks can move inside an encrypted live migration: prlctl's tunnel carries "
+            "them; libvirt needs QEMU migration TLS certificates on the host."
+        ),
     )
     ve_types: list[VEKind] = Field(
         default_factory=list, max_length=2, description="Kinds of VE the host runs: vm, container."

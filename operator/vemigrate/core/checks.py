@@ -425,6 +425,27 @@ def _tunnel(inp: CheckInput) -> Outcome:
 
 
 # -- live migration only ------------------------------------------------------------------------
+@_check(CheckName.ENCRYPTED_DISK_COPY, live_only=True)
+def _encrypted_disk_copy(inp: CheckInput) -> Outcome:
+    if not inp.spec.tunnel:
+        return PASSED, "tunnel off: nothing to keep encrypted"
+    if inp.ve.shared_storage or inp.ve.disk_bytes == 0:
+        return PASSED, f"{_ve(inp)} has no local disks to copy"
+    missing = []
+    for label, host in ((inp.src, inp.source), (inp.dst, inp.target)):
+        if host.encrypted_disk_copy is None:
+            return _unknown(label, "whether it can copy disks encrypted")
+        if not host.encrypted_disk_copy:
+            missing.append(label)
+    if not missing:
+        return PASSED, "both hosts copy local disks inside the encrypted migration"
+    return FAILED, (
+        f"{' and '.join(missing)} cannot copy local disks encrypted (libvirt: QEMU migration TLS certificates "
+        "missing, see docs/libvirt.md); the operator never drops encryption silently: install the "
+        "certificates, or set tunnel: false to accept an unencrypted copy"
+    )
+
+
 @_check(CheckName.TIME_SYNC, live_only=True)
 def _time_sync(inp: CheckInput) -> Outcome:
     a, b = inp.source.time_offset_ms, inp.target.time_offset_ms

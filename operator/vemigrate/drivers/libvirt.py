@@ -55,7 +55,6 @@ LIBVIRT_SOCKET = "/run/libvirt/libvirt-sock"
 DEFAULT_POOL_PATH = "/var/lib/libvirt/images"
 METADATA_NS = "https://vemigrate.io/migration"
 METADATA_KEY = "vemigrate"
-TLS_DIR = "/etc/pki/qemu"
 ET.register_namespace("vemigrate", METADATA_NS)
 
 # libvirt error codes that mean "cannot tell what happened" rather than "it failed".
@@ -298,7 +297,7 @@ class LibvirtDriver:
                     "libvirt cannot clone a running VM live: stop it and migrate offline with clone, "
                     "or migrate without clone",
                 )
-            text = await self._live_script(plan, xml)
+            text = live_script(plan, copy_disks=not plan.ve.shared_storage and bool(_disks(ET.fromstring(xml))))
         else:
             text = _offline_script(plan, xml)
         await self._mark(plan)
@@ -317,60 +316,6 @@ class LibvirtDriver:
             dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, element, METADATA_KEY, METADATA_NS, flags)
 
         await self._call("tagging the domain", tag)
-
-    async def _live_script(self, plan: MigrationPlan, xml: str) -> str:
-        spec, ve = plan.spec, plan.ve
-        assert ve is not None
-        copy_disks = not ve.shared_storage and bool(_disks(ET.fromstring(xml)))
-        argv = [
-            "virsh",
-            "-c",
-            "qemu:///system",
-            "migrate",
-            "--live",
-            "--p2p",
-            "--persistent",
-            "--verbose",
-            "--abort-on-error",
-        ]
-        if spec.tunnel and copy_disks:
-            if not (await self.probe()).migration_tls:
-                raise PermanentError(
-                    "EncryptionUnavailable",
-                    "tunnel: true with local disks needs QEMU migration TLS on both hosts (certificates in "
-                    f"{TLS_DIR}, see docs/libvirt.md): libvirt cannot tunnel a disk copy, and the operator never "
-                    "drops encryption silently. Configure TLS, or set tunnel: false to accept an unencrypted stream",
-                )
-            argv.append("--tls")
-        elif spec.tunnel:
-            argv.append("--tunnelled")
-        if copy_disks:
-            argv.append("--copy-storage-all")
-        if spec.compression and not (spec.tunnel and not copy_disks):
-            argv.append("--compressed")  # QEMU's xbzrle; not available inside a tunnel
-        if spec.bandwidth_mib_ps:
-            argv += ["--bandwidth", str(spec.bandwidth_mib_ps)]
-        if spec.auto_converge:
-            argv.append("--auto-converge")
-        if spec.post_copy:
-            argv.append("--postcopy")
-        dest = f"qemu+ssh://{plan.target.user}@{plan.target.data_address}:{plan.target.port}/system"
-        argv += [ve.uuid, dest]
-        if not spec.tunnel:
-            argv += ["--migrateuri", f"tcp://{plan.target.data_address}"]
-        lines = [_refuse_existing(plan, list(ve.disk_paths))] if copy_disks else []
-        if spec.max_downtime_ms:
-            lines.append(
-                hostjob.command(
-                    ["virsh", "-c", "qemu:///system", "migrate-setmaxdowntime", ve.uuid, str(spec.max_downtime_ms)]
-                )
-            )
-        lines.append(hostjob.command(argv))
-        # The completed job's statistics (downtime) are kept by the target's libvirtd.
-        lines.append(
-            hostjob.command(["virsh", "-c", dest, "domjobinfo", "--completed", ve.uuid]) + " >stats 2>&1 || true"
-        )
-        return hostjob.script(lines)
 
     async def job(self, plan: MigrationPlan) -> JobObservation:
         record = await hostjob.read(self.ssh, plan.uid)
@@ -574,6 +519,53 @@ def _planned_target_files(plan: MigrationPlan) -> list[str]:
     return [f"{directory}/{PurePosixPath(p).name}" for p in plan.ve.disk_paths]
 
 
+def live_argv(plan: MigrationPlan, *, copy_disks: bool) -> list[str]:
+    """The `virsh migrate` command for a live migration, one spec option at a time."""
+    spec, ve = plan.spec, plan.ve
+    assert ve is not None
+    argv = ["virsh", "-c", "qemu:///system", "migrate", "--live", "--p2p", "--persistent", "--verbose"]
+    argv.append("--abort-on-error")
+    if spec.tunnel and copy_disks:
+        # libvirt cannot tunnel a disk copy; QEMU's migration TLS encrypts memory and disks alike. The
+        # EncryptedDiskCopy pre-flight check made sure both hosts have it.
+        argv.append("--tls")
+    elif spec.tunnel:
+        argv.append("--tunnelled")
+    if copy_disks:
+        argv.append("--copy-storage-all")
+    if spec.compression:
+        argv.append("--compressed")
+    if spec.bandwidth_mib_ps:
+        argv += ["--bandwidth", str(spec.bandwidth_mib_ps)]
+    if spec.auto_converge:
+        argv.append("--auto-converge")
+    if spec.post_copy:
+        argv.append("--postcopy")
+    argv += [ve.uuid, _destination(plan)]
+    if not spec.tunnel and plan.target.migration_address:
+        argv += ["--migrateuri", f"tcp://{plan.target.migration_address}"]
+    return argv
+
+
+def _destination(plan: MigrationPlan) -> str:
+    t = plan.target
+    return f"qemu+ssh://{t.user}@{t.data_address}:{t.port}/system"
+
+
+def live_script(plan: MigrationPlan, *, copy_disks: bool) -> str:
+    ve = plan.ve
+    assert ve is not None
+    lines = [_refuse_existing(plan, list(ve.disk_paths))] if copy_disks and ve.disk_paths else []
+    if plan.spec.max_downtime_ms:
+        setting = ["virsh", "-c", "qemu:///system", "migrate-setmaxdowntime", ve.uuid, str(plan.spec.max_downtime_ms)]
+        lines.append(hostjob.command(setting))
+    lines.append(hostjob.command(live_argv(plan, copy_disks=copy_disks)))
+    # The completed job's statistics (downtime) are kept by the target's libvirtd.
+    stats = ["virsh", "-c", _destination(plan), "domjobinfo", "--completed", ve.uuid]
+    lines.append(hostjob.command(stats) + " >stats 2>&1 || true")
+    return hostjob.script(lines)
+
+
 def _dirty_rate(stats: dict[str, int]) -> int | None:
     rate = stats.get("memory_dirty_rate")  # pages per second
     page = stats.get("memory_page_size", 4096)
@@ -762,6 +754,6 @@ def _host_status(facts: dict[str, Any], shell: str, paths: list[str], sent_ns: i
         ),
         ve_types=[VEKind.CONTAINER] if facts["hypervisor"] == "LXC" else [VEKind.VM],
         default_path=paths[0] if paths else DEFAULT_POOL_PATH,
-        migration_tls=tls,
+        encrypted_disk_copy=tls,
         last_probe_time=datetime.now(UTC),
     )

@@ -1,4 +1,4 @@
-"""The lab's guest image: a Debian kernel and a busybox-static initramfs, built on first use from
+"""The lab's guest image: a Debian kernel (its uncompressed ELF) and a busybox-static initramfs, built on first use from
 Debian packages and cached outside the repository. No installer, no network inside the guest.
 
 The guest's init (below) prints `VEMIGRATE-BOOTED boot=<id>` once, then every second a heartbeat
@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import lzma
 import shutil
 import subprocess
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,9 +89,8 @@ class GuestImage:
     @property
     def digest(self) -> str:
         """Identifies the image (for caching the KVM verdict)."""
-        h = hashlib.sha256()
-        for p in (self.kernel, self.initrd):
-            h.update(p.read_bytes())
+        h = hashlib.sha256(self.initrd.read_bytes())
+        h.update(f"{self.version}:{self.kernel.name}:{self.kernel.stat().st_size}".encode())
         return h.hexdigest()[:16]
 
 
@@ -100,7 +101,7 @@ def guest_dir() -> Path:
 def ensure_image() -> GuestImage:
     """The cached image, built first if missing (downloads one kernel package through apt)."""
     d = guest_dir()
-    kernel, initrd, version = d / "vmlinuz", d / "initrd.gz", d / "kernel-version"
+    kernel, initrd, version = d / "vmlinux", d / "initrd.gz", d / "kernel-version"
     init_digest = hashlib.sha256(INIT.encode()).hexdigest()[:16]
     stamp = d / "init-digest"
     if kernel.exists() and initrd.exists() and stamp.exists() and stamp.read_text() == init_digest:
@@ -126,11 +127,32 @@ def ensure_image() -> GuestImage:
         vmlinuz = next((tree / "boot").glob("vmlinuz-*"))
         kver = vmlinuz.name.removeprefix("vmlinuz-")
         _build_initrd(tree / "lib" / "modules" / kver / "kernel", work / "initrd.gz")
-        shutil.copyfile(vmlinuz, kernel)
+        kernel.write_bytes(_uncompressed(vmlinuz.read_bytes()))
         shutil.copyfile(work / "initrd.gz", initrd)
         version.write_text(pkg + "\n")
         stamp.write_text(init_digest)
     return GuestImage(kernel, initrd, version.read_text().strip())
+
+
+def _uncompressed(bzimage: bytes) -> bytes:
+    """The ELF kernel inside a bzImage. QEMU boots it directly through its PVH entry point, which
+    skips the in-guest decompression: under TCG that halves the boot (about 6 s instead of 11 s)."""
+    for magic, fmt in ((b"\xfd7zXZ\x00", lzma.FORMAT_XZ), (b"\x5d\x00\x00", lzma.FORMAT_ALONE)):
+        start = bzimage.find(magic)
+        if start < 0:
+            continue
+        try:
+            elf = lzma.LZMADecompressor(format=fmt).decompress(bzimage[start:])
+        except lzma.LZMAError:
+            continue
+        if elf[:4] == b"\x7fELF":
+            return elf
+    start = bzimage.find(b"\x1f\x8b\x08")
+    if start >= 0:
+        elf = zlib.decompressobj(wbits=31).decompress(bzimage[start:])
+        if elf[:4] == b"\x7fELF":
+            return elf
+    raise CommandError("cannot find the compressed ELF kernel inside the Debian kernel image")
 
 
 def _kernel_package() -> str:

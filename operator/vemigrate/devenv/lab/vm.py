@@ -22,7 +22,7 @@ from vemigrate.devenv.lab.process import CommandError, run
 from vemigrate.devenv.lab.state import HostState
 
 METADATA_NS = "https://vemigrate.io/lab"
-KERNEL = f"{BOOT_PATH}/vemigrate-vmlinuz"
+KERNEL = f"{BOOT_PATH}/vemigrate-vmlinux"
 INITRD = f"{BOOT_PATH}/vemigrate-initrd.gz"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _BOOTED = re.compile(r"VEMIGRATE-BOOTED boot=(\w+)")

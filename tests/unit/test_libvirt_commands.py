@@ -1,0 +1,187 @@
+"""The libvirt driver's commands, from spec to exact argv, and the parsers of what hosts print."""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+import pytest
+
+from tests.unit.builders import spec, ve
+from vemigrate.api.migration import Mode
+from vemigrate.core.access import HostAccess
+from vemigrate.core.observation import VEState
+from vemigrate.drivers import hostjob
+from vemigrate.drivers.errors import PermanentError
+from vemigrate.drivers.libvirt import _host_status, _offline_script, _offline_stats, _target_xml, live_argv, live_script
+from vemigrate.drivers.protocol import MigrationPlan
+
+UUID = "3f1c2a9e-8d7b-4c1e-9a55-0e6f6d1b2c3d"
+SOURCE = HostAccess(name="node-a", namespace="ns", address="192.0.2.1")
+TARGET = HostAccess(name="node-b", namespace="ns", address="192.0.2.2", port=2222)
+BASE = ["virsh", "-c", "qemu:///system", "migrate", "--live", "--p2p", "--persistent", "--verbose", "--abort-on-error"]
+DEST = "qemu+ssh://root@192.0.2.2:2222/system"
+
+
+def plan(mode: Mode = Mode.LIVE, target: HostAccess = TARGET, **overrides: Any) -> MigrationPlan:
+    return MigrationPlan(
+        uid="0b7c9f6e-1111-4222-8333-444455556666",
+        spec=spec(**overrides),
+        mode=mode,
+        ve=ve(disk_paths=("/var/lib/libvirt/images/web1.qcow2",)),
+        source=SOURCE,
+        target=target,
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "copy_disks", "flags"),
+    [
+        ({}, False, ["--tunnelled", "--compressed"]),
+        ({}, True, ["--tls", "--copy-storage-all", "--compressed"]),
+        ({"tunnel": False}, True, ["--copy-storage-all", "--compressed"]),
+        ({"tunnel": False, "compression": False}, False, []),
+        ({"compression": False}, False, ["--tunnelled"]),
+        ({"bandwidthMiBps": 100}, False, ["--tunnelled", "--compressed", "--bandwidth", "100"]),
+        (
+            {"autoConverge": True, "postCopy": True},
+            False,
+            ["--tunnelled", "--compressed", "--auto-converge", "--postcopy"],
+        ),
+    ],
+)
+def test_live_argv(overrides: dict[str, Any], copy_disks: bool, flags: list[str]) -> None:
+    assert live_argv(plan(**overrides), copy_disks=copy_disks) == [*BASE, *flags, UUID, DEST]
+
+
+def test_live_argv_uses_the_migration_address_for_a_direct_stream() -> None:
+    target = HostAccess(name="node-b", namespace="ns", address="192.0.2.2", migration_address="198.51.100.2")
+    argv = live_argv(plan(target=target, tunnel=False), copy_disks=False)
+    assert argv[-4:] == [UUID, "qemu+ssh://root@198.51.100.2:22/system", "--migrateuri", "tcp://198.51.100.2"]
+
+
+def test_live_script_checks_target_files_sets_downtime_and_records_stats() -> None:
+    text = live_script(plan(maxDowntimeMs=250), copy_disks=True)
+    assert "already exists on the target" in text
+    assert shlex.join(["virsh", "-c", "qemu:///system", "migrate-setmaxdowntime", UUID, "250"]) in text
+    assert "domjobinfo --completed" in text
+    assert text.rstrip().endswith('echo "$rc" >exit.tmp && mv exit.tmp exit')
+
+
+HOSTILE = "web1; rm -rf / #"
+
+
+def _tokens(line: str) -> list[str]:
+    lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    return list(lexer)
+
+
+def test_every_value_reaching_the_shell_is_quoted() -> None:
+    """A hostile file name stays one word for the local shell and again for the remote one."""
+    hostile = MigrationPlan(
+        uid="0b7c9f6e-1111-4222-8333-444455556666",
+        spec=spec(),
+        mode=Mode.OFFLINE,
+        ve=ve(state=VEState.STOPPED, disk_paths=(f"/images/{HOSTILE}.qcow2",)),
+        source=SOURCE,
+        target=TARGET,
+    )
+    text = _offline_script(hostile, f"<domain><name>web1</name><uuid>{UUID}</uuid><devices/></domain>")
+    checked = 0
+    for line in text.splitlines():
+        if "rm -rf" not in line:
+            continue
+        checked += 1
+        tokens = _tokens(line)
+        assert any(HOSTILE in t for t in tokens), f"split by the local shell: {line}"
+        if "--" in tokens:
+            # The remote command is one word that the remote shell splits again: still one word there.
+            inner = tokens[tokens.index("--") + 1]
+            if HOSTILE in inner:
+                assert any(HOSTILE in w for w in _tokens(inner)), f"split by the remote shell: {inner}"
+    assert checked >= 3, "the hostile name reached the copy, checksum and rename lines"
+
+
+def test_offline_script_copies_verifies_and_defines() -> None:
+    xml = (
+        f"<domain type='qemu'><name>web1</name><uuid>{UUID}</uuid><devices>"
+        "<disk type='file' device='disk'><driver type='qcow2'/><source file='/var/lib/libvirt/images/web1.qcow2'/>"
+        "<target dev='vda'/></disk><interface type='bridge'><mac address='52:54:00:00:00:01'/>"
+        "<source bridge='vmbr0'/></interface></devices></domain>"
+    )
+    p = MigrationPlan(
+        uid="0b7c9f6e-1111-4222-8333-444455556666",
+        spec=spec(target={"host": "node-b", "path": "/srv/ves"}),
+        mode=Mode.OFFLINE,
+        ve=ve(state=VEState.STOPPED, disk_paths=("/var/lib/libvirt/images/web1.qcow2",)),
+        source=SOURCE,
+        target=TARGET,
+    )
+    text = _offline_script(p, xml)
+    assert f"/srv/ves/{UUID}/web1.qcow2.part" in text
+    assert "zstd -q -c" in text and "sha256sum" in text
+    assert "checksum mismatch" in text
+    assert "define /dev/stdin" in text
+    no_compression = _offline_script(MigrationPlan(**{**p.__dict__, "spec": spec(compression=False)}), xml)
+    assert "zstd" not in no_compression
+
+
+def test_target_xml_moves_disks_tags_and_clones() -> None:
+    xml = (
+        f"<domain><name>web1</name><uuid>{UUID}</uuid><devices>"
+        "<disk type='file' device='disk'><source file='/a/web1.qcow2'/><target dev='vda'/></disk>"
+        "<interface type='bridge'><mac address='52:54:00:00:00:01'/><source bridge='vmbr0'/></interface>"
+        "</devices></domain>"
+    )
+    moved = _target_xml(plan(Mode.OFFLINE), xml, "/srv/x")
+    assert "/srv/x/web1.qcow2" in moved and UUID in moved and "52:54:00:00:00:01" in moved
+    assert "vemigrate:migration" in moved and 'uid="0b7c9f6e' in moved
+    cloned = _target_xml(plan(Mode.OFFLINE, clone=True), xml, "/srv/x")
+    assert UUID not in cloned and "52:54:00" not in cloned
+    assert _target_xml(plan(Mode.OFFLINE, clone=True), xml, "/srv/x") == cloned, "the clone's UUID is stable"
+
+
+def test_offline_refusals_are_specific() -> None:
+    with pytest.raises(PermanentError) as sid:
+        _offline_script(plan(Mode.OFFLINE, clone=True, changeSid=True), "<domain/>")
+    assert sid.value.reason == "ChangeSidUnsupported"
+
+
+def test_offline_progress_from_the_log() -> None:
+    log = "total 3000\n1000 bytes (1 kB) copied, 1 s, 1 kB/s\rdone 1500\n\r800 bytes (800 B) copied\n"
+    stats = _offline_stats(log)
+    assert (stats.bytes_processed, stats.bytes_total) == (2300, 3000)
+
+
+def test_host_facts_from_the_shell() -> None:
+    facts = {
+        "cpus": 4,
+        "free": 2 * 1024**3,
+        "total": 8 * 1024**3,
+        "vendor": "Intel",
+        "model": "Skylake",
+        "features": ["avx", "sse4_2"],
+        "hypervisor": "QEMU",
+        "hv_version": 7002000,
+        "lib_version": 9000000,
+    }
+    shell = (
+        "df /var/lib/libvirt/images /var/lib/libvirt/images 1000 5000\n"
+        "bridge vmbr0\naddr eth0 192.0.2.1/24\nspeed eth0 10000\nclock 1000000500000000\nkernel 6.1.0\ntls no\n"
+    )
+    status = _host_status(facts, shell, ["/var/lib/libvirt/images"], 1000000000000000, SOURCE)
+    assert status.storage[0].free_bytes == 1000
+    assert status.network is not None
+    assert status.network.bridges == ["vmbr0"] and status.network.subnets == ["192.0.2.0/24"]
+    assert status.network.link_speed_mbps == 10000
+    assert status.time_offset_ms == 500
+    assert status.encrypted_disk_copy is False
+    assert status.version is not None and status.version.product == "libvirt 9.0.0"
+
+
+def test_job_script_records_exit_status_and_job_dirs_refuse_odd_uids() -> None:
+    text = hostjob.script(["false"])
+    assert "( run ); rc=$?" in text
+    with pytest.raises(PermanentError):
+        hostjob.job_dir("../../etc")
