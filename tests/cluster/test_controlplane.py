@@ -67,22 +67,28 @@ def test_up_is_idempotent_cleans_a_killed_run_and_down_leaves_nothing(
     assert plane.down() is False
 
 
-def _vemigrate(*args: str) -> subprocess.CompletedProcess[str]:
+def _env(info: ControlPlaneInfo) -> dict[str, str]:
+    # The CLI is pointed at this session's control plane, not the developer's default one.
+    return {**os.environ, "VEMIGRATE_CONTROLPLANE_DIR": str(info.state_dir)}
+
+
+def _vemigrate(info: ControlPlaneInfo, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "vemigrate", "controlplane", *args],
         capture_output=True,
         text=True,
         check=False,
+        env=_env(info),
     )
 
 
 def test_the_cli_reports_the_running_control_plane(control_plane: ControlPlaneInfo) -> None:
-    status = _vemigrate("status")
+    status = _vemigrate(control_plane, "status")
     assert status.returncode == 0, status.stderr
     assert control_plane.server in status.stdout
-    kubeconfig = _vemigrate("kubeconfig")
+    kubeconfig = _vemigrate(control_plane, "kubeconfig")
     assert kubeconfig.stdout.strip() == str(control_plane.kubeconfig)
-    up = _vemigrate("up")
+    up = _vemigrate(control_plane, "up")
     assert up.returncode == 0, up.stderr
     assert "already running" in up.stderr
 
@@ -95,7 +101,7 @@ def test_kubectl_get_vem_works_from_a_shell(control_plane: ControlPlaneInfo) -> 
         capture_output=True,
         text=True,
         check=False,
-        env={**os.environ, "PATH": path},
+        env={**_env(control_plane), "PATH": path},
     )
     assert result.returncode == 0, result.stderr
     assert "No resources found" in result.stderr or result.stdout.startswith("NAMESPACE")

@@ -51,9 +51,17 @@ class ControlPlaneInfo:
     kubectl: Path
     version: str
     ca_cert: Path
+    admin_cert: Path
+    admin_key: Path
     state_dir: Path
     apiserver_pid: int
     etcd_pid: int
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """TLS as the admin, for raw HTTPS requests (watches with parameters clients lack)."""
+        context = ssl.create_default_context(cafile=str(self.ca_cert))
+        context.load_cert_chain(str(self.admin_cert), str(self.admin_key))
+        return context
 
 
 @dataclass(frozen=True)
@@ -126,7 +134,9 @@ class ControlPlane:
         log: Log = _stderr,
     ) -> None:
         self.cache = cache or cache_root()
-        self.state_dir = state_dir or self.cache / "controlplane"
+        # VEMIGRATE_CONTROLPLANE_DIR points the CLI at another control plane (a test session's own).
+        override = os.environ.get("VEMIGRATE_CONTROLPLANE_DIR")
+        self.state_dir = state_dir or (Path(override) if override else self.cache / "controlplane")
         self.crds = crds
         self.log = log
 
@@ -176,6 +186,8 @@ class ControlPlane:
             kubectl=directory / "kubectl",
             version=state.version,
             ca_cert=self._pki.ca_cert,
+            admin_cert=self._pki.admin_cert,
+            admin_key=self._pki.admin_key,
             state_dir=self.state_dir,
             apiserver_pid=state.apiserver_pid,
             etcd_pid=state.etcd_pid,
