@@ -5,6 +5,7 @@ the session's one keeps serving the other tests."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -12,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from tests.fixtures.controlplane import session_state_dir
 from vemigrate.devenv.controlplane import ControlPlane, ControlPlaneInfo
 
 
@@ -34,10 +36,11 @@ def _port(server: str) -> int:
 
 
 def test_up_is_idempotent_cleans_a_killed_run_and_down_leaves_nothing(
-    control_plane: ControlPlaneInfo, tmp_path: Path
+    control_plane: ControlPlaneInfo,
 ) -> None:
     messages: list[str] = []
-    plane = ControlPlane(tmp_path / "cp", crds=None, log=messages.append)
+    # Named after this session, so a killed run's leftovers are stopped by the next session.
+    plane = ControlPlane(session_state_dir("lifecycle"), crds=None, log=messages.append)
     assert plane.status() is None
 
     first = plane.ensure_up()
@@ -65,6 +68,7 @@ def test_up_is_idempotent_cleans_a_killed_run_and_down_leaves_nothing(
     assert not _listening(_port(second.server))
     assert not second.kubeconfig.exists()
     assert plane.down() is False
+    shutil.rmtree(plane.state_dir)
 
 
 def _env(info: ControlPlaneInfo) -> dict[str, str]:
