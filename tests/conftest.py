@@ -10,6 +10,7 @@ import pytest
 pytest_plugins = [
     "tests.fixtures.controlplane",
     "tests.fixtures.lab",
+    "tests.fixtures.operator",
 ]
 
 _TIERS = ("unit", "cluster", "lab")

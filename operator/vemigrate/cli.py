@@ -28,6 +28,9 @@ def _run(args: argparse.Namespace) -> int:
     from vemigrate.kube.client import Kube
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.log_level != "DEBUG":
+        # kopf says "succeeded" for every timer tick and pass; problems are still logged as warnings.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig  # kopf's login reads it
     settings = reconcile.Settings(cluster_limit=args.max_parallel, host_probe_seconds=args.host_probe_seconds)

@@ -53,6 +53,26 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.client_timeout = 330
 
 
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In a Pod, the ServiceAccount; elsewhere the same kubeconfig the operator's API client loaded
+    (`vemigrate run --kubeconfig`), so kopf and our status writes act as one identity."""
+    in_cluster = kopf.login_with_service_account(**kwargs)
+    if in_cluster is not None:
+        return in_cluster
+    cfg = world().kube.api_client.configuration
+    scheme, _, token = str(cfg.api_key.get("authorization", "")).partition(" ")
+    return kopf.ConnectionInfo(
+        server=cfg.host,
+        ca_path=cfg.ssl_ca_cert,
+        insecure=not cfg.verify_ssl,
+        certificate_path=cfg.cert_file,
+        private_key_path=cfg.key_file,
+        scheme=scheme or None,
+        token=token or None,
+    )
+
+
 def _phase(body: Mapping[str, Any]) -> str:
     return str((body.get("status") or {}).get("phase") or migration_api.Phase.PENDING.value)
 

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import libvirt
 
@@ -56,6 +57,8 @@ DEFAULT_POOL_PATH = "/var/lib/libvirt/images"
 METADATA_NS = "https://vemigrate.io/migration"
 METADATA_KEY = "vemigrate"
 ET.register_namespace("vemigrate", METADATA_NS)
+# libvirt prints every error to stderr by default; ours are raised, classified and reported instead.
+libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
 # libvirt error codes that mean "cannot tell what happened" rather than "it failed".
 _UNKNOWN_CODES = {libvirt.VIR_ERR_RPC, libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_ERR_NO_CONNECT}
@@ -88,6 +91,19 @@ class _Disk:
     target: str  # vda
     path: str  # file on the host
     format: str
+
+
+def _connection_plan(uri: str | None) -> tuple[str, str, str | None]:
+    """(hypervisor, path, direct URI). SSH transports (the default `qemu+ssh://`, or `vz+ssh://`) are
+    carried by the operator's own verified SSH connection, never by an ssh binary that would consult
+    some other known_hosts; any other transport (tls, tcp, unix) is used as written."""
+    if not uri:
+        return "qemu", "/system", None
+    parsed = urlsplit(uri)
+    hypervisor, _, transport = parsed.scheme.partition("+")
+    if transport in ("ssh", "libssh", "libssh2"):
+        return hypervisor or "qemu", parsed.path or "/system", None
+    return hypervisor, parsed.path, uri
 
 
 def _classify(exc: libvirt.libvirtError, what: str) -> DriverError:
@@ -159,14 +175,16 @@ class LibvirtDriver:
                     if self._conn.isAlive():
                         return self._conn
                 self._conn = None
-            uri = self.access.libvirt_uri
-            if not uri:
+            hypervisor, path, direct = _connection_plan(self.access.libvirt_uri)
+            if direct is not None:
+                uri = direct
+            else:
                 if self._forward is not None:
                     self._forward.close()
                 self._sockdir = tempfile.TemporaryDirectory(prefix="vem-")
                 local = str(Path(self._sockdir.name) / "libvirt-sock")
                 self._forward = await self.ssh.forward_socket(local, LIBVIRT_SOCKET)
-                uri = f"qemu+unix:///system?socket={local}"
+                uri = f"{hypervisor}+unix://{path}?socket={local}"
             try:
                 self._conn = await asyncio.wait_for(asyncio.to_thread(libvirt.open, uri), CALL_TIMEOUT)
             except TimeoutError as exc:
