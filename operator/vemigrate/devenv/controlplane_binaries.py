@@ -138,6 +138,9 @@ def _build(wanted: Binaries, log: Log, go_module: Path) -> None:
         "build",
         "-v",
         "-trimpath",
+        # No VCS stamping: the wrapper sits in our git tree, whose state says nothing about the build
+        # (and a clone owned by another user would make go refuse to read it).
+        "-buildvcs=false",
         "-ldflags",
         _ldflags(wanted.version),
         "-o",
