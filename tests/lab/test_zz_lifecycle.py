@@ -56,10 +56,7 @@ def test_down_leaves_nothing(lab: LabInfo) -> None:
     _assert_nothing_left(procs)
 
 
-def test_next_up_cleans_a_crashed_run() -> None:
-    from tests.fixtures.lab import require_lab
-
-    require_lab()
+def test_next_up_cleans_a_crashed_run(lab_session: None) -> None:
     info = Lab.up(hosts=1)
     Lab.create_ct("lab1", "orphan")  # its init lives outside the host's namespace: found anyway
     state = LabState.load()

@@ -25,6 +25,7 @@ from vemigrate.devenv.lab.state import (
     NETNS_PREFIX,
     HostState,
     LabState,
+    exclusive,
     lab_dir,
 )
 
@@ -166,6 +167,18 @@ class Lab:
         accel: str | None = None,
     ) -> LabInfo:
         """Start `hosts` lab hosts (lab1, lab2, ...) after removing anything an earlier run left."""
+        with exclusive("vemigrate lab up"):
+            return Lab._up(hosts, subnet=subnet, guest_bridges=guest_bridges, pool_mib=pool_mib, accel=accel)
+
+    @staticmethod
+    def _up(
+        hosts: int,
+        *,
+        subnet: str | None,
+        guest_bridges: Mapping[str, str] | None,
+        pool_mib: int,
+        accel: str | None,
+    ) -> LabInfo:
         reason = why_not_runnable()
         if reason:
             raise RuntimeError(reason)
@@ -235,6 +248,11 @@ class Lab:
         directories. Also cleans what a crashed run left, with or without its state file."""
         if os.geteuid() != 0:
             raise RuntimeError("the lab needs root (network and mount namespaces, libvirtd as root)")
+        with exclusive("vemigrate lab down"):
+            Lab._down()
+
+    @staticmethod
+    def _down() -> None:
         state = LabState.load()
         errors: list[str] = []
         for h in state.hosts if state else []:

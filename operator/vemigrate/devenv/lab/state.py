@@ -3,8 +3,12 @@ can undo it, by PID, even after a crash)."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,3 +127,49 @@ class LabState:
                 return h
         known = ", ".join(h.name for h in self.hosts) or "none"
         raise RuntimeError(f"no lab host named {name!r} (hosts: {known})")
+
+
+# One lab per machine, shared by every process: `up`, `down` and a test session that uses the lab
+# hold this lock, so a second test run (or a `lab up` typed meanwhile) cannot tear the lab down under
+# the first. Re-entrant within a process: flock would otherwise conflict with itself.
+_lock_fd: int | None = None
+_lock_depth = 0
+
+
+@contextlib.contextmanager
+def exclusive(purpose: str, wait: float = 0.0, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold the lab for `purpose`; wait up to `wait` seconds for another holder (telling `on_wait`
+    who it is, once), then give up with a sentence naming it."""
+    global _lock_fd, _lock_depth
+    if _lock_fd is not None:
+        _lock_depth += 1
+        try:
+            yield
+        finally:
+            _lock_depth -= 1
+        return
+    d = lab_dir()
+    d.mkdir(parents=True, exist_ok=True)
+    fd = os.open(d / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            owner = (d / "lock.owner").read_text().strip() if (d / "lock.owner").exists() else "?"
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise RuntimeError(f"the lab is in use by {owner}; try again when it is done") from None
+            if on_wait is not None:
+                on_wait(owner)
+                on_wait = None
+            time.sleep(1)
+    (d / "lock.owner").write_text(f"{purpose} (pid {os.getpid()})\n")
+    _lock_fd, _lock_depth = fd, 1
+    try:
+        yield
+    finally:
+        _lock_fd = None
+        _lock_depth = 0
+        os.close(fd)  # releases the flock
