@@ -14,6 +14,7 @@ _COMMAND_MODULES = (
     "vemigrate.api.crd",
     "vemigrate.devenv.controlplane",
     "vemigrate.devenv.lab",
+    "vemigrate.devenv.demo",
 )
 
 
@@ -31,6 +32,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.log_level != "DEBUG":
         # kopf says "succeeded" for every timer tick and pass; problems are still logged as warnings.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+        logging.getLogger("asyncssh").setLevel(logging.WARNING)  # it logs every channel at INFO
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig  # kopf's login reads it
     settings = reconcile.Settings(cluster_limit=args.max_parallel, host_probe_seconds=args.host_probe_seconds)
