@@ -1,10 +1,15 @@
-"""libvirt prints every error to stderr before raising it; the tests read the exceptions instead."""
+"""Helpers for the lab tier. libvirt prints every error to stderr before raising it; the tests read
+the exceptions instead."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import libvirt
+import pytest
+
+from vemigrate.devenv.lab import Lab, LabInfo
 
 
 def _quiet(_ctx: Any, _err: Any) -> None:
@@ -12,3 +17,20 @@ def _quiet(_ctx: Any, _err: Any) -> None:
 
 
 libvirt.registerErrorHandler(_quiet, None)
+
+
+@pytest.fixture
+def vm_cleanup(lab: LabInfo) -> Iterator[Callable[[str], str]]:
+    """Register VM names; after the test they are removed from every lab host (with their disks),
+    pass or fail, so the shared session lab stays clean for the tests after it."""
+    names: list[str] = []
+
+    def register(name: str) -> str:
+        names.append(name)
+        return name
+
+    yield register
+    info = Lab.info()
+    for h in info.hosts if info else []:
+        for name in names:
+            Lab.remove_vm(h.name, name)

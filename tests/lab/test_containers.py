@@ -24,12 +24,12 @@ def container_init(dom: libvirt.virDomain) -> int:
 
 def test_container_runs_from_its_private_area(lab: LabInfo) -> None:
     h = lab.hosts[0]
-    ct = Lab.create_ct(h.name, "ct1")
+    ct = Lab.create_ct(h.name, "ct-beat")
     state = LabState.load()
     assert state is not None
     conn = libvirt.open(lxc_uri(state.host(h.name)))
     try:
-        dom = conn.lookupByName("ct1")
+        dom = conn.lookupByName("ct-beat")
         assert dom.isActive()
         init_pid = container_init(dom)
         # Its own PID and mount namespaces; its root is the private area on the lab host.

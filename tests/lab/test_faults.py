@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 
 import libvirt
 import pytest
@@ -102,8 +103,9 @@ def test_killed_sshd_refuses_connections_until_started(lab: LabInfo) -> None:
     assert _tcp_reachable(h.address)
 
 
-def test_fill_disk_leaves_no_room_for_a_vm(lab: LabInfo) -> None:
+def test_fill_disk_leaves_no_room_for_a_vm(lab: LabInfo, vm_cleanup: Callable[[str], str]) -> None:
     h = lab.hosts[1]
+    vm_cleanup("nospace")
     Lab.fill_disk(h.name, leave_mib=1)
     try:
         assert Lab.disk_free_mib(h.name) <= 1

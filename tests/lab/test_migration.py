@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import libvirt
@@ -42,33 +43,59 @@ def _disk_bytes(h: LabHost, inside: str, tmp_path: Path) -> bytes:
     return raw.read_bytes()
 
 
-def test_live_migration_with_local_disk_keeps_the_guest_running(lab: LabInfo, tmp_path: Path) -> None:
+def _migrate(dom: libvirt.virDomain, src: LabHost, dst: LabHost, params: dict[str, int], flags: int) -> None:
+    """migrateToURI3; on failure the assertion quotes what both libvirtds logged meanwhile (the
+    error the caller gets is sometimes only the closed connection)."""
+    logs = [h.dir / "log" / "libvirtd.log" for h in (src, dst)]
+    sizes = [p.stat().st_size for p in logs]
+    try:
+        dom.migrateToURI3(dst.ssh_uri, params, flags)
+    except libvirt.libvirtError as exc:
+        tails = []
+        for path, size in zip(logs, sizes, strict=True):
+            with path.open("rb") as f:
+                f.seek(size)
+                tails.append(f"--- {path}\n{f.read().decode(errors='replace')[-3000:]}")
+        raise AssertionError(f"migration {src.name} -> {dst.name} failed: {exc}\n" + "\n".join(tails)) from exc
+
+
+def test_live_migration_with_local_disk_keeps_the_guest_running(
+    lab: LabInfo, tmp_path: Path, vm_cleanup: Callable[[str], str]
+) -> None:
     src, dst = lab.hosts[0], lab.hosts[1]
-    vm = Lab.create_vm(src.name, "live1", memory_mib=256, disk_mib=64, dirty_mib=4)
-    _wait("first disk check on the source", lambda: _beats(src, "live1").disk_md5s, 60)
-    before = _beats(src, "live1")
+    vm_cleanup("mig-live")
+    vm = Lab.create_vm(src.name, "mig-live", memory_mib=256, disk_mib=64, dirty_mib=4)
+    _wait("first disk check on the source", lambda: _beats(src, "mig-live").disk_md5s, 60)
+    before = _beats(src, "mig-live")
     assert before.disk_md5s[0] == vm.payload_md5
     boot_id = before.boots[-1]
 
     sconn, dconn = libvirt.open(src.uri), libvirt.open(dst.uri)
     try:
-        dom = sconn.lookupByName("live1")
+        dom = sconn.lookupByName("mig-live")
         # lab3's guest bridge has another name: libvirt refuses, and the guest runs on where it was.
         odd = lab.host("lab3")
-        with pytest.raises(libvirt.libvirtError, match=src.guest_bridge):
+        odd_log = odd.dir / "log" / "libvirtd.log"
+        seen = odd_log.stat().st_size
+        with pytest.raises(libvirt.libvirtError):
             dom.migrateToURI3(odd.ssh_uri, {}, LIVE_FLAGS)
+        # The source sometimes reports only the closed connection ("End of file while reading
+        # data"), racing the target's answer; the target's log always names the missing bridge.
+        with odd_log.open("rb") as f:
+            f.seek(seen)
+            assert f"Cannot get interface MTU on '{src.guest_bridge}'" in f.read().decode(errors="replace")
         assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
         oconn = libvirt.open(odd.uri)
-        assert "live1" not in [d.name() for d in oconn.listAllDomains()]
+        assert "mig-live" not in [d.name() for d in oconn.listAllDomains()]
         oconn.close()
 
         start = time.monotonic()
-        dom.migrateToURI3(dst.ssh_uri, {libvirt.VIR_MIGRATE_PARAM_BANDWIDTH: 1000}, LIVE_FLAGS)
+        _migrate(dom, src, dst, {libvirt.VIR_MIGRATE_PARAM_BANDWIDTH: 1000}, LIVE_FLAGS)
         wall = time.monotonic() - start
-        last_on_source = _beats(src, "live1").beats[-1]
+        last_on_source = _beats(src, "mig-live").beats[-1]
 
-        assert "live1" not in [d.name() for d in sconn.listAllDomains()]  # source undefined
-        moved = dconn.lookupByName("live1")
+        assert "mig-live" not in [d.name() for d in sconn.listAllDomains()]  # source undefined
+        moved = dconn.lookupByName("mig-live")
         assert moved.state()[0] == libvirt.VIR_DOMAIN_RUNNING
         assert moved.isPersistent()
         stats = moved.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
@@ -76,8 +103,8 @@ def test_live_migration_with_local_disk_keeps_the_guest_running(lab: LabInfo, tm
         assert 0 < stats["downtime"] < 5000
 
         # The same boot keeps counting on the target: no reboot, no gap beyond the switchover.
-        _wait("heartbeats on the target", lambda: len(_beats(dst, "live1").beats) >= 3, 30)
-        after = _beats(dst, "live1")
+        _wait("heartbeats on the target", lambda: len(_beats(dst, "mig-live").beats) >= 3, 30)
+        after = _beats(dst, "mig-live")
         assert after.boots == []  # no boot line on the target: it never booted there
         assert {b for b, _ in after.beats} == {boot_id}
         assert after.beats[0][1] <= last_on_source[1] + 3
@@ -86,8 +113,8 @@ def test_live_migration_with_local_disk_keeps_the_guest_running(lab: LabInfo, tm
         assert counters == sorted(counters)
 
         # The guest re-reads its disk (caches dropped) on the target: the payload arrived intact.
-        _wait("a disk check on the target", lambda: _beats(dst, "live1").disk_md5s, DISK_EVERY * 6 + 30)
-        assert _beats(dst, "live1").disk_md5s == [vm.payload_md5]
+        _wait("a disk check on the target", lambda: _beats(dst, "mig-live").disk_md5s, DISK_EVERY * 6 + 30)
+        assert _beats(dst, "mig-live").disk_md5s == [vm.payload_md5]
 
         moved.destroy()
         disk = _disk_bytes(dst, vm.disk, tmp_path)
@@ -126,35 +153,38 @@ def _copy_volume(sconn: libvirt.virConnect, dconn: libvirt.virConnect, name: str
     dpool.refresh(0)
 
 
-def test_offline_migration_copies_a_stopped_guest_disk_intact(lab: LabInfo) -> None:
+def test_offline_migration_copies_a_stopped_guest_disk_intact(lab: LabInfo, vm_cleanup: Callable[[str], str]) -> None:
     src, dst = lab.hosts[0], lab.hosts[1]
-    vm = Lab.create_vm(src.name, "cold1", state=VMState.STOPPED, dirty_mib=0)
+    vm_cleanup("mig-cold")
+    vm = Lab.create_vm(src.name, "mig-cold", state=VMState.STOPPED, dirty_mib=0)
     sconn, dconn = libvirt.open(src.uri), libvirt.open(dst.uri)
     try:
-        _copy_volume(sconn, dconn, "cold1.qcow2")
+        _copy_volume(sconn, dconn, "mig-cold.qcow2")
         sdigest = hashlib.sha256(src.path(vm.disk).read_bytes()).hexdigest()
         ddigest = hashlib.sha256(dst.path(vm.disk).read_bytes()).hexdigest()
         assert sdigest == ddigest
 
         # VIR_MIGRATE_OFFLINE moves only the definition (the disk went above).
-        dom = sconn.lookupByName("cold1")
-        dom.migrateToURI3(
-            dst.ssh_uri,
+        dom = sconn.lookupByName("mig-cold")
+        _migrate(
+            dom,
+            src,
+            dst,
             {},
             libvirt.VIR_MIGRATE_OFFLINE
             | libvirt.VIR_MIGRATE_PEER2PEER
             | libvirt.VIR_MIGRATE_PERSIST_DEST
             | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE,
         )
-        assert "cold1" not in [d.name() for d in sconn.listAllDomains()]
-        moved = dconn.lookupByName("cold1")
+        assert "mig-cold" not in [d.name() for d in sconn.listAllDomains()]
+        moved = dconn.lookupByName("mig-cold")
         assert moved.state()[0] == libvirt.VIR_DOMAIN_SHUTOFF
         assert moved.UUIDString() == vm.uuid
 
         # And it boots there and finds its data.
         moved.create()
-        _wait("the copied guest's disk check", lambda: _beats(dst, "cold1").disk_md5s, 90)
-        assert _beats(dst, "cold1").disk_md5s[0] == vm.payload_md5
+        _wait("the copied guest's disk check", lambda: _beats(dst, "mig-cold").disk_md5s, 90)
+        assert _beats(dst, "mig-cold").disk_md5s[0] == vm.payload_md5
         moved.destroy()
         moved.undefine()
     finally:
@@ -162,21 +192,23 @@ def test_offline_migration_copies_a_stopped_guest_disk_intact(lab: LabInfo) -> N
         dconn.close()
 
 
-def test_suspended_snapshot_and_linked_clone_shapes(lab: LabInfo) -> None:
-    """The shapes the pre-flight checks look for: a managed-save image, a snapshot, a backing file."""
+def test_snapshot_and_linked_clone_shapes(lab: LabInfo, vm_cleanup: Callable[[str], str]) -> None:
+    """The shapes the pre-flight checks look for: a snapshot, a backing file."""
     h = lab.hosts[0]
-    Lab.create_vm(h.name, "base1", state=VMState.STOPPED, dirty_mib=0)
-    Lab.snapshot(h.name, "base1", "before-upgrade")
-    clone = Lab.linked_clone(h.name, "base1", "clone1")
+    vm_cleanup("shape-clone")
+    vm_cleanup("shape-base")
+    Lab.create_vm(h.name, "shape-base", state=VMState.STOPPED, dirty_mib=0)
+    Lab.snapshot(h.name, "shape-base", "before-upgrade")
+    clone = Lab.linked_clone(h.name, "shape-base", "shape-clone")
     conn = libvirt.open(h.uri)
     try:
-        assert conn.lookupByName("base1").snapshotListNames(0) == ["before-upgrade"]
+        assert conn.lookupByName("shape-base").snapshotListNames(0) == ["before-upgrade"]
         info = subprocess.run(
             ["qemu-img", "info", "--force-share", str(h.path(clone.disk))],
             capture_output=True,
             text=True,
             check=True,
         ).stdout
-        assert "backing file: /var/lib/libvirt/images/base1.qcow2" in info
+        assert "backing file: /var/lib/libvirt/images/shape-base.qcow2" in info
     finally:
         conn.close()

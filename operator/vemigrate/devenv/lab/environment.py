@@ -318,6 +318,16 @@ class Lab:
             conn.close()
 
     @staticmethod
+    def remove_vm(host_name: str, name: str) -> bool:
+        """Destroy and undefine a VM, with its managed save, snapshots and disks; False if absent."""
+        h = _running_state().host(host_name)
+        conn = _connect(h)
+        try:
+            return vm.remove(conn, name)
+        finally:
+            conn.close()
+
+    @staticmethod
     def snapshot(host_name: str, name: str, snap: str) -> None:
         h = _running_state().host(host_name)
         conn = _connect(h)

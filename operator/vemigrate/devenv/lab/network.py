@@ -68,7 +68,9 @@ def remove_host_network(netns: str, veth: str) -> None:
     if _link_exists(veth):
         run(["ip", "link", "del", veth])
     if netns in list_netns():
-        run(["ip", "netns", "del", netns])
+        gone = run(["ip", "netns", "del", netns], check=False)
+        if gone.returncode != 0 and netns in list_netns():
+            raise CommandError(f"ip netns del {netns} failed: {gone.stderr.strip()}")
 
 
 def remove_root_bridge() -> None:

@@ -166,6 +166,8 @@ def exclusive(purpose: str, wait: float = 0.0, on_wait: Callable[[str], None] | 
                 on_wait = None
             time.sleep(1)
     (d / "lock.owner").write_text(f"{purpose} (pid {os.getpid()})\n")
+    with (d / "lock.log").open("a") as log:  # who held the lab when: for "who tore my lab down?"
+        log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {purpose} (pid {os.getpid()})\n")
     _lock_fd, _lock_depth = fd, 1
     try:
         yield

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
+import libvirt
+
 from vemigrate.devenv.lab.guest import PAYLOAD_OFFSET, payload
 from vemigrate.devenv.lab.host import BOOT_PATH, POOL_PATH, enter
 from vemigrate.devenv.lab.process import CommandError, run
@@ -248,6 +250,29 @@ def linked_clone(conn: Any, host: HostState, source: str, name: str, accel: str)
         )
     )
     return VMInfo(name, vm_uuid, host.name, VMState.STOPPED, disk, serial_path(host, name), md5.group(1), None)
+
+
+def remove(conn: Any, name: str) -> bool:
+    """Destroy and undefine a VM with its managed-save image, snapshots and disks (also the lab's
+    disk `<name>.qcow2` left by a VM that is already undefined); False if there was no VM."""
+    disks = [f"{POOL_PATH}/{name}.qcow2"]
+    try:
+        dom = conn.lookupByName(name)
+    except libvirt.libvirtError:
+        dom = None
+    if dom is not None:
+        disks += re.findall(r"<source file='([^']+)'", dom.XMLDesc(0))
+        if dom.isActive():
+            dom.destroy()
+        dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+    pool = conn.storagePoolLookupByName("default")
+    pool.refresh(0)
+    for path in set(disks):
+        try:
+            pool.storageVolLookupByName(Path(path).name).delete(0)
+        except libvirt.libvirtError:
+            continue  # not in the pool (or already gone)
+    return dom is not None
 
 
 @dataclass(frozen=True)
