@@ -212,3 +212,31 @@ def test_snapshot_and_linked_clone_shapes(lab: LabInfo, vm_cleanup: Callable[[st
         assert "backing file: /var/lib/libvirt/images/shape-base.qcow2" in info
     finally:
         conn.close()
+
+
+def test_paused_and_suspended_guests(lab: LabInfo, vm_cleanup: Callable[[str], str]) -> None:
+    """The two states Auto mode splits on: paused goes live, suspended (managed save) goes offline."""
+    h = lab.hosts[1]
+    vm_cleanup("state-paused")
+    vm_cleanup("state-suspended")
+    Lab.create_vm(h.name, "state-paused", state=VMState.PAUSED, dirty_mib=0)
+    Lab.create_vm(h.name, "state-suspended", state=VMState.SUSPENDED, dirty_mib=0)
+    conn = libvirt.open(h.uri)
+    try:
+        paused = conn.lookupByName("state-paused")
+        assert paused.state()[0] == libvirt.VIR_DOMAIN_PAUSED
+        beats = len(_beats(h, "state-paused").beats)
+        time.sleep(2)
+        assert len(_beats(h, "state-paused").beats) == beats  # really stopped counting
+        suspended = conn.lookupByName("state-suspended")
+        assert suspended.state()[0] == libvirt.VIR_DOMAIN_SHUTOFF
+        assert suspended.hasManagedSaveImage(0) == 1
+        # Resuming from the save image continues the same boot, it does not boot again.
+        boot = _beats(h, "state-suspended").boots
+        suspended.create()
+        _wait("the restored guest's heartbeat", lambda: len(_beats(h, "state-suspended").beats) > 0, 30)
+        before = len(_beats(h, "state-suspended").beats)
+        _wait("a heartbeat after the restore", lambda: len(_beats(h, "state-suspended").beats) > before, 30)
+        assert _beats(h, "state-suspended").boots == boot
+    finally:
+        conn.close()
