@@ -8,6 +8,7 @@ that aborts anything.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -283,6 +284,10 @@ async def migration_pass(
     metrics.record_final(stored, new)
     if new.phase.final:
         world.admitted.pop(meta["uid"], None)
+        if plan is not None and (stored is None or not stored.phase.final):
+            # The outcome is in the status now; the job's files on the source have served their purpose.
+            with contextlib.suppress(DriverError):
+                await world.driver(plan.source).forget_job(plan)
     return decision
 
 
