@@ -3,6 +3,7 @@ the exceptions instead."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -10,6 +11,7 @@ import libvirt
 import pytest
 
 from vemigrate.devenv.lab import Lab, LabInfo
+from vemigrate.devenv.lab.ct import lxc_driver_installed
 
 
 def _quiet(_ctx: Any, _err: Any) -> None:
@@ -34,3 +36,14 @@ def vm_cleanup(lab: LabInfo) -> Iterator[Callable[[str], str]]:
     for h in info.hosts if info else []:
         for name in names:
             Lab.remove_vm(h.name, name)
+
+
+@pytest.fixture
+def lxc() -> None:
+    """Containers need libvirt's LXC driver: skip without it (fail under CI, which installs it)."""
+    if lxc_driver_installed():
+        return
+    reason = "libvirt's LXC driver is not installed (package libvirt-daemon-driver-lxc; run tools/setup.sh)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)

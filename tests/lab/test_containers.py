@@ -22,7 +22,7 @@ def container_init(dom: libvirt.virDomain) -> int:
     return int(children[0])
 
 
-def test_container_runs_from_its_private_area(lab: LabInfo) -> None:
+def test_container_runs_from_its_private_area(lab: LabInfo, lxc: None) -> None:
     h = lab.hosts[0]
     ct = Lab.create_ct(h.name, "ct-beat")
     state = LabState.load()

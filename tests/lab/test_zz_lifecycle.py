@@ -42,7 +42,7 @@ def _assert_nothing_left(procs: list[Tracked]) -> None:
     assert Lab.info() is None
 
 
-def test_down_leaves_nothing(lab: LabInfo) -> None:
+def test_down_leaves_nothing(lab: LabInfo, lxc: None) -> None:
     Lab.create_vm(lab.hosts[0].name, "doomed", dirty_mib=1)  # a QEMU process to clean up too
     ct = Lab.create_ct(lab.hosts[1].name, "doomed-ct")  # and a container in namespaces of its own
     state = LabState.load()
@@ -56,7 +56,7 @@ def test_down_leaves_nothing(lab: LabInfo) -> None:
     _assert_nothing_left(procs)
 
 
-def test_next_up_cleans_a_crashed_run(lab_session: None) -> None:
+def test_next_up_cleans_a_crashed_run(lab_session: None, lxc: None) -> None:
     info = Lab.up(hosts=1)
     Lab.create_ct("lab1", "orphan")  # its init lives outside the host's namespace: found anyway
     state = LabState.load()

@@ -45,6 +45,11 @@ class CTInfo:
     heartbeat: Path  # its heartbeat file, as seen from the root namespace
 
 
+def lxc_driver_installed() -> bool:
+    """libvirt loads its LXC driver from this module (package libvirt-daemon-driver-lxc)."""
+    return any(Path("/usr/lib").glob("*/libvirt/connection-driver/libvirt_driver_lxc.so"))
+
+
 def lxc_uri(host: HostState) -> str:
     return f"lxc+unix:///system?socket={host.dir / 'run' / 'libvirt-sock'}"
 
