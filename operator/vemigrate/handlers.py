@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,6 +15,7 @@ from vemigrate.api import host as host_api
 from vemigrate.api import migration as migration_api
 from vemigrate.api.common import GROUP, VERSION
 from vemigrate.api.migration import FINAL_PHASES, MigrationStatus
+from vemigrate.core.decision import Decision
 from vemigrate.core.observation import OtherMigration
 
 PREFIX = GROUP
@@ -99,6 +100,13 @@ def _others(index: kopf.Index[str, OtherMigration], body: Mapping[str, Any]) -> 
     return list(index.get(body["metadata"]["namespace"], []))
 
 
+async def _whole(coro: Coroutine[Any, Any, Decision]) -> Decision:
+    """Run a pass to its end even when kopf cancels the handler (it stops a daemon as soon as the
+    status it just wrote is final): a pass's status write, Events, metrics and job clean-up belong
+    together."""
+    return await asyncio.shield(asyncio.ensure_future(coro))
+
+
 def _with_status(body: Mapping[str, Any], status: MigrationStatus | None) -> dict[str, Any]:
     """The body with the status this process wrote last: the watch may not have delivered it yet."""
     copy = {k: v for k, v in body.items()}
@@ -128,8 +136,8 @@ async def run_migration(**kwargs: Any) -> None:
             return  # the deletion handler rolls back
         async with lock:
             try:
-                decision = await reconcile.migration_pass(
-                    world(), _with_status(body, last), others=_others(migrations, body)
+                decision = await _whole(
+                    reconcile.migration_pass(world(), _with_status(body, last), others=_others(migrations, body))
                 )
             except Exception:
                 metrics.PASSES.labels(kind="migration", outcome="error").inc()
@@ -167,7 +175,9 @@ async def delete_migration(**kwargs: Any) -> None:
     migrations: kopf.Index[str, OtherMigration] = kwargs["migrations"]
     uid = body["metadata"]["uid"]
     async with _locks.setdefault(uid, asyncio.Lock()):
-        decision = await reconcile.migration_pass(world(), body, deleting=True, others=_others(migrations, body))
+        decision = await _whole(
+            reconcile.migration_pass(world(), body, deleting=True, others=_others(migrations, body))
+        )
     if not decision.release_finalizer:
         raise kopf.TemporaryError(
             f"rolling back before deletion (phase {decision.status.phase.value})", delay=decision.requeue_after or 2

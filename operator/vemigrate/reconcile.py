@@ -64,10 +64,19 @@ class World:
     admission: asyncio.Lock = field(default_factory=asyncio.Lock)
     admitted: dict[str, OtherMigration] = field(default_factory=dict)
 
+    _closing: set[asyncio.Task[None]] = field(default_factory=set)
+
     def driver(self, access: HostAccess) -> HypervisorDriver:
         key = (access.namespace, access.name)
         cached = self._drivers.get(key)
         if cached is None or cached.access.version != access.version:
+            if cached is not None:
+                # Closed off the event loop, and kept referenced until then: a libvirt connection
+                # dropped here would be closed by its finalizer on this thread, waiting on an SSH
+                # forward that this very loop serves.
+                task = asyncio.get_running_loop().create_task(cached.close())
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
             cached = self.make_driver(access)
             self._drivers[key] = cached
         return cached

@@ -7,6 +7,7 @@ on both hosts, and the object's status, Events and metrics.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import libvirt
@@ -66,9 +67,14 @@ def _beating_on(lab_host: str, vm: str, boot: str, timeout: float = 60) -> int:
 
 
 def test_live_migration_moves_a_running_guest(
-    hosts: LabInfo, migrations: Migrations, operator: OperatorProcess, kube_admin: Any, namespace: str
+    hosts: LabInfo,
+    migrations: Migrations,
+    operator: OperatorProcess,
+    kube_admin: Any,
+    namespace: str,
+    vm_cleanup: Callable[[str], str],
 ) -> None:
-    vm = Lab.create_vm("lab1", "live1", state=VMState.RUNNING)
+    vm = Lab.create_vm("lab1", vm_cleanup("live1"), state=VMState.RUNNING)
     boot, counter = _first_beat("lab1", "live1")
     succeeded = operator.metric("vemigrate_migrations_total", result="Succeeded")
 
@@ -99,8 +105,10 @@ def test_live_migration_moves_a_running_guest(
     assert operator.metric("vemigrate_migrations_total", result="Succeeded") == succeeded + 1
 
 
-def test_preflight_failure_names_the_check(hosts: LabInfo, migrations: Migrations) -> None:
-    Lab.create_vm("lab1", "snap1", state=VMState.STOPPED)
+def test_preflight_failure_names_the_check(
+    hosts: LabInfo, migrations: Migrations, vm_cleanup: Callable[[str], str]
+) -> None:
+    Lab.create_vm("lab1", vm_cleanup("snap1"), state=VMState.STOPPED)
     Lab.snapshot("lab1", "snap1", "before-upgrade")
     migrations.create("snap1", {"source": {"host": "lab1", "name": "snap1"}, "target": {"host": "lab2"}})
     status = migrations.wait_phase("snap1", "Failed", "Succeeded", timeout=120)["status"]
@@ -112,8 +120,8 @@ def test_preflight_failure_names_the_check(hosts: LabInfo, migrations: Migration
     assert _domain(hosts, "lab2", "snap1") is None
 
 
-def test_dry_run_moves_nothing(hosts: LabInfo, migrations: Migrations) -> None:
-    Lab.create_vm("lab1", "dry1", state=VMState.STOPPED)
+def test_dry_run_moves_nothing(hosts: LabInfo, migrations: Migrations, vm_cleanup: Callable[[str], str]) -> None:
+    Lab.create_vm("lab1", vm_cleanup("dry1"), state=VMState.STOPPED)
     migrations.create("dry1", {"source": {"host": "lab1", "name": "dry1"}, "target": {"host": "lab2"}, "dryRun": True})
     status = migrations.wait_phase("dry1", "Succeeded", "Failed", timeout=120)["status"]
     assert status["phase"] == "Succeeded", status

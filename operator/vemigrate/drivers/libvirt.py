@@ -172,9 +172,11 @@ class LibvirtDriver:
         async with self._lock:
             if self._conn is not None:
                 with contextlib.suppress(libvirt.libvirtError):
-                    if self._conn.isAlive():
+                    if self._conn.isAlive():  # a local check, no round trip
                         return self._conn
-                self._conn = None
+                stale, self._conn = self._conn, None
+                with contextlib.suppress(libvirt.libvirtError, TimeoutError):
+                    await asyncio.wait_for(asyncio.to_thread(stale.close), CALL_TIMEOUT)
             hypervisor, path, direct = _connection_plan(self.access.libvirt_uri)
             if direct is not None:
                 uri = direct
@@ -204,6 +206,18 @@ class LibvirtDriver:
             ) from exc
         except libvirt.libvirtError as exc:
             raise _classify(exc, f"{what} on {self.access.name}") from exc
+
+    async def close(self) -> None:
+        async with self._lock:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                # In a thread: closing talks to libvirtd through the forward this loop serves.
+                with contextlib.suppress(libvirt.libvirtError, TimeoutError):
+                    await asyncio.wait_for(asyncio.to_thread(conn.close), CALL_TIMEOUT)
+            if self._forward is not None:
+                self._forward.close()
+                self._forward = None
+        await self.ssh.close()
 
     @staticmethod
     def _lookup(conn: Any, name: str) -> Any:

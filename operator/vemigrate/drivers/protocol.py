@@ -36,6 +36,9 @@ class MigrationPlan:
 class HypervisorDriver(Protocol):
     access: HostAccess
 
+    async def close(self) -> None:
+        """Release connections (the host's credentials or spec changed, or the operator stops)."""
+
     async def probe(self) -> HostStatus:
         """Facts about the host for the pre-flight checks and the HypervisorHost status."""
 

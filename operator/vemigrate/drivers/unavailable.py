@@ -21,6 +21,9 @@ class UnavailableDriver:
     def _refuse(self) -> NoReturn:
         raise PermanentError("DriverUnavailable", f"HypervisorHost {self.access.name!r}: {self.why}")
 
+    async def close(self) -> None:
+        return None
+
     async def probe(self) -> HostStatus:
         self._refuse()
 

@@ -100,5 +100,7 @@ async def resolve(kube: Kube, namespace: str, hvh: HypervisorHost) -> HostAccess
         migration_address=spec.migration_address,
         max_inbound=spec.max_inbound,
         max_outbound=spec.max_outbound,
-        version=f"{metadata.get('resourceVersion', '')}/{hash((private_key, password, known))}",
+        # Spec changes bump the generation; status writes (every probe) do not, and must not renew
+        # connections.
+        version=f"{metadata.get('generation', '')}/{hash((private_key, password, known))}",
     )
