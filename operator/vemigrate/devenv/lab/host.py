@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
+from vemigrate.devenv.lab import tls
 from vemigrate.devenv.lab.process import CommandError, Tracked, run, spawn, stop_pids, wait_for
 from vemigrate.devenv.lab.state import HostState, lab_dir
 
@@ -121,7 +122,13 @@ def prepare_host_dir(host: HostState, caps_cache: Path) -> None:
         'security_driver = "none"\n'
         # The host's namespace is already private; a per-domain /dev namespace adds nothing here.
         "namespaces = [ ]\n"
+        # Migration TLS (`virsh migrate --tls`): the only way to encrypt a disk copy, which libvirt
+        # cannot tunnel. Both ends check the peer's certificate against the lab CA.
+        f'migrate_tls_x509_cert_dir = "{tls.CERT_DIR}"\n'
+        "migrate_tls_x509_verify = 1\n"
     )
+    # libvirtd refuses to start when the directory qemu.conf names is missing: written before it runs.
+    tls.write_host_certs(host)
     (etc / "virtlogd.conf").write_text('log_outputs = "3:file:/var/log/libvirt/virtlogd.log"\n')
     if caps_cache.is_dir():
         shutil.copytree(caps_cache, host.dir / "cache" / "qemu" / "capabilities")
