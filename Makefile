@@ -3,7 +3,7 @@ VENV ?= $(CURDIR)/.venv
 BIN := $(VENV)/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup lint test unit
+.PHONY: setup lint test unit demo
 setup:
 	@VENV=$(VENV) tools/setup.sh
 
@@ -20,3 +20,8 @@ test: lint
 
 unit: setup
 	pytest -m unit
+
+# The product end to end on this machine: a real kube-apiserver and etcd, two lab hypervisor hosts,
+# the operator, and one live migration of a running guest, shown phase by phase.
+demo: setup
+	vemigrate demo

@@ -10,7 +10,9 @@ from typing import Any
 import libvirt
 import pytest
 
+from vemigrate.devenv.controlplane import ControlPlaneInfo
 from vemigrate.devenv.lab import Lab, LabInfo
+from vemigrate.devenv.lab import kube as lab_kube
 from vemigrate.devenv.lab.ct import lxc_driver_installed
 
 
@@ -47,3 +49,10 @@ def lxc() -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(reason)
     pytest.skip(reason)
+
+
+@pytest.fixture
+def hosts(lab: LabInfo, control_plane: ControlPlaneInfo, namespace: str) -> LabInfo:
+    """The lab's HypervisorHosts and Secrets in this test's namespace, for the operator's tests."""
+    lab_kube.apply(lab, namespace, str(control_plane.kubeconfig))
+    return lab

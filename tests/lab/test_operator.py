@@ -6,64 +6,19 @@ on both hosts, and the object's status, Events and metrics.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
 import libvirt
-import pytest
 
 from tests.fixtures.operator import Migrations, OperatorProcess, events_for
-from vemigrate.devenv.controlplane import ControlPlaneInfo
+from tests.lab.evidence import beating_on, domain, first_beat
 from vemigrate.devenv.lab import Lab, LabInfo, VMState
-from vemigrate.devenv.lab import kube as lab_kube
-
-
-@pytest.fixture
-def hosts(lab: LabInfo, control_plane: ControlPlaneInfo, namespace: str) -> LabInfo:
-    """The lab's HypervisorHosts and Secrets in this test's namespace."""
-    lab_kube.apply(lab, namespace, str(control_plane.kubeconfig))
-    return lab
-
-
-def _domain(lab: LabInfo, host: str, name: str) -> Any:
-    conn = lab.host(host).connect()
-    try:
-        return conn.lookupByName(name)
-    except libvirt.libvirtError:
-        return None
 
 
 def _state(lab: LabInfo, host: str, name: str) -> int | None:
-    dom = _domain(lab, host, name)
+    dom = domain(lab, host, name)
     return None if dom is None else int(dom.state()[0])
-
-
-def _last_beat(lab_host: str, vm: str) -> tuple[str, int] | None:
-    beats = Lab.heartbeats(lab_host, vm).beats
-    return beats[-1] if beats else None
-
-
-def _first_beat(lab_host: str, vm: str, timeout: float = 60) -> tuple[str, int]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        beat = _last_beat(lab_host, vm)
-        if beat is not None:
-            return beat
-        time.sleep(0.5)
-    raise AssertionError(f"{vm} on {lab_host} wrote no heartbeat within {timeout} s")
-
-
-def _beating_on(lab_host: str, vm: str, boot: str, timeout: float = 60) -> int:
-    """Wait until the guest of boot id `boot` writes a new heartbeat on `lab_host`; its counter."""
-    first = _last_beat(lab_host, vm)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        now = _last_beat(lab_host, vm)
-        if now is not None and now[0] == boot and (first is None or now[1] > first[1]):
-            return now[1]
-        time.sleep(1)
-    raise AssertionError(f"no new heartbeat from {vm} (boot {boot}) on {lab_host} within {timeout} s")
 
 
 def test_live_migration_moves_a_running_guest(
@@ -75,7 +30,7 @@ def test_live_migration_moves_a_running_guest(
     vm_cleanup: Callable[[str], str],
 ) -> None:
     vm = Lab.create_vm("lab1", vm_cleanup("live1"), state=VMState.RUNNING)
-    boot, counter = _first_beat("lab1", "live1")
+    boot, counter = first_beat("lab1", "live1")
     succeeded = operator.metric("vemigrate_migrations_total", result="Succeeded")
 
     migrations.create(
@@ -86,9 +41,9 @@ def test_live_migration_moves_a_running_guest(
     assert status["phase"] == "Succeeded", status
 
     # The same guest keeps running on the target: same boot id (no reboot), its counter still growing.
-    assert _beating_on("lab2", "live1", boot) > counter
+    assert beating_on("lab2", "live1", boot) > counter
     assert _state(hosts, "lab2", "live1") == libvirt.VIR_DOMAIN_RUNNING
-    assert _domain(hosts, "lab1", "live1") is None, "the source VM is removed after the target verified"
+    assert domain(hosts, "lab1", "live1") is None, "the source VM is removed after the target verified"
     assert vm.uuid == status["result"]["targetUUID"]
 
     assert status["mode"] == "Live" and status["driver"] == "libvirt"
@@ -116,8 +71,8 @@ def test_preflight_failure_names_the_check(
     assert status["failure"]["reason"] == "PreflightFailed"
     failed = {c["name"]: c["message"] for c in status["checks"] if c["result"] == "Failed"}
     assert "NoSnapshots" in failed and "1 snapshot" in failed["NoSnapshots"]
-    assert _domain(hosts, "lab1", "snap1") is not None, "a failed pre-flight touches nothing"
-    assert _domain(hosts, "lab2", "snap1") is None
+    assert domain(hosts, "lab1", "snap1") is not None, "a failed pre-flight touches nothing"
+    assert domain(hosts, "lab2", "snap1") is None
 
 
 def test_dry_run_moves_nothing(hosts: LabInfo, migrations: Migrations, vm_cleanup: Callable[[str], str]) -> None:
@@ -127,4 +82,4 @@ def test_dry_run_moves_nothing(hosts: LabInfo, migrations: Migrations, vm_cleanu
     assert status["phase"] == "Succeeded", status
     assert {c["type"]: c["reason"] for c in status["conditions"]}["Succeeded"] == "DryRun"
     assert status["checks"], "the checks ran and are reported"
-    assert _domain(hosts, "lab1", "dry1") is not None and _domain(hosts, "lab2", "dry1") is None
+    assert domain(hosts, "lab1", "dry1") is not None and domain(hosts, "lab2", "dry1") is None

@@ -19,6 +19,7 @@ from vemigrate.drivers.libvirt import (
     _offline_script,
     _offline_stats,
     _target_xml,
+    completed_stats,
     live_argv,
     live_script,
 )
@@ -208,3 +209,17 @@ def test_ssh_transports_go_through_the_verified_connection(
     uri: str | None, expected: tuple[str, str, str | None]
 ) -> None:
     assert _connection_plan(uri) == expected
+
+
+def test_completed_job_figures() -> None:
+    domjobinfo = (
+        "Job type:         Completed\nOperation:        Outgoing migration\nTime elapsed:     2103         ms\n"
+        "Data processed:   74.527 MiB\nData remaining:   0.000 B\nData total:       320.188 MiB\n"
+        "Total downtime:   68           ms\n"
+    )
+    stats = completed_stats(domjobinfo, "")
+    assert stats.downtime_ms == 68
+    assert stats.bytes_processed == int(74.527 * 1024**2)
+    assert stats.bytes_total == int(320.188 * 1024**2)
+    offline = completed_stats("", "total 3000\ndone 3000\n")
+    assert (offline.bytes_processed, offline.bytes_total, offline.downtime_ms) == (3000, 3000, None)

@@ -366,10 +366,7 @@ class LibvirtDriver:
             )
         if record.exit_status == 0:
             stats = await self.ssh.run(["cat", f"{hostjob.job_dir(plan.uid)}/stats"], check=False)
-            found = _DOWNTIME.search(stats.stdout)
-            return JobObservation(
-                state=JobState.COMPLETED, stats=JobStats(downtime_ms=int(found.group(1)) if found else None)
-            )
+            return JobObservation(state=JobState.COMPLETED, stats=completed_stats(stats.stdout, record.log_tail))
         line = record.error_line()
         aborted = "operation aborted" in line.lower() or "migration job: canceled" in line.lower()
         return JobObservation(
@@ -598,6 +595,22 @@ def live_script(plan: MigrationPlan, *, copy_disks: bool) -> str:
     return hostjob.script(lines)
 
 
+_UNITS = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4}
+_DATA = re.compile(r"Data (processed|total):\s+([\d.]+)\s+(\w+)")
+
+
+def completed_stats(domjobinfo: str, log: str) -> JobStats:
+    """A finished job's figures: `virsh domjobinfo --completed` for live jobs, the job log for offline."""
+    downtime = _DOWNTIME.search(domjobinfo)
+    data = {kind: int(float(value) * _UNITS.get(unit, 1)) for kind, value, unit in _DATA.findall(domjobinfo)}
+    offline = _offline_stats(log)
+    return JobStats(
+        bytes_processed=data.get("processed", offline.bytes_processed or None),
+        bytes_total=data.get("total", offline.bytes_total),
+        downtime_ms=int(downtime.group(1)) if downtime else None,
+    )
+
+
 def _dirty_rate(stats: dict[str, int]) -> int | None:
     rate = stats.get("memory_dirty_rate")  # pages per second
     page = stats.get("memory_page_size", 4096)
@@ -724,7 +737,7 @@ def _offline_script(plan: MigrationPlan, xml: str) -> str:
                 ["virsh", "-c", "qemu:///system", "restore", saved, "--xml", f"{directory}/domain.xml", "--paused"],
             )
         )
-        lines.append(_on_target(plan, ["virsh", "-c", "qemu:///system", "managedsave", ve.name]))
+        lines.append(_on_target(plan, ["virsh", "-c", "qemu:///system", "managedsave", "--running", ve.name]))
         lines.append(_on_target(plan, ["rm", "-f", "--", saved, f"{directory}/domain.xml"]))
     return hostjob.script(lines)
 
