@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import libvirt
+import pytest
 
 from tests.fixtures.operator import Migrations, OperatorProcess, events_for
 from tests.lab.evidence import beating_on, domain, first_beat
@@ -21,7 +22,14 @@ def _state(lab: LabInfo, host: str, name: str) -> int | None:
     return None if dom is None else int(dom.state()[0])
 
 
+@pytest.mark.parametrize(
+    ("tunnel", "compression"),
+    [(True, True), (False, False)],
+    ids=["tunnelled-tls-compressed", "direct-uncompressed"],
+)
 def test_live_migration_moves_a_running_guest(
+    tunnel: bool,
+    compression: bool,
     hosts: LabInfo,
     migrations: Migrations,
     operator: OperatorProcess,
@@ -29,21 +37,21 @@ def test_live_migration_moves_a_running_guest(
     namespace: str,
     vm_cleanup: Callable[[str], str],
 ) -> None:
-    vm = Lab.create_vm("lab1", vm_cleanup("live1"), state=VMState.RUNNING)
-    boot, counter = first_beat("lab1", "live1")
+    name = vm_cleanup(f"live-{int(tunnel)}{int(compression)}")
+    vm = Lab.create_vm("lab1", name, state=VMState.RUNNING)
+    boot, counter = first_beat("lab1", name)
     succeeded = operator.metric("vemigrate_migrations_total", result="Succeeded")
 
-    migrations.create(
-        "live1", {"source": {"host": "lab1", "name": "live1"}, "target": {"host": "lab2"}, "tunnel": False}
-    )
-    body = migrations.wait_phase("live1", "Succeeded", "Failed", timeout=300)
+    spec = {"source": {"host": "lab1", "name": name}, "target": {"host": "lab2"}}
+    migrations.create(name, {**spec, "tunnel": tunnel, "compression": compression})
+    body = migrations.wait_phase(name, "Succeeded", "Failed", timeout=300)
     status = body["status"]
     assert status["phase"] == "Succeeded", status
 
     # The same guest keeps running on the target: same boot id (no reboot), its counter still growing.
-    assert beating_on("lab2", "live1", boot) > counter
-    assert _state(hosts, "lab2", "live1") == libvirt.VIR_DOMAIN_RUNNING
-    assert domain(hosts, "lab1", "live1") is None, "the source VM is removed after the target verified"
+    assert beating_on("lab2", name, boot) > counter
+    assert _state(hosts, "lab2", name) == libvirt.VIR_DOMAIN_RUNNING
+    assert domain(hosts, "lab1", name) is None, "the source VM is removed after the target verified"
     assert vm.uuid == status["result"]["targetUUID"]
 
     assert status["mode"] == "Live" and status["driver"] == "libvirt"
@@ -55,7 +63,7 @@ def test_live_migration_moves_a_running_guest(
     conditions = {c["type"]: c for c in status["conditions"]}
     assert conditions["Succeeded"]["status"] == "True" and conditions["Succeeded"]["reason"] == "Migrated"
     assert conditions["PreflightPassed"]["status"] == "True"
-    reasons = {e.reason for e in events_for(kube_admin, namespace, "live1")}
+    reasons = {e.reason for e in events_for(kube_admin, namespace, name)}
     assert {"Validating", "Transferring", "Finalizing", "Succeeded"} <= reasons
     assert operator.metric("vemigrate_migrations_total", result="Succeeded") == succeeded + 1
 

@@ -196,3 +196,59 @@ def test_gitops_delete_then_reapply_moves_nothing(hosts: LabInfo, migrations: Mi
     assert {c["type"]: c["reason"] for c in status["conditions"]}["Succeeded"] == "AlreadyOnTarget"
     assert "Transferring" not in [t["phase"] for t in status["phaseTransitions"]]
     assert beating_on("lab2", name, boot) > 0, "still the same guest, never moved again"
+
+
+def _fails_check(migrations: Migrations, name: str, spec: dict[str, Any], check: str) -> str:
+    migrations.create(name, spec)
+    status = migrations.wait_phase(name, "Failed", "Succeeded", timeout=120)["status"]
+    assert status["phase"] == "Failed" and status["failure"]["reason"] == "PreflightFailed", status
+    failed = {c["name"]: c["message"] for c in status["checks"] if c["result"] == "Failed"}
+    assert check in failed, failed
+    return str(failed[check])
+
+
+def test_each_seed_check_fails_on_a_guest_built_to_fail_it(
+    hosts: LabInfo, migrations: Migrations, operator: OperatorProcess, vm_cleanup: Cleanup
+) -> None:
+    before = operator.metric("vemigrate_preflight_failures_total", check="NoLinkedClones")
+    Lab.create_vm("lab1", vm_cleanup("base1"), state=VMState.STOPPED)
+    Lab.linked_clone("lab1", "base1", vm_cleanup("lc1"))
+    message = _fails_check(migrations, "lc1", _spec("lc1"), "NoLinkedClones")
+    assert "linked clone" in message
+    assert operator.metric("vemigrate_preflight_failures_total", check="NoLinkedClones") == before + 1
+
+    Lab.create_vm("lab1", vm_cleanup("br1"), state=VMState.STOPPED)
+    message = _fails_check(migrations, "br1", _spec("br1", target={"host": "lab3"}), "BridgeNames")
+    assert "vmbr0" in message and "vmbr9" in message, "names what is missing and what the target has"
+
+    Lab.create_vm("lab1", vm_cleanup("big1"), state=VMState.STOPPED, memory_mib=1024 * 1024)
+    message = _fails_check(migrations, "big1", _spec("big1"), "TargetMemory")
+    assert "1 TiB" in message or "1024 GiB" in message, message
+
+    Lab.create_vm("lab1", vm_cleanup("full1"), state=VMState.STOPPED)
+    Lab.fill_disk("lab2", leave_mib=1)
+    try:
+        message = _fails_check(migrations, "full1", _spec("full1"), "TargetDiskSpace")
+    finally:
+        Lab.free_disk("lab2")
+    assert "free" in message and "MiB" in message, message
+    assert operator.metric("vemigrate_migration_failures_total", reason="PreflightFailed") >= 4
+
+
+def test_operator_killed_while_finalizing_finishes(
+    hosts: LabInfo, migrations: Migrations, operator: OperatorProcess, vm_cleanup: Cleanup
+) -> None:
+    name = vm_cleanup("kill2")
+    Lab.create_vm("lab1", name, state=VMState.RUNNING)
+    boot, _ = first_beat("lab1", name)
+    migrations.create(name, _spec(name, tunnel=False))
+    seen = migrations.wait(name, lambda b: (b.get("status") or {}).get("phase") in ("Finalizing", "Succeeded"))
+    operator.kill()
+    assert seen["status"]["phase"] == "Finalizing", "killed while finalizing (it lasts one poll at least)"
+    time.sleep(1)
+    operator.start()
+    status = migrations.wait_phase(name, "Succeeded", "Failed", timeout=120)["status"]
+    assert status["phase"] == "Succeeded", status
+    assert beating_on("lab2", name, boot) > 0
+    assert domain(hosts, "lab1", name) is None, "exactly one copy"
+    assert status["result"]["sourceDisposition"] == "Removed"

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import json
 import re
 import shlex
 import tempfile
@@ -33,7 +34,7 @@ import time
 import uuid as uuidlib
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
@@ -146,10 +147,6 @@ def _disks(root: ET.Element) -> list[_Disk]:
     return found
 
 
-def _backing_files(root: ET.Element) -> set[str]:
-    return {str(s.get("file")) for s in root.findall("./devices/disk/backingStore//source") if s.get("file")}
-
-
 def _migration_uid(root: ET.Element) -> str | None:
     for element in root.iter(f"{{{METADATA_NS}}}migration"):
         return element.get("uid")
@@ -260,7 +257,7 @@ class LibvirtDriver:
         return _host_status(facts, shell.stdout, paths, (sent + received) // 2, self.access)
 
     async def find_ve(self, name: str) -> VEFacts | None:
-        def read(conn: Any) -> VEFacts | None:
+        def read(conn: Any) -> tuple[VEFacts, list[str]] | None:
             dom = self._lookup(conn, name)
             if dom is None:
                 return None
@@ -272,18 +269,20 @@ class LibvirtDriver:
                     sizes.append(dom.blockInfo(disk.path)[2])
                 except libvirt.libvirtError:
                     sizes.append(0)
-            paths = {d.path for d in disks}
-            based_on_us = False
-            for other in conn.listAllDomains(0):
-                if other.UUIDString() != dom.UUIDString() and paths & _backing_files(ET.fromstring(other.XMLDesc(0))):
-                    based_on_us = True
+            # Every disk on the host, ours first: their backing files tell linked clones apart.
+            others = [
+                d.path
+                for other in conn.listAllDomains(0)
+                if other.UUIDString() != dom.UUIDString()
+                for d in _disks(ET.fromstring(other.XMLDesc(0)))
+            ]
             bridges = tuple(
                 str(i.find("source").get("bridge"))  # type: ignore[union-attr]
                 for i in root.findall("./devices/interface[@type='bridge']")
                 if i.find("source") is not None
             )
             macs = tuple(str(m.get("address")) for m in root.findall("./devices/interface/mac"))
-            return VEFacts(
+            facts = VEFacts(
                 name=dom.name(),
                 uuid=dom.UUIDString(),
                 type=VEKind.CONTAINER if conn.getType() == "LXC" else VEKind.VM,
@@ -293,13 +292,35 @@ class LibvirtDriver:
                 disk_bytes=sum(sizes),
                 bridges=bridges,
                 snapshots=dom.snapshotNum(0),
-                linked_clone=bool(_backing_files(root)) or based_on_us,
                 storage_path=str(PurePosixPath(disks[0].path).parent) if disks else None,
                 disk_paths=tuple(d.path for d in disks),
                 macs=macs,
             )
+            return facts, others
 
-        return await self._call(f"looking up {name!r}", read)
+        found = await self._call(f"looking up {name!r}", read)
+        if found is None:
+            return None
+        facts, others = found
+        return replace(facts, linked_clone=await self._linked(list(facts.disk_paths), others))
+
+    async def _linked(self, ours: list[str], others: list[str]) -> bool:
+        """A linked clone (one of our disks has a backing file) or the base of one (another domain's
+        disk is backed by ours). Read with qemu-img: libvirt shows backing chains of running domains only."""
+        if not ours:
+            return False
+        script = 'for f in "$@"; do printf "%s\\t" "$f"; qemu-img info -U --output=json "$f" | tr -d "\\n"; echo; done'
+        out = await self.ssh.run(["sh", "-c", script, "sh", *ours, *others])
+        backing: dict[str, str | None] = {}
+        for line in out.stdout.splitlines():
+            path, _, info = line.partition("\t")
+            with contextlib.suppress(ValueError):
+                backing[path] = json.loads(info).get("full-backing-filename") or json.loads(info).get(
+                    "backing-filename"
+                )
+        if any(backing.get(p) for p in ours):
+            return True
+        return any(backing.get(p) in ours for p in others)
 
     async def reaches(self, other: HostAccess) -> bool:
         result = await self.ssh.run(
