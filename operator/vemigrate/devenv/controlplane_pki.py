@@ -10,13 +10,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from vemigrate.devenv import pki
 
 # Long enough that a forgotten dev control plane never expires under someone; short enough to be a
 # throwaway. The state is regenerated on every `up` anyway.
 _VALIDITY = datetime.timedelta(days=30)
+_BACKDATE = datetime.timedelta(minutes=5)  # tolerate small clock skew
 
 
 @dataclass(frozen=True)
@@ -56,75 +58,19 @@ class Pki:
         return self.directory / "sa.pub"
 
 
-def _name(common_name: str, organization: str | None = None) -> x509.Name:
-    attributes = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
-    if organization:
-        attributes.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
-    return x509.Name(attributes)
-
-
-def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    path.chmod(0o600)
-
-
-def _issue(
-    subject: x509.Name,
-    key: ec.EllipticCurvePrivateKey,
-    issuer: x509.Name,
-    issuer_key: ec.EllipticCurvePrivateKey,
-    *,
-    ca: bool = False,
-    usage: x509.ObjectIdentifier | None = None,
-    sans: list[x509.GeneralName] | None = None,
-) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))  # tolerate small clock skew
-        .not_valid_after(now + _VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=not ca,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=ca,
-                crl_sign=ca,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-    )
-    if usage is not None:
-        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-    if sans:
-        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
 def generate(directory: Path) -> Pki:
     """Write a fresh CA, serving and admin certificates and the service-account key pair."""
     directory.mkdir(parents=True, exist_ok=True)
     directory.chmod(0o700)
-    pki = Pki(directory)
+    paths = Pki(directory)
 
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = _name("vemigrate-controlplane-ca")
-    ca_cert = _issue(ca_name, ca_key, ca_name, ca_key, ca=True)
-    _write_key(pki.ca_key, ca_key)
-    pki.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    ca_key = pki.new_key()
+    ca_name = pki.name("vemigrate-controlplane-ca")
+    pki.write_key(paths.ca_key, ca_key)
+    ca_cert = pki.issue(ca_name, ca_key, ca_name, ca_key, ca=True, validity=_VALIDITY, backdate=_BACKDATE)
+    pki.write_cert(paths.ca_cert, ca_cert)
 
-    serving_key = ec.generate_private_key(ec.SECP256R1())
+    serving_key = pki.new_key()
     sans: list[x509.GeneralName] = [
         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
         x509.DNSName("localhost"),
@@ -133,32 +79,36 @@ def generate(directory: Path) -> Pki:
         x509.DNSName("kubernetes.default"),
         x509.DNSName("kubernetes.default.svc"),
     ]
-    serving = _issue(
-        _name("kube-apiserver"),
+    serving = pki.issue(
+        pki.name("kube-apiserver"),
         serving_key,
         ca_name,
         ca_key,
         usage=ExtendedKeyUsageOID.SERVER_AUTH,
         sans=sans,
+        validity=_VALIDITY,
+        backdate=_BACKDATE,
     )
-    _write_key(pki.serving_key, serving_key)
-    pki.serving_cert.write_bytes(serving.public_bytes(serialization.Encoding.PEM))
+    pki.write_key(paths.serving_key, serving_key)
+    pki.write_cert(paths.serving_cert, serving)
 
-    admin_key = ec.generate_private_key(ec.SECP256R1())
+    admin_key = pki.new_key()
     # system:masters is bound to cluster-admin by the apiserver's bootstrap RBAC policy.
-    admin = _issue(
-        _name("vemigrate-admin", "system:masters"),
+    admin = pki.issue(
+        pki.name("vemigrate-admin", "system:masters"),
         admin_key,
         ca_name,
         ca_key,
         usage=ExtendedKeyUsageOID.CLIENT_AUTH,
+        validity=_VALIDITY,
+        backdate=_BACKDATE,
     )
-    _write_key(pki.admin_key, admin_key)
-    pki.admin_cert.write_bytes(admin.public_bytes(serialization.Encoding.PEM))
+    pki.write_key(paths.admin_key, admin_key)
+    pki.write_cert(paths.admin_cert, admin)
 
-    sa_key = ec.generate_private_key(ec.SECP256R1())
-    _write_key(pki.service_account_key, sa_key)
-    pki.service_account_public_key.write_bytes(
+    sa_key = pki.new_key()
+    pki.write_key(paths.service_account_key, sa_key)
+    paths.service_account_public_key.write_bytes(
         sa_key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
-    return pki
+    return paths
