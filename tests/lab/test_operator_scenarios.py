@@ -71,10 +71,11 @@ def test_offline_migration_of_a_suspended_vm_keeps_its_memory(
     Lab.create_vm("lab1", vm_cleanup("susp1"), state=VMState.RUNNING)
     boot, _ = first_beat("lab1", "susp1")
     assert domain(hosts, "lab1", "susp1").managedSave(0) == 0
-    migrations.create("susp1", _spec("susp1"))
+    migrations.create("susp1", _spec("susp1", target={"host": "lab2", "path": "/var/lib/libvirt/suspended"}))
     status = migrations.wait_phase("susp1", "Succeeded", "Failed", timeout=300)["status"]
     assert status["phase"] == "Succeeded", status
     assert status["mode"] == "Offline"
+    assert _disk_path(hosts, "lab2", "susp1").startswith("/var/lib/libvirt/suspended/")
     target = domain(hosts, "lab2", "susp1")
     assert target.hasManagedSaveImage(0) == 1, "still suspended on the target"
     target.create()  # resumes from the saved memory: the same boot, not a new one
@@ -115,8 +116,9 @@ def _transferring(migrations: Migrations, name: str) -> None:
 
 @pytest.mark.parametrize("how", ["cancel", "delete"])
 def test_cancel_or_delete_mid_transfer_leaves_the_guest_on_the_source(
-    how: str, hosts: LabInfo, migrations: Migrations, vm_cleanup: Cleanup
+    how: str, hosts: LabInfo, migrations: Migrations, operator: OperatorProcess, vm_cleanup: Cleanup
 ) -> None:
+    cancelled = operator.metric("vemigrate_migrations_total", result="Cancelled")
     name = vm_cleanup(f"stop-{how}")
     Lab.create_vm("lab1", name, state=VMState.RUNNING)
     boot, counter = first_beat("lab1", name)
@@ -134,6 +136,7 @@ def test_cancel_or_delete_mid_transfer_leaves_the_guest_on_the_source(
     assert beating_on("lab1", name, boot) > counter, "the same guest keeps running on the source"
     assert domain(hosts, "lab1", name).state()[0] == libvirt.VIR_DOMAIN_RUNNING
     _nothing_on_target(hosts, name, disk)
+    assert operator.metric("vemigrate_migrations_total", result="Cancelled") == cancelled + 1
 
 
 def test_progress_timeout_rolls_back(hosts: LabInfo, migrations: Migrations, vm_cleanup: Cleanup) -> None:

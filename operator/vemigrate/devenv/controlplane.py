@@ -78,12 +78,17 @@ class _State:
     started: str
 
 
-def _free_port() -> int:
-    # The kernel picks an unused port; the tiny race until the server binds it is acceptable for a
-    # dev environment, and avoids clashing with a real etcd on 2379 or another control plane.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+def free_ports(count: int) -> list[int]:
+    """`count` distinct unused ports. The kernel picks them; all sockets stay open until every port is
+    known, or it may hand out the same port twice. The race until the servers bind them is acceptable
+    for a dev environment, and avoids clashing with a real etcd on 2379 or another control plane."""
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            probe = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            probe.bind(("127.0.0.1", 0))
+            ports.append(int(probe.getsockname()[1]))
+        return ports
 
 
 def _reap(pid: int) -> None:
@@ -260,7 +265,7 @@ class ControlPlane:
     def _start(self, binaries: Binaries) -> ControlPlaneInfo:
         started = time.monotonic()
         keys = pki.generate(self._pki.directory)
-        etcd_client, etcd_peer, apiserver_port = _free_port(), _free_port(), _free_port()
+        etcd_client, etcd_peer, apiserver_port = free_ports(3)
         etcd_url, peer_url = f"http://127.0.0.1:{etcd_client}", f"http://127.0.0.1:{etcd_peer}"
         self.log(f"starting etcd on {etcd_url}")
         etcd = self._spawn(
