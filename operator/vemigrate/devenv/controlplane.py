@@ -78,6 +78,10 @@ class _State:
     started: str
 
 
+class _ExitedAtStart(RuntimeError):
+    """etcd or kube-apiserver ended before the control plane was ready."""
+
+
 def free_ports(count: int) -> list[int]:
     """`count` distinct unused ports. The kernel picks them; all sockets stay open until every port is
     known, or it may hand out the same port twice. The race until the servers bind them is acceptable
@@ -219,7 +223,14 @@ class ControlPlane:
                 self.log(f"already running at {info.server} (kube-apiserver pid {info.apiserver_pid})")
             else:
                 self._clean(reason="stale state from an earlier run")
-                info = self._start(ensure_binaries(self.log, self.cache))
+                binaries = ensure_binaries(self.log, self.cache)
+                try:
+                    info = self._start(binaries)
+                except _ExitedAtStart as exc:
+                    # Free ports are picked before the servers bind them, so another process may take
+                    # one in between; a second start with fresh ports settles that race.
+                    self.log(f"{exc}; starting once more on fresh ports")
+                    info = self._start(binaries)
         self.apply_crds(info)
         return info
 
@@ -347,7 +358,7 @@ class ControlPlane:
             for pid, name in ((state.etcd_pid, "etcd"), (state.apiserver_pid, "kube-apiserver")):
                 if not _alive(pid, directory / name):
                     tail = self._log_tail(name)
-                    raise RuntimeError(f"{name} exited during start-up; its log ends:\n{tail}")
+                    raise _ExitedAtStart(f"{name} exited during start-up; its log ends:\n{tail}")
             connection = http.client.HTTPSConnection("127.0.0.1", state.apiserver_port, context=context, timeout=5)
             try:
                 connection.request("GET", "/readyz")
