@@ -109,7 +109,7 @@ async def _whole(coro: Coroutine[Any, Any, Decision]) -> Decision:
 
 def _with_status(body: Mapping[str, Any], status: MigrationStatus | None) -> dict[str, Any]:
     """The body with the status this process wrote last: the watch may not have delivered it yet."""
-    copy = {k: v for k, v in body.items()}
+    copy = dict(body)
     if status is not None:
         copy["status"] = status.model_dump(mode="json", by_alias=True, exclude_none=True)
     return copy

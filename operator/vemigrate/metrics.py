@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from vemigrate.api.checks import CheckResult
 from vemigrate.api.migration import FINAL_PHASES, MigrationStatus, Phase
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -93,7 +94,7 @@ def record_final(before: MigrationStatus | None, after: MigrationStatus) -> None
     if after.phase == Phase.FAILED and after.failure is not None:
         FAILURES.labels(reason=after.failure.reason).inc()
         for check in after.checks:
-            if check.result.value == "Failed":
+            if check.result == CheckResult.FAILED:
                 PREFLIGHT_FAILURES.labels(check=check.name.value).inc()
     if after.phase == Phase.SUCCEEDED:
         if after.start_time is not None and after.completion_time is not None:

@@ -250,7 +250,7 @@ async def migration_pass(
         return await _invalid_spec(world, body, stored, exc)
 
     waiting = stored is None or stored.phase in (Phase.PENDING, Phase.QUEUED)
-    async with world.admission if waiting else _NO_LOCK:
+    async with world.admission if waiting else contextlib.nullcontext():
         pending = [*others, *world.admitted.values()]
         obs, plan = await _observe(world, body, spec, stored, deleting=deleting, others=pending)
         decision = decide(spec, stored, obs, _now())
@@ -298,17 +298,6 @@ async def migration_pass(
             with contextlib.suppress(DriverError):
                 await world.driver(plan.source).forget_job(plan)
     return decision
-
-
-class _Unlocked:
-    async def __aenter__(self) -> None:
-        return None
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
-
-
-_NO_LOCK = _Unlocked()
 
 
 async def _invalid_spec(

@@ -51,7 +51,9 @@ from vemigrate.core.observation import (
 ACTIVE_PHASES = frozenset(
     {Phase.VALIDATING, Phase.TRANSFERRING, Phase.SWITCHOVER, Phase.FINALIZING, Phase.ROLLING_BACK}
 )
-WAITING_PHASES = frozenset({Phase.PENDING, Phase.QUEUED})
+# Other migrations' phases arrive as plain strings (from the kopf index).
+_ACTIVE_NAMES = frozenset(p.value for p in ACTIVE_PHASES)
+_FINAL_NAMES = frozenset(p.value for p in Phase if p.final)
 _MAX_TRANSITIONS = 64
 
 # How soon another pass is useful, per situation (seconds).
@@ -220,7 +222,7 @@ def _older_duplicate(step: _Pass) -> str | None:
         if (
             other.source_host == spec.source.host
             and other.ve_name == spec.source.name
-            and other.phase not in {p.value for p in Phase if p.final}
+            and other.phase not in _FINAL_NAMES
             and (other.created, other.uid) < mine
         ):
             return other.uid
@@ -230,7 +232,7 @@ def _older_duplicate(step: _Pass) -> str | None:
 def _admission(step: _Pass) -> str | None:
     """Why this migration may not start now (concurrency limits), or None."""
     spec, obs = step.spec, step.obs
-    active = [o for o in obs.others if o.phase in {p.value for p in ACTIVE_PHASES}]
+    active = [o for o in obs.others if o.phase in _ACTIVE_NAMES]
     if obs.cluster_limit and len(active) >= obs.cluster_limit:
         return f"Cluster limit: {len(active)} of {obs.cluster_limit} migrations in flight"
     source_limit = obs.source.max_outbound if obs.source else 0

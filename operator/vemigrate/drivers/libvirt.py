@@ -315,9 +315,8 @@ class LibvirtDriver:
         for line in out.stdout.splitlines():
             path, _, info = line.partition("\t")
             with contextlib.suppress(ValueError):
-                backing[path] = json.loads(info).get("full-backing-filename") or json.loads(info).get(
-                    "backing-filename"
-                )
+                details = json.loads(info)
+                backing[path] = details.get("full-backing-filename") or details.get("backing-filename")
         if any(backing.get(p) for p in ours):
             return True
         return any(backing.get(p) in ours for p in others)
@@ -767,6 +766,11 @@ def _save_image(name: str) -> str:
     return f"/var/lib/libvirt/qemu/save/{name}.save"
 
 
+def _dotted(version: int) -> str:
+    """libvirt's version numbers: major * 1,000,000 + minor * 1,000 + micro."""
+    return f"{version // 1_000_000}.{version // 1000 % 1000}.{version % 1000}"
+
+
 def _host_status(facts: dict[str, Any], shell: str, paths: list[str], sent_ns: int, access: HostAccess) -> HostStatus:
     storage: list[StorageFacts] = []
     bridges: list[str] = []
@@ -796,12 +800,6 @@ def _host_status(facts: dict[str, Any], shell: str, paths: list[str], sent_ns: i
             tls = parts[0] == "yes"
     device = addr_dev.get(access.data_address)
     speed = speeds.get(device) if device else None
-    major, minor, micro = (
-        facts["lib_version"] // 1_000_000,
-        facts["lib_version"] // 1000 % 1000,
-        facts["lib_version"] % 1000,
-    )
-    hv = facts["hv_version"]
     return HostStatus(
         cpu=CPUFacts(vendor=facts["vendor"], model=facts["model"], count=facts["cpus"], features=facts["features"]),
         memory_total_bytes=facts["total"],
@@ -814,8 +812,8 @@ def _host_status(facts: dict[str, Any], shell: str, paths: list[str], sent_ns: i
         ),
         time_offset_ms=offset_ms,
         version=VersionFacts(
-            product=f"libvirt {major}.{minor}.{micro}",
-            hypervisor=f"{facts['hypervisor']} {hv // 1_000_000}.{hv // 1000 % 1000}.{hv % 1000}",
+            product=f"libvirt {_dotted(facts['lib_version'])}",
+            hypervisor=f"{facts['hypervisor']} {_dotted(facts['hv_version'])}",
             kernel=kernel,
         ),
         ve_types=[VEKind.CONTAINER] if facts["hypervisor"] == "LXC" else [VEKind.VM],
