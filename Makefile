@@ -12,7 +12,7 @@ lint: setup
 	ruff format --check operator tests
 	mypy
 	lint-imports
-	vemigrate crds --check
+	vemigrate crds --check --also charts/ve-migrate/crds
 
 # All tiers this machine can run; pytest's summary (-ra) names every skipped test and why.
 test: lint

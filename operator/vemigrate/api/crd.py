@@ -236,17 +236,21 @@ def stale(output: Path) -> list[str]:
 
 
 def _command(args: argparse.Namespace) -> int:
-    output = Path(args.output)
+    # The Helm chart carries copies (charts/ve-migrate/crds): `--also DIR` writes and checks them too.
+    outputs = [Path(args.output), *(Path(extra) for extra in args.also or [])]
     if args.check:
-        diffs = stale(output)
+        diffs = [diff for output in outputs for diff in stale(output)]
         if diffs:
             sys.stdout.write("".join(diffs))
-            print(f"vemigrate crds: {output}/ is out of date; run `vemigrate crds` and commit", file=sys.stderr)
+            where = ", ".join(f"{output}/" for output in outputs)
+            also = "".join(f" --also {extra}" for extra in args.also or [])
+            print(f"vemigrate crds: {where} out of date; run `vemigrate crds{also}` and commit", file=sys.stderr)
             return 1
-        print(f"vemigrate crds: {output}/ is up to date")
+        print(f"vemigrate crds: {', '.join(f'{output}/' for output in outputs)} up to date")
         return 0
-    for path in write(output):
-        print(f"wrote {path}")
+    for output in outputs:
+        for path in write(output):
+            print(f"wrote {path}")
     return 0
 
 
@@ -254,4 +258,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser = subparsers.add_parser("crds", help="write the CustomResourceDefinitions generated from the API models")
     parser.add_argument("--output", default="crds", help="directory to write to (default: crds)")
     parser.add_argument("--check", action="store_true", help="exit 1 if the files differ from what would be written")
+    parser.add_argument(
+        "--also", action="append", metavar="DIR", help="another directory that carries the same files (repeatable)"
+    )
     parser.set_defaults(func=_command)
