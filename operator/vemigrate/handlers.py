@@ -192,6 +192,11 @@ async def probe_host_now(body: kopf.Body, **_: Any) -> None:
     await _probe(body)
 
 
+@kopf.on.delete(GROUP, VERSION, host_api.PLURAL, optional=True)
+def host_deleted(body: kopf.Body, **_: Any) -> None:
+    metrics.forget_host(body["metadata"]["namespace"], body["metadata"]["name"])
+
+
 @kopf.timer(GROUP, VERSION, host_api.PLURAL, interval=60, initial_delay=60, sharp=False)
 async def probe_host(body: kopf.Body, **_: Any) -> None:
     await _probe(body)

@@ -1,14 +1,21 @@
 """Prometheus metrics, prefix `vemigrate_`. No VE or migration names in labels: bounded cardinality.
 
-Outcomes are counters, so alerts still see a failure after its migration object is deleted.
+Outcomes are counters, so alerts still see a failure after its migration object is deleted. The series
+alerts use are created at zero when the operator starts: `increase()` sees no increase in a series whose
+first sample is already 1. Every metric and the alerts built on them: docs/metrics.md.
 """
 
 from __future__ import annotations
 
+import contextlib
+import time
+from datetime import datetime
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from vemigrate.api.checks import CheckResult
-from vemigrate.api.migration import FINAL_PHASES, MigrationStatus, Phase
+from vemigrate.api.host import Driver
+from vemigrate.api.migration import FINAL_PHASES, MigrationStatus, Mode, Phase
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -73,6 +80,53 @@ LAST_PASS = Gauge(
     "Unix time of the last completed reconcile pass; a stale value means the operator is stuck.",
     registry=REGISTRY,
 )
+TIMEOUTS = Counter(
+    "vemigrate_migration_timeouts",
+    "Migrations rolled back by a timeout: ProgressTimeout (no byte moved for spec.timeouts.progressSeconds) "
+    "or CompletionTimeout; counted whether or not a retry follows.",
+    ["reason"],
+    registry=REGISTRY,
+)
+QUEUE_WAIT = Gauge(
+    "vemigrate_queue_longest_wait_seconds",
+    "How long the longest-waiting Queued migration has been ready to start but held back (concurrency limits, "
+    "a HypervisorHost not yet created); 0 when none is. Waiting for notBefore or a retry's backoff is not counted.",
+    registry=REGISTRY,
+)
+
+_TIMEOUT_REASONS = ("ProgressTimeout", "CompletionTimeout")
+_RESULTS = tuple(p.value for p in sorted(FINAL_PHASES))
+# A queued migration is seen by a pass at least every minute; an entry older than this is forgotten
+# (an object gone without a final pass, a paused standby replica).
+_QUEUE_FRESH_SECONDS = 180.0
+# uid -> (ready since, last seen), both Unix times.
+_ready: dict[str, tuple[float, float]] = {}
+
+
+def _longest_wait() -> float:
+    now = time.time()
+    for uid in [u for u, (_, seen) in _ready.items() if now - seen > _QUEUE_FRESH_SECONDS]:
+        del _ready[uid]
+    return max((now - since for since, _ in _ready.values()), default=0.0)
+
+
+QUEUE_WAIT.set_function(_longest_wait)
+
+
+def _initialize() -> None:
+    """Create at zero the series that alerts and dashboards take increase() of."""
+    for driver in (*(d.value for d in Driver), "unknown"):
+        for mode in (Mode.LIVE.value, Mode.OFFLINE.value, "Unknown"):
+            for result in _RESULTS:
+                MIGRATIONS.labels(driver=driver, mode=mode, result=result)
+    for reason in _TIMEOUT_REASONS:
+        TIMEOUTS.labels(reason=reason)
+    for kind in ("migration", "host"):
+        for outcome in ("ok", "error"):
+            PASSES.labels(kind=kind, outcome=outcome)
+
+
+_initialize()
 
 
 def serve(port: int, address: str = "0.0.0.0") -> None:  # noqa: S104 (a metrics endpoint listens for Prometheus)
@@ -82,6 +136,39 @@ def serve(port: int, address: str = "0.0.0.0") -> None:  # noqa: S104 (a metrics
 def phase_counts(phases: list[str]) -> None:
     for phase in Phase:
         IN_PHASE.labels(phase=phase.value).set(sum(1 for p in phases if p == phase.value))
+
+
+def record_pass(uid: str, before: MigrationStatus | None, after: MigrationStatus, not_before: datetime | None) -> None:
+    """What one migration pass changed: an outcome, a timeout, the migration's place in the queue."""
+    record_final(before, after)
+    _record_timeout(before, after)
+    _record_queue(uid, after, not_before)
+
+
+def forget_host(namespace: str, name: str) -> None:
+    """A deleted HypervisorHost leaves no reachability series behind (it would alert forever)."""
+    with contextlib.suppress(KeyError):  # never probed by this process
+        HOST_REACHABLE.remove(namespace, name)
+
+
+def _record_timeout(before: MigrationStatus | None, after: MigrationStatus) -> None:
+    """Count a timeout once: on the pass that decided the rollback."""
+    if after.phase != Phase.ROLLING_BACK or after.failure is None or after.failure.reason not in _TIMEOUT_REASONS:
+        return
+    if before is not None and before.phase == Phase.ROLLING_BACK:
+        return
+    TIMEOUTS.labels(reason=after.failure.reason).inc()
+
+
+def _record_queue(uid: str, status: MigrationStatus, not_before: datetime | None) -> None:
+    now = time.time()
+    waits = [t.timestamp() for t in (not_before, status.next_attempt_time) if t is not None]
+    if status.phase != Phase.QUEUED or any(t > now for t in waits):
+        _ready.pop(uid, None)  # not queued, or waiting on purpose (maintenance window, backoff)
+        return
+    entered = next((t.time.timestamp() for t in reversed(status.phase_transitions) if t.phase == Phase.QUEUED), now)
+    # Ready since it entered the queue, or since the window opened or the backoff ended, if later.
+    _ready[uid] = (max([entered, *waits]), now)
 
 
 def record_final(before: MigrationStatus | None, after: MigrationStatus) -> None:

@@ -290,7 +290,7 @@ async def migration_pass(
         await status.patch_migration_status(world.kube, namespace, name, new)
     for event in decision.events:
         await events.emit(world.kube, body, event.type.value, event.reason, event.message)
-    metrics.record_final(stored, new)
+    metrics.record_pass(meta["uid"], stored, new, spec.not_before)
     if new.phase.final:
         world.admitted.pop(meta["uid"], None)
         if plan is not None and (stored is None or not stored.phase.final):
