@@ -17,8 +17,28 @@ if ((${#missing[@]})); then
     [ "$(id -u)" = 0 ] || { echo "setup: need root to install Debian packages" >&2; exit 1; }
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
+    # prometheus is installed on its own: the tests start their own servers, and the package's
+    # service (a server on :9090, the operator's default metrics port) must neither start now
+    # (policy-rc.d forbids it during this install) nor at boot (disabled).
+    rest=() prom=()
+    for pkg in "${missing[@]}"; do [ "$pkg" = prometheus ] && prom=(prometheus) || rest+=("$pkg"); done
     # --force-confnew: libvirt-daemon-system otherwise stops at a qemu.conf prompt.
-    apt-get install -y -qq --no-install-recommends -o Dpkg::Options::=--force-confnew "${missing[@]}" >/dev/null
+    if ((${#rest[@]})); then
+        apt-get install -y -qq --no-install-recommends -o Dpkg::Options::=--force-confnew "${rest[@]}" >/dev/null
+    fi
+    if ((${#prom[@]})); then
+        policy=/usr/sbin/policy-rc.d ours=
+        if [ ! -e "$policy" ]; then
+            printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && ours=1
+        fi
+        apt-get install -y -qq --no-install-recommends "${prom[@]}" >/dev/null || { [ -z "$ours" ] || rm -f "$policy"; exit 1; }
+        [ -z "$ours" ] || rm -f "$policy"
+        if [ -d /run/systemd/system ]; then
+            systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+        else
+            update-rc.d prometheus disable >/dev/null 2>&1 || true
+        fi
+    fi
 fi
 
 stamp=$venv/.installed
