@@ -11,6 +11,7 @@ pytest_plugins = [
     "tests.fixtures.controlplane",
     "tests.fixtures.lab",
     "tests.fixtures.operator",
+    "tests.fixtures.prometheus",
 ]
 
 _TIERS = ("unit", "cluster", "lab")
