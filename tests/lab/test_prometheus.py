@@ -1,0 +1,84 @@
+"""A real Prometheus scrapes the running operator during lab migrations made to fail, evaluates the
+project's alert rules (the production file, unchanged), and the alerts reach the firing state: read
+back from Prometheus's own HTTP API."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from tests.fixtures.operator import Migrations, OperatorProcess
+from tests.fixtures.prometheus import JOB, PrometheusServer
+from vemigrate.devenv.lab import Lab, LabInfo, VMState
+
+Cleanup = Callable[[str], str]
+
+
+def _operator_up(prometheus: PrometheusServer, operator: OperatorProcess) -> dict[str, Any]:
+    def up() -> dict[str, Any] | None:
+        for target in prometheus.targets():
+            if target["labels"]["job"] == JOB and target["health"] == "up":
+                return target
+        return None
+
+    target: dict[str, Any] = prometheus.wait("operator target up", up, timeout=30)
+    assert target["scrapeUrl"] == f"http://127.0.0.1:{operator.metrics_port}/metrics"
+    assert prometheus.query(f'up{{job="{JOB}"}} == 1'), "up is 1 for the operator"
+    return target
+
+
+def _scraped_twice(prometheus: PrometheusServer, series: str) -> None:
+    """The series is in Prometheus with at least two samples from before anything happens: an increase
+    after this is seen as one."""
+    prometheus.wait(f"two samples of {series}", lambda: prometheus.query(f"count_over_time({series}[1m]) >= 2"), 30)
+
+
+def _firing(prometheus: PrometheusServer, name: str, timeout: float) -> dict[str, Any]:
+    def firing() -> dict[str, Any] | None:
+        return next((a for a in prometheus.alerts(name) if a["state"] == "firing"), None)
+
+    alert: dict[str, Any] = prometheus.wait(f"firing {name} alert", firing, timeout)
+    return alert
+
+
+def test_a_failed_migration_fires_the_failure_alert(
+    hosts: LabInfo,
+    migrations: Migrations,
+    operator: OperatorProcess,
+    prometheus: PrometheusServer,
+    vm_cleanup: Cleanup,
+    record_property: Callable[[str, object], None],
+) -> None:
+    _operator_up(prometheus, operator)
+    _scraped_twice(prometheus, 'vemigrate_migrations_total{result="Failed"}')
+    assert prometheus.alerts("VemigrateMigrationFailed") == [], "nothing failed since this Prometheus started"
+    failed_before = operator.metric("vemigrate_migrations_total", result="Failed")
+
+    # A VM with a snapshot fails the NoSnapshots pre-flight check: a real failure, nothing moved.
+    name = vm_cleanup("prom-fail1")
+    Lab.create_vm("lab1", name, state=VMState.STOPPED)
+    Lab.snapshot("lab1", name, "keep-me")
+    migrations.create(name, {"source": {"host": "lab1", "name": name}, "target": {"host": "lab2"}})
+    status = migrations.wait_phase(name, "Failed", "Succeeded", timeout=180)["status"]
+    failed_at = time.monotonic()
+    assert status["phase"] == "Failed" and status["failure"]["reason"] == "PreflightFailed", status
+    assert operator.metric("vemigrate_migrations_total", result="Failed") == failed_before + 1
+
+    alert = _firing(prometheus, "VemigrateMigrationFailed", timeout=60)
+    fired_after = time.monotonic() - failed_at
+    record_property("failure_alert_firing_after_seconds", round(fired_after, 1))
+    print(f"VemigrateMigrationFailed firing {fired_after:.1f} s after the migration was seen Failed")
+    assert alert["labels"]["severity"] == "warning"
+    assert alert["labels"]["driver"] == status["driver"] == "libvirt"
+    assert alert["labels"]["mode"] == status["mode"]
+    assert alert["annotations"]["runbook_url"] == "docs/runbooks/VemigrateMigrationFailed.md"
+    assert float(alert["value"]) >= 1
+    # Deleting the failed object (GitOps pruning, a tidy user) does not take the alert with it.
+    migrations.delete(name)
+    migrations.gone(name)
+    time.sleep(3)  # a few scrapes and evaluations without the object
+    assert [a["state"] for a in prometheus.alerts("VemigrateMigrationFailed")] == ["firing"]
+    # A pre-flight failure is no stall, and the operator is neither down nor stuck.
+    for quiet in ("VemigrateMigrationStalled", "VemigrateOperatorDown", "VemigrateOperatorNotReconciling"):
+        assert prometheus.alerts(quiet) == [], quiet
