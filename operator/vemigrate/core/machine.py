@@ -75,6 +75,7 @@ class _Pass:
         self.requeue_after: float | None = None
         self.waiting_reason: tuple[str, str] | None = None  # (reason, message) while observing only
         self.success_reason = "Migrated"
+        self.phase_message: str | None = None  # why the phase changed this pass
 
     # -- small verbs ---------------------------------------------------------------------------
     @property
@@ -106,7 +107,8 @@ class _Pass:
         if phase != Phase.QUEUED:
             self.status.queued_reason = None
         kind = EventType.WARNING if phase in (Phase.FAILED, Phase.ROLLING_BACK) else EventType.NORMAL
-        self.event(kind, phase.value, message or f"Migration is {phase.value}")
+        self.phase_message = message or f"Migration is {phase.value}"
+        self.event(kind, phase.value, self.phase_message)
 
     def entered(self, phase: Phase) -> datetime:
         """When the current stint in `phase` began (the last transition into it)."""
@@ -394,6 +396,10 @@ def _running(step: _Pass, job: JobObservation) -> None:
                 retryable=True,
             )
             return
+        # Forcing completion is the switchover: the source pauses (or post-copy starts) now.
+        why = "ForceComplete requested" if spec.action == SpecAction.FORCE_COMPLETE else "Completion deadline passed"
+        how = "switching to post-copy" if spec.post_copy else "pausing the source to copy what is left"
+        step.goto(Phase.SWITCHOVER, f"{why}: {how}")
         step.act(ActionKind.FORCE_COMPLETE)
 
 
@@ -431,7 +437,8 @@ def _finalizing(step: _Pass) -> None:
             "was left untouched. Inspect both hosts before retrying",
         )
         return
-    disposition = disposition_for(spec, obs.source_ve)
+    # A container the source already renamed is gone from its list: its kind shows on the target.
+    disposition = disposition_for(spec, obs.source_ve or obs.target_ve)
     if disposition != SourceDisposition.KEPT and obs.source_disposed is not True:
         if obs.source_disposed is None or obs.source is None or obs.source.reachable is not True:
             step.wait("StateUnknown", f"Cannot observe the source on {spec.source.host!r}")
@@ -555,7 +562,10 @@ def _write_conditions(step: _Pass) -> None:
     elif phase == Phase.QUEUED:
         progressing = (ConditionStatus.FALSE, "Queued", status.queued_reason or "")
     else:
-        progressing = (ConditionStatus.TRUE, phase.value, f"Migration is {phase.value}")
+        # The reason the phase was entered stays the message until the phase changes again.
+        previous = find(conds, ConditionType.PROGRESSING)
+        kept = previous.message if previous is not None and previous.reason == phase.value else None
+        progressing = (ConditionStatus.TRUE, phase.value, step.phase_message or kept or f"Migration is {phase.value}")
     conds = set_condition(conds, ConditionType.PROGRESSING, *progressing, now, gen)
 
     if phase == Phase.SUCCEEDED:
