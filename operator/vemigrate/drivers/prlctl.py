@@ -1,0 +1,433 @@
+"""The prlctl driver: Virtuozzo Hybrid Server nodes (and Virtuozzo 6 sources) driven with their own
+`prlctl` and `prlsrvctl` over SSH.
+
+How it reaches a node: one asyncssh connection with the host key verified (drivers/ssh.py); every
+command is an argv, each word shell-quoted. Facts come from `prlsrvctl info --full -j`, `prlsrvctl
+net list -j`, `prlctl list -a -i -j`, `prlctl snapshot-list`, `/proc/vz/cpuid_override`,
+`/proc/meminfo`, `df`, `ip` and the clock (drivers/prlctl_output.py reads them).
+
+How it migrates: `prlctl migrate` itself is the engine, run on the source node as a detached job
+(drivers/hostjob.py: `<jobs dir>/<migration UID>/` with `job.sh`, `pid`, `log`, `exit`), under a
+pseudo-terminal so prlctl prints its progress, with its own PID in `migrate.pid`. A restarted
+operator reads those files and re-attaches; it never starts a second job. Progress is prlctl's
+percentage, scaled to the VE's size. Cancel sends SIGTERM to prlctl, which (PrlCleanup.cpp) asks the
+dispatcher to cancel the migration and exits with an error; SIGKILL would leave the dispatcher
+migrating, so it is never used. prlctl disposes of the source itself once the copy is complete (VMs
+removed, containers' private area and config renamed `.migrated`, clones kept); the driver checks it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import shlex
+import time
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import PurePosixPath
+
+from vemigrate.api.host import CPUFacts, HostStatus, NetworkFacts, StorageFacts, VEKind, VersionFacts
+from vemigrate.api.migration import Mode, SourceDisposition
+from vemigrate.core.access import HostAccess
+from vemigrate.core.checks import is_virtuozzo6
+from vemigrate.core.observation import ErrorClass, JobObservation, JobState, JobStats, VEFacts, VEState
+from vemigrate.drivers import hostjob
+from vemigrate.drivers import prlctl_output as out
+from vemigrate.drivers.errors import PermanentError, RetryableError
+from vemigrate.drivers.prlctl_command import PRLCTL, PRLSRVCTL, migrate_argv, request_for, under_pty
+from vemigrate.drivers.protocol import MigrationPlan
+from vemigrate.drivers.ssh import Completed, SSHHost
+
+CT_PRIVATE = "/vz/private"  # Virtuozzo's default container private areas (VE_PRIVATE in vz.conf)
+LIST_TIMEOUT = 60.0
+MIGRATE_PID = "migrate.pid"
+VE_RECORD = "ve.json"  # the VE as it was when the job started: disposition is checked against it
+
+# One round trip of facts that prlsrvctl does not give. $@: storage paths to measure.
+_FACTS = r"""
+[ -e /proc/vz/cpuid_override ] && echo "cpuid_override yes" || echo "cpuid_override no"
+grep -qw hypervisor /proc/cpuinfo && echo "nested yes" || echo "nested no"
+awk -F': *' '/^vendor_id/ {print "vendor", $2; exit}' /proc/cpuinfo
+echo "cpus $(nproc)"
+awk '/^MemTotal:/ {print "memtotal", $2 * 1024} /^MemAvailable:/ {print "memfree", $2 * 1024}' /proc/meminfo
+for p in "$@"; do
+  [ -d "$p" ] && df -B1 --output=target,avail,size,fstype "$p" 2>/dev/null | tail -n 1 | sed "s|^|df $p |"
+done
+ip -o -4 addr show scope global 2>/dev/null | awk '{print "addr", $2, $4}'
+for d in /sys/class/net/*; do s=$(cat "$d/speed" 2>/dev/null) && echo "speed $(basename "$d") $s"; done
+echo "clock $(date +%s%N)"
+echo "kernel $(uname -r)"
+[ -r /etc/virtuozzo-release ] && echo "release $(head -n 1 /etc/virtuozzo-release)"
+true
+"""
+
+# Per VE: its snapshots, the bytes its disks (or private area) hold, its file system type, and the
+# process list (open `prlctl enter` / `vzctl enter` sessions). $1: UUID, $2: home, $3...: what to measure.
+_VE_FACTS = r"""
+ve=$1; home=$2; shift 2
+echo "--- snapshots"; prlctl snapshot-list "$ve" -H 2>/dev/null; echo "--- snapshots-rc $?"
+echo "--- du"; [ "$#" -gt 0 ] && du -sbc -- "$@" 2>/dev/null | tail -n 1 | cut -f1
+echo "--- fstype"; [ -n "$home" ] && df --output=fstype "$home" 2>/dev/null | tail -n 1
+echo "--- ps"; ps -eo args=
+"""
+
+_SHARED_FS = ("fuse.vstorage", "fuse.pstorage", "nfs", "nfs4", "gfs2")
+
+
+class PrlctlDriver:
+    """One Virtuozzo node reached over SSH. See the module docstring for how."""
+
+    def __init__(self, access: HostAccess) -> None:
+        self.access = access
+        self.ssh = SSHHost(access)
+
+    async def close(self) -> None:
+        await self.ssh.close()
+
+    # -- plumbing ---------------------------------------------------------------------------
+    async def _tool(self, argv: list[str], *, timeout: float = LIST_TIMEOUT) -> Completed:
+        """prlctl or prlsrvctl, with its exit status turned into a classified error."""
+        done = await self.ssh.run(argv, timeout=timeout, check=False)
+        if done.ok:
+            return done
+        said = (done.stderr.strip() or done.stdout.strip())[-500:]
+        where = f"{' '.join(argv[:2])} on {self.access.name}"
+        if done.exit_status == 127:
+            raise PermanentError("PrlctlMissing", f"{argv[0]} is not installed on {self.access.name}: {said}")
+        if done.exit_status == out.EXIT_NO_DISPATCHER:
+            raise RetryableError("DispatcherUnavailable", f"{where}: the dispatcher does not answer: {said}")
+        raise PermanentError("PrlctlError", f"{where} exited {done.exit_status}: {said}")
+
+    async def _list(self) -> list[out.ListedVE]:
+        listed = await self._tool([PRLCTL, "list", "-a", "-i", "-j"])
+        try:
+            return out.parse_list(listed.stdout)
+        except ValueError as exc:
+            raise PermanentError("PrlctlOutput", f"{self.access.name}: {exc}") from exc
+
+    async def _lookup(self, name: str) -> out.ListedVE | None:
+        return next((entry for entry in await self._list() if entry.matches(name)), None)
+
+    # -- facts ------------------------------------------------------------------------------
+    async def probe(self) -> HostStatus:
+        info_text = (await self._tool([PRLSRVCTL, "info", "--full", "-j"])).stdout
+        nets_text = (await self._tool([PRLSRVCTL, "net", "list", "-j"])).stdout
+        try:
+            info = out.parse_server_info(info_text)
+            networks = out.parse_networks(nets_text)
+        except ValueError as exc:
+            raise PermanentError("PrlctlOutput", f"{self.access.name}: {exc}") from exc
+        paths = list(dict.fromkeys(p for p in (info.vm_home, CT_PRIVATE) if p))
+        sent = time.time_ns()
+        shell = await self.ssh.run(["sh", "-c", _FACTS, "sh", *paths])
+        received = time.time_ns()
+        return host_status(info, networks, shell.stdout, (sent + received) // 2, self.access)
+
+    async def find_ve(self, name: str) -> VEFacts | None:
+        entry = await self._lookup(name)
+        if entry is None:
+            return None
+        facts = entry.facts
+        measure = list(entry.images) if facts.type == VEKind.VM and entry.images else [entry.home or ""]
+        measure = [m for m in measure if m]
+        done = await self.ssh.run(["sh", "-c", _VE_FACTS, "sh", facts.uuid, entry.home or "", *measure])
+        sections = _sections(done.stdout)
+        snapshots_ok = sections.get("snapshots-rc", "").strip() == "0"
+        du = sections.get("du", "").strip()
+        fstype = sections.get("fstype", "").strip()
+        return replace(
+            facts,
+            snapshots=out.count_snapshots(sections.get("snapshots", "")) if snapshots_ok else None,
+            disk_bytes=int(du) if du.isdigit() else None,
+            shared_storage=fstype.startswith(_SHARED_FS),
+            enter_sessions=enter_sessions(sections.get("ps", ""), entry),
+        )
+
+    async def reaches(self, other: HostAccess) -> bool:
+        result = await self.ssh.run(
+            [
+                "ssh",
+                "-o", "BatchMode=yes",
+                "-o", "ConnectTimeout=5",
+                "-o", "StrictHostKeyChecking=yes",
+                "-p", str(other.port),
+                f"{other.user}@{other.data_address}",
+                "true",
+            ],
+            check=False,
+        )  # fmt: skip
+        return result.ok
+
+    # -- the job on the source --------------------------------------------------------------
+    async def start_job(self, plan: MigrationPlan) -> None:
+        ve = plan.ve
+        if ve is None:
+            raise PermanentError("VENotFound", f"VE {plan.spec.source.name!r} is not on {self.access.name}")
+        argv = migrate_argv(request_for(plan, target_ve_id=await self._target_ve_id(plan, ve)))
+        where = hostjob.job_dir(plan.uid)
+        entry = await self._lookup(ve.uuid)
+        record = {
+            "uuid": ve.uuid,
+            "name": ve.name,
+            "type": ve.type.value,
+            "home": entry.home if entry else ve.storage_path,
+            "argv": argv,
+        }
+        await self.ssh.run(["mkdir", "-p", where])
+        await self.ssh.run(
+            ["sh", "-c", '[ -e "$1/pid" ] || cat >"$1/$2"', "sh", where, VE_RECORD], input=json.dumps(record) + "\n"
+        )
+        await hostjob.start(self.ssh, plan.uid, job_script(argv))
+
+    async def _target_ve_id(self, plan: MigrationPlan, ve: VEFacts) -> str | None:
+        """The seed: a Virtuozzo 6 container going to a Virtuozzo Storage cluster is named by its UUID
+        on the target (`<server>/<CT_UUID>`). Asked only for containers on Virtuozzo 6 sources."""
+        if ve.type != VEKind.CONTAINER or not is_virtuozzo6(await self.probe()):
+            return None
+        t = plan.target
+        path = plan.spec.target.path or CT_PRIVATE
+        fstype = await self.ssh.run(
+            [
+                "ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-p", str(t.port),
+                f"{t.user}@{t.data_address}", "--", shlex.join(["findmnt", "-n", "-o", "FSTYPE", "-T", path]),
+            ],
+            check=False,
+        )  # fmt: skip
+        return ve.uuid if fstype.stdout.strip().startswith(("fuse.vstorage", "fuse.pstorage")) else None
+
+    async def job(self, plan: MigrationPlan) -> JobObservation:
+        record = await hostjob.read(self.ssh, plan.uid)
+        if record.state == "none":
+            return JobObservation(state=JobState.NONE)
+        if record.state == "running":
+            return JobObservation(state=JobState.RUNNING, stats=progress_stats(plan, record.log_tail))
+        if record.state == "lost":
+            return JobObservation(
+                state=JobState.FAILED,
+                error_reason="JobLost",
+                error_message=f"prlctl migrate on {self.access.name} ended without an exit status (node restarted?)",
+                error_class=ErrorClass.RETRYABLE,
+            )
+        if record.exit_status == 0:
+            return JobObservation(state=JobState.COMPLETED, stats=progress_stats(plan, record.log_tail, done=True))
+        outcome = out.classify_exit(record.exit_status if record.exit_status is not None else -1, record.log_tail)
+        return JobObservation(
+            state=JobState.CANCELLED if outcome.cancelled else JobState.FAILED,
+            error_reason=outcome.reason,
+            error_message=outcome.message,
+            error_class=outcome.error_class,
+        )
+
+    async def abort_job(self, plan: MigrationPlan) -> None:
+        """SIGTERM to prlctl: it asks the dispatcher to cancel, then exits with an error. Before prlctl
+        started (no migrate.pid yet) the job's process group gets the SIGTERM instead."""
+        script = (
+            'd=$1; [ -e "$d/exit" ] && exit 0; '
+            'if [ -s "$d/$2" ]; then kill -TERM "$(cat "$d/$2")" 2>/dev/null; '
+            'elif [ -s "$d/pid" ]; then kill -TERM -- "-$(cat "$d/pid")" 2>/dev/null; fi; true'
+        )
+        await self.ssh.run(["sh", "-c", script, "sh", hostjob.job_dir(plan.uid), MIGRATE_PID])
+
+    async def force_complete(self, plan: MigrationPlan) -> None:
+        """prlctl has no such control: its dispatcher decides when to switch over. Nothing to do."""
+        return None
+
+    async def _recorded(self, plan: MigrationPlan) -> dict[str, str]:
+        done = await self.ssh.run(["cat", f"{hostjob.job_dir(plan.uid)}/{VE_RECORD}"], check=False)
+        try:
+            data = json.loads(done.stdout) if done.ok else {}
+        except json.JSONDecodeError:
+            data = {}
+        return {k: str(v) for k, v in data.items() if isinstance(v, str)} if isinstance(data, dict) else {}
+
+    async def source_disposed(self, plan: MigrationPlan, disposition: SourceDisposition) -> bool:
+        if disposition == SourceDisposition.KEPT:
+            return True
+        recorded = await self._recorded(plan)
+        uuid = recorded.get("uuid") or (plan.ve.uuid if plan.ve else plan.spec.source.name)
+        if await self._lookup(uuid) is not None:
+            return False
+        # Judged by what the VE was when the job started: a container's kind is not visible any more
+        # once prlctl has renamed it, whatever disposition the caller inferred.
+        container = recorded.get("type") == VEKind.CONTAINER.value or disposition == SourceDisposition.RENAMED_MIGRATED
+        if not container:
+            return True
+        home = recorded.get("home")
+        if not home:
+            return True  # the record is gone (a final pass already forgot the job): unregistered is all we know
+        renamed = await self.ssh.run(["test", "-e", f"{home}.migrated"], check=False)
+        return renamed.ok
+
+    async def dispose_source(self, plan: MigrationPlan, disposition: SourceDisposition) -> None:
+        """prlctl migrate disposes of the source itself; this runs only when it did not. A stopped VM is
+        deleted; anything else is left for a person, with the reason."""
+        recorded = await self._recorded(plan)
+        uuid = recorded.get("uuid") or (plan.ve.uuid if plan.ve else plan.spec.source.name)
+        entry = await self._lookup(uuid)
+        if entry is None:
+            return
+        if disposition == SourceDisposition.REMOVED and entry.facts.type == VEKind.VM:
+            if entry.facts.state != VEState.STOPPED:
+                raise PermanentError(
+                    "SourceStillRunning", f"{entry.facts.name} is {entry.facts.state.value} on {self.access.name}"
+                )
+            await self._tool([PRLCTL, "delete", entry.facts.uuid], timeout=300)
+            return
+        raise PermanentError(
+            "SourceNotRenamed",
+            f"prlctl migrate completed but {entry.facts.name} is still registered on {self.access.name}; "
+            "rename its private area and config with .migrated (or delete it) by hand",
+        )
+
+    async def forget_job(self, plan: MigrationPlan) -> None:
+        await hostjob.forget(self.ssh, plan.uid)
+
+    # -- the target -------------------------------------------------------------------------
+    async def _copy_here(self, plan: MigrationPlan) -> out.ListedVE | None:
+        """The copy this migration makes here: the VE's UUID for a move, its name with another UUID
+        for a clone (prlctl gives clones a new UUID and keeps the name)."""
+        source_uuid = plan.ve.uuid if plan.ve is not None else None
+        name = plan.ve.name if plan.ve is not None else plan.spec.source.name
+        for entry in await self._list():
+            if plan.spec.clone:
+                if entry.facts.name == name and entry.facts.uuid != source_uuid:
+                    return entry
+            elif (source_uuid is not None and entry.facts.uuid == source_uuid) or (
+                source_uuid is None and entry.matches(name)
+            ):
+                return entry
+        return None
+
+    async def verify_target(self, plan: MigrationPlan) -> bool:
+        entry = await self._copy_here(plan)
+        if entry is None:
+            return False
+        if plan.mode == Mode.LIVE and entry.facts.state not in (VEState.RUNNING, VEState.PAUSED):
+            return False
+        if plan.spec.target.path:
+            base = plan.spec.target.path.rstrip("/") or "/"
+            home = entry.home or ""
+            if not PurePosixPath(home).is_relative_to(base):
+                return False
+        return True
+
+    async def target_leftovers(self, plan: MigrationPlan) -> bool:
+        return await self._copy_here(plan) is not None
+
+    async def cleanup_target(self, plan: MigrationPlan) -> None:
+        entry = await self._copy_here(plan)
+        if entry is None:
+            return
+        if entry.facts.state in (VEState.RUNNING, VEState.PAUSED, VEState.MIGRATING):
+            await self._tool([PRLCTL, "stop", entry.facts.uuid, "--kill"], timeout=120)
+        await self._tool([PRLCTL, "delete", entry.facts.uuid], timeout=300)
+
+
+# -- pure helpers -----------------------------------------------------------------------------
+def job_script(argv: list[str]) -> str:
+    """The detached job: prlctl migrate on a pty (for its progress lines), its exit status recorded."""
+    return (
+        "#!/bin/sh\n"
+        "# Written by the vemigrate operator (prlctl driver); its outcome is read back from ./exit.\n"
+        'cd "$(dirname "$0")" || exit 1\n'
+        "SHELL=/bin/sh; export SHELL\n"
+        f"{shlex.join(under_pty(argv, MIGRATE_PID))}; rc=$?\n"
+        'echo "$rc" >exit.tmp && mv exit.tmp exit\n'
+    )
+
+
+def progress_stats(plan: MigrationPlan, log: str, *, done: bool = False) -> JobStats:
+    """prlctl reports a percentage; bytes are that share of what moves (disks, plus memory when live)."""
+    ve = plan.ve
+    total = None
+    if ve is not None:
+        total = (ve.disk_bytes or 0) + ((ve.memory_bytes or 0) if plan.mode == Mode.LIVE else 0) or None
+    percent = 100 if done else out.last_percent(log)
+    if total is None or percent is None:
+        return JobStats(bytes_total=total)
+    processed = total * percent // 100
+    return JobStats(bytes_processed=processed, bytes_remaining=total - processed, bytes_total=total)
+
+
+def enter_sessions(ps: str, entry: out.ListedVE) -> int:
+    """Open `prlctl enter <VE>` (or, on containers, `vzctl enter <CTID>`) processes naming this VE."""
+    names = {entry.facts.name, entry.facts.uuid, f"{{{entry.facts.uuid}}}", entry.env_id or entry.facts.uuid}
+    count = 0
+    for line in ps.splitlines():
+        words = line.split()
+        entering = len(words) >= 3 and PurePosixPath(words[0]).name in ("prlctl", "vzctl") and words[1] == "enter"
+        if entering and (words[2] in names or " ".join(words[2:]) in names):
+            count += 1
+    return count
+
+
+def _sections(text: str) -> dict[str, str]:
+    sections: dict[str, list[str]] = {}
+    current = ""
+    for line in text.splitlines():
+        if line.startswith("--- "):
+            name, _, rest = line[4:].partition(" ")
+            current = name
+            sections[current] = [rest] if rest else []
+            continue
+        sections.setdefault(current, []).append(line)
+    return {k: "\n".join(v) for k, v in sections.items()}
+
+
+_RELEASE = re.compile(r"(virtuozzo|parallels)", re.IGNORECASE)
+
+
+def host_status(info: out.ServerInfo, networks: list[str], shell: str, sent_ns: int, access: HostAccess) -> HostStatus:
+    facts: dict[str, str] = {}
+    storage: list[StorageFacts] = []
+    subnets: list[str] = []
+    addr_dev: dict[str, str] = {}
+    speeds: dict[str, int] = {}
+    for line in shell.splitlines():
+        word, _, rest = line.partition(" ")
+        parts = rest.split()
+        if word == "df" and len(parts) >= 5:
+            shared = parts[4].startswith(_SHARED_FS)
+            storage.append(
+                StorageFacts(path=parts[0], free_bytes=int(parts[2]), total_bytes=int(parts[3]), shared=shared)
+            )
+        elif word == "addr" and len(parts) >= 2:
+            subnets.append(str(ipaddress.ip_interface(parts[1]).network))
+            addr_dev[parts[1].split("/")[0]] = parts[0]
+        elif word == "speed" and len(parts) >= 2 and parts[1].lstrip("-").isdigit():
+            speeds[parts[0]] = int(parts[1])
+        elif parts:
+            facts[word] = rest.strip()
+    device = addr_dev.get(access.data_address)
+    speed = speeds.get(device) if device else None
+    release = facts.get("release")
+    product = (
+        release if release and _RELEASE.search(release) else (f"prlsrvctl {info.version}" if info.version else None)
+    )
+    offset = (int(facts["clock"]) - sent_ns) // 1_000_000 if facts.get("clock", "").isdigit() else None
+    return HostStatus(
+        cpu=CPUFacts(
+            vendor=facts.get("vendor"),
+            model=info.cpu_model,
+            count=int(facts["cpus"]) if facts.get("cpus", "").isdigit() else None,
+            features=sorted(set(info.cpu_features)),
+        ),
+        memory_total_bytes=int(facts["memtotal"]) if facts.get("memtotal", "").isdigit() else None,
+        memory_free_bytes=int(facts["memfree"]) if facts.get("memfree", "").isdigit() else None,
+        storage=storage,
+        network=NetworkFacts(
+            bridges=sorted(set(networks)),
+            subnets=sorted(set(subnets)),
+            link_speed_mbps=speed if speed and speed > 0 else None,
+        ),
+        time_offset_ms=offset,
+        cpuid_override=facts.get("cpuid_override") == "yes",
+        nested=facts.get("nested") == "yes",
+        version=VersionFacts(product=product, hypervisor=info.version, kernel=facts.get("kernel")),
+        # prlctl's tunnel carries local disks along with memory: nothing more is needed to encrypt them.
+        encrypted_disk_copy=True,
+        ve_types=[VEKind.VM, VEKind.CONTAINER],
+        default_path=info.vm_home,
+        last_probe_time=datetime.now(UTC),
+    )
