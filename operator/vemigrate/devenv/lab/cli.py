@@ -135,6 +135,11 @@ def _kube_args(p: argparse.ArgumentParser) -> None:
         help="apply HypervisorHosts and Secrets there (default: $VEMIGRATE_KUBECONFIG; none: skip)",
     )
     p.add_argument("--namespace", default="default")
+    p.add_argument(
+        "--prlctl",
+        action="store_true",
+        help="also publish every host as <host>-vz with driver prlctl (the lab's prlctl stand-in)",
+    )
 
 
 def _info() -> LabInfo:
@@ -160,7 +165,7 @@ def _up(args: argparse.Namespace) -> int:
     if args.manifests:
         from vemigrate.devenv.lab import kube
 
-        kube.write_manifests(info, args.namespace, args.manifests)
+        kube.write_manifests(info, args.namespace, args.manifests, prlctl=args.prlctl)
         print(f"  manifests written to {args.manifests}")
     return 0
 
@@ -171,7 +176,7 @@ def _publish(info: LabInfo, args: argparse.Namespace) -> None:
     from vemigrate.devenv.lab import kube
 
     try:
-        applied = kube.apply(info, args.namespace, args.kubeconfig)
+        applied = kube.apply(info, args.namespace, args.kubeconfig, prlctl=args.prlctl)
     except RuntimeError as exc:
         # The lab itself is up; the cluster may simply not be ready yet (`lab manifests` retries).
         print(f"warning: {exc}", file=sys.stderr)
@@ -185,7 +190,8 @@ def _down(args: argparse.Namespace) -> int:
         from vemigrate.devenv.lab import kube
 
         try:
-            kube.delete(args.namespace, args.kubeconfig, [h.name for h in info.hosts])
+            names = [h.name for h in info.hosts] + [kube.prlctl_name(h.name) for h in info.hosts]
+            kube.delete(args.namespace, args.kubeconfig, names)
         except Exception as exc:  # the cluster may already be gone; the lab still comes down
             print(f"warning: could not delete the lab's objects from the cluster: {exc}", file=sys.stderr)
     Lab.down()
@@ -270,13 +276,13 @@ def _manifests(args: argparse.Namespace) -> int:
 
     info = _info()
     if args.kubeconfig:
-        print("\n".join(kube.apply(info, args.namespace, args.kubeconfig)))
+        print("\n".join(kube.apply(info, args.namespace, args.kubeconfig, prlctl=args.prlctl)))
     elif args.output:
-        kube.write_manifests(info, args.namespace, args.output)
+        kube.write_manifests(info, args.namespace, args.output, prlctl=args.prlctl)
     else:
         import yaml
 
-        print(yaml.safe_dump_all(kube.objects(info, args.namespace), sort_keys=False), end="")
+        print(yaml.safe_dump_all(kube.objects(info, args.namespace, prlctl=args.prlctl), sort_keys=False), end="")
     return 0
 
 

@@ -4,6 +4,7 @@ namespaces, and the daemons inside (virtlogd, libvirtd, sshd), each started and 
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import socket
 import uuid
@@ -52,6 +53,8 @@ if [ -d /sys/fs/cgroup/unified ] && [ -e /sys/fs/cgroup/cpu ]; then umount /sys/
 # ssh run by libvirtd (qemu+ssh:// to other hosts) uses the lab key and known_hosts only.
 mount --bind "$ssh_config" /etc/ssh/ssh_config
 if [ -d /root/.ssh ]; then mount --bind "$hostdir/dotssh" /root/.ssh; fi
+# The prlctl/prlsrvctl STAND-IN (devenv/lab/prlctl_standin.py), first on root's PATH in this host only.
+mount --bind "$hostdir/sbin" /usr/local/sbin
 hostname "$name"
 touch "$hostdir/ready"
 exec sleep infinity
@@ -99,8 +102,9 @@ def prepare_host_dir(host: HostState, caps_cache: Path) -> None:
     """Fresh directories and configuration for one host."""
     if host.dir.exists():
         shutil.rmtree(host.dir)
-    for sub in ("etc", "run", "lib/images", "lib/boot", "log/qemu", "cache", "ssh", "dotssh", "daemons"):
+    for sub in ("etc", "run", "lib/images", "lib/boot", "log/qemu", "cache", "ssh", "dotssh", "daemons", "sbin"):
         (host.dir / sub).mkdir(parents=True)
+    install_prlctl_standin(host.dir / "sbin")
     etc = host.dir / "etc"
     (etc / "libvirtd.conf").write_text(
         f'host_uuid = "{uuid.uuid4()}"\n'
@@ -152,6 +156,31 @@ def prepare_host_dir(host: HostState, caps_cache: Path) -> None:
         "LogLevel VERBOSE\n"
         "Subsystem sftp internal-sftp\n"
     )
+
+
+def install_prlctl_standin(directory: Path) -> None:
+    """`prlctl` and `prlsrvctl` wrappers that run the lab's STAND-IN (not Virtuozzo's tools): the
+    directory is bound on /usr/local/sbin inside the host, so the operator's prlctl driver finds them
+    on the PATH of its SSH sessions, as it would find the real tools on a Virtuozzo node."""
+    standin = Path(__file__).with_name("prlctl_standin.py")
+    for tool in ("prlctl", "prlsrvctl"):
+        wrapper = directory / tool
+        wrapper.write_text(
+            "#!/bin/sh\n"
+            f"# vemigrate lab: a STAND-IN for Virtuozzo's {tool}, doing the work with libvirt (docs/virtuozzo.md).\n"
+            f'exec /usr/bin/python3 -I {shlex.quote(str(standin))} {tool} "$@"\n'
+        )
+        wrapper.chmod(0o755)
+
+
+def ensure_prlctl_standin(host_dir: Path, holder_pid: int) -> None:
+    """Refresh the stand-in's wrappers and bind them on /usr/local/sbin of a running host (a no-op
+    when already bound): for hosts that were started before the stand-in was installed."""
+    sbin = host_dir / "sbin"
+    sbin.mkdir(exist_ok=True)
+    install_prlctl_standin(sbin)
+    bind = 'mountpoint -q /usr/local/sbin || mount --bind "$1" /usr/local/sbin'
+    run(["nsenter", "-t", str(holder_pid), "-m", "--", "sh", "-c", bind, "sh", str(sbin)])
 
 
 def host_key_line(host: HostState) -> str:

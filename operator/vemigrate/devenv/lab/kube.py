@@ -17,9 +17,16 @@ from vemigrate.devenv.lab.environment import LabInfo
 KEY_SECRET = "vemigrate-lab-ssh-key"  # noqa: S105 - a Secret's name, not a password
 KNOWN_HOSTS_SECRET = "vemigrate-lab-known-hosts"  # noqa: S105 - a Secret's name
 LABELS = {"app.kubernetes.io/part-of": "vemigrate-lab"}
+# With prlctl=True every lab host is published a second time, as "<host>-vz" with driver prlctl: the
+# same machine, driven through the prlctl/prlsrvctl STAND-IN installed on it (prlctl_standin.py).
+PRLCTL_SUFFIX = "-vz"
 
 
-def objects(info: LabInfo, namespace: str) -> list[dict[str, Any]]:
+def prlctl_name(host: str) -> str:
+    return f"{host}{PRLCTL_SUFFIX}"
+
+
+def objects(info: LabInfo, namespace: str, *, prlctl: bool = False) -> list[dict[str, Any]]:
     """Secrets first, then the hosts: the order they must be created in."""
     meta = {"namespace": namespace, "labels": dict(LABELS)}
     out: list[dict[str, Any]] = [
@@ -50,6 +57,14 @@ def objects(info: LabInfo, namespace: str) -> list[dict[str, Any]]:
             migration_address=h.address,
         )
         out.append(HypervisorHost(metadata={"name": h.name, **meta}, spec=spec).to_wire())
+    for h in info.hosts if prlctl else []:
+        spec = HostSpec(
+            address=h.address,
+            driver=Driver.PRLCTL,
+            credentials_secret_ref=SecretKeyRef(name=KEY_SECRET, key=PRIVATE_KEY_KEY),
+            known_hosts_secret_ref=SecretKeyRef(name=KNOWN_HOSTS_SECRET, key=KNOWN_HOSTS_KEY),
+        )
+        out.append(HypervisorHost(metadata={"name": prlctl_name(h.name), **meta}, spec=spec).to_wire())
     return out
 
 
@@ -57,12 +72,12 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def write_manifests(info: LabInfo, namespace: str, path: Path) -> None:
-    path.write_text(yaml.safe_dump_all(objects(info, namespace), sort_keys=False))
+def write_manifests(info: LabInfo, namespace: str, path: Path, *, prlctl: bool = False) -> None:
+    path.write_text(yaml.safe_dump_all(objects(info, namespace, prlctl=prlctl), sort_keys=False))
     path.chmod(0o600)  # it holds the lab's private key
 
 
-def apply(info: LabInfo, namespace: str, kubeconfig: str) -> list[str]:
+def apply(info: LabInfo, namespace: str, kubeconfig: str, *, prlctl: bool = False) -> list[str]:
     """Create or replace the Secrets and HypervisorHosts; returns what was applied, as kind/name."""
     from kubernetes import client, config
     from kubernetes.client.exceptions import ApiException
@@ -76,7 +91,7 @@ def apply(info: LabInfo, namespace: str, kubeconfig: str) -> list[str]:
     custom = client.CustomObjectsApi(api_client)
     done = []
     try:
-        for obj in objects(info, namespace):
+        for obj in objects(info, namespace, prlctl=prlctl):
             name = obj["metadata"]["name"]
             if obj["kind"] == "Secret":
                 try:
