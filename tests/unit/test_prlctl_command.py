@@ -114,6 +114,16 @@ def test_conflicts_prlctl_refuses_are_refused_first(request_overrides: dict[str,
     assert info.value.reason == reason
 
 
+@pytest.mark.parametrize(
+    "tuning", [{"bandwidthMiBps": 10}, {"maxDowntimeMs": 300}, {"autoConverge": True}, {"postCopy": True}]
+)
+def test_libvirt_tuning_is_refused_rather_than_ignored(tuning: dict[str, Any]) -> None:
+    with pytest.raises(PermanentError) as info:
+        request_for(plan(**tuning))
+    assert info.value.reason == "UnsupportedByPrlctl"
+    assert next(iter(tuning)) in info.value.message
+
+
 def test_tunnelless_vm_is_allowed() -> None:
     assert "--no-tunnel" in migrate_argv(request_for(plan(tunnel=False)))
 

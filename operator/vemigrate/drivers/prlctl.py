@@ -50,7 +50,8 @@ _FACTS = r"""
 grep -qw hypervisor /proc/cpuinfo && echo "nested yes" || echo "nested no"
 awk -F': *' '/^vendor_id/ {print "vendor", $2; exit}' /proc/cpuinfo
 echo "cpus $(nproc)"
-awk '/^MemTotal:/ {print "memtotal", $2 * 1024} /^MemAvailable:/ {print "memfree", $2 * 1024}' /proc/meminfo
+awk '/^MemTotal:/ {printf "memtotal %.0f\n", $2 * 1024}
+     /^MemAvailable:/ {printf "memfree %.0f\n", $2 * 1024}' /proc/meminfo
 for p in "$@"; do
   [ -d "$p" ] && df -B1 --output=target,avail,size,fstype "$p" 2>/dev/null | tail -n 1 | sed "s|^|df $p |"
 done
@@ -118,7 +119,7 @@ class PrlctlDriver:
             networks = out.parse_networks(nets_text)
         except ValueError as exc:
             raise PermanentError("PrlctlOutput", f"{self.access.name}: {exc}") from exc
-        paths = list(dict.fromkeys(p for p in (info.vm_home, CT_PRIVATE) if p))
+        paths = list(dict.fromkeys(p for p in (info.vm_home, CT_PRIVATE, "/") if p))
         sent = time.time_ns()
         shell = await self.ssh.run(["sh", "-c", _FACTS, "sh", *paths])
         received = time.time_ns()

@@ -49,6 +49,22 @@ class MigrateRequest:
 
 def request_for(plan: MigrationPlan, *, target_ve_id: str | None = None) -> MigrateRequest:
     spec = plan.spec
+    tuning = [
+        field
+        for field, value in (
+            ("bandwidthMiBps", spec.bandwidth_mib_ps),
+            ("maxDowntimeMs", spec.max_downtime_ms),
+            ("autoConverge", spec.auto_converge),
+            ("postCopy", spec.post_copy),
+        )
+        if value
+    ]
+    if tuning:
+        # prlctl migrate has no such options: its dispatcher tunes the transfer itself. Said, not ignored.
+        raise PermanentError(
+            "UnsupportedByPrlctl",
+            f"prlctl migrate has no options for {', '.join(tuning)}: remove them for hosts with driver prlctl",
+        )
     return MigrateRequest(
         ve=plan.ve.uuid if plan.ve is not None else spec.source.name,
         kind=plan.ve.type if plan.ve is not None else VEKind.VM,

@@ -184,8 +184,10 @@ def find(wanted: str) -> VE | None:
     """By name or UUID (braces allowed, as prlctl takes them)."""
     key = wanted.strip().strip("{}")
     for uri in _uris():
-        uuid = virsh(uri, "domuuid", key, check=False).strip()
-        if uuid:
+        # dominfo resolves a name, an ID or a UUID (domuuid takes names and IDs only).
+        found = re.search(r"^UUID:\s+(\S+)", virsh(uri, "dominfo", key, check=False), re.MULTILINE)
+        if found:
+            uuid = found.group(1)
             try:
                 return load(uri, uuid)
             except Failure:
@@ -478,7 +480,7 @@ def _target_dir(job: Job, ve_uuid: str, default: str) -> str:
 def _refuse_existing(job: Job, ve: VE, new_uuid: str) -> None:
     uri = LXC if ve.kind == "CT" else QEMU
     for key in {ve.name, new_uuid}:
-        if job.on_target(["virsh", "-q", "-c", uri, "domuuid", key], check=False).strip():
+        if "UUID:" in job.on_target(["virsh", "-q", "-c", uri, "dominfo", key], check=False):
             raise Failure(f"a VE named or with UUID {key} already exists on {job.request.server}")
 
 
