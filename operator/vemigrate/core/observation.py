@@ -58,6 +58,7 @@ class VEFacts:
     guest_os_installed: bool | None = None
     storage_path: str | None = None  # directory holding the VE's files on its host
     disk_paths: tuple[str, ...] = ()  # the VE's disk files on its host
+    private_area: str | None = None  # a container's root file system directory on its host
     shared_storage: bool = False  # on Virtuozzo Storage or NFS: nothing to copy
     macs: tuple[str, ...] = ()
 

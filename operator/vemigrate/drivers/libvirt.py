@@ -17,6 +17,10 @@ outlives the operator:
   clear. `tunnel: false` is a direct QEMU stream, unencrypted.
 - offline: each disk is streamed over SSH (`zstd` when compression is on), its sha256 compared on
   both ends, then the domain is defined on the target with the disks at `<path>/<UUID>/`.
+- containers (libvirt LXC, `lxc+ssh://` hosts): offline only. The private area (the root file system
+  directory) is streamed with tar into `<path>/<UUID>`, checked by a manifest of sha256 sums on both
+  ends, and defined there; the source's private area and its configuration are then renamed with the
+  `.migrated` suffix, as prlctl does, rather than deleted.
 The domain carries `<vemigrate:migration uid=.../>` metadata, so the copy on the target is
 recognisably this migration's.
 """
@@ -55,6 +59,7 @@ T = TypeVar("T")
 CALL_TIMEOUT = 30.0
 LIBVIRT_SOCKET = "/run/libvirt/libvirt-sock"
 DEFAULT_POOL_PATH = "/var/lib/libvirt/images"
+LXC_CONFIG_DIR = "/etc/libvirt/lxc"  # where the system libvirtd keeps container definitions
 METADATA_NS = "https://vemigrate.io/migration"
 METADATA_KEY = "vemigrate"
 ET.register_namespace("vemigrate", METADATA_NS)
@@ -80,6 +85,7 @@ ip -o -4 addr show scope global 2>/dev/null | awk '{print "addr", $2, $4}'
 for d in /sys/class/net/*; do s=$(cat "$d/speed" 2>/dev/null) && echo "speed $(basename "$d") $s"; done
 echo "clock $(date +%s%N)"
 echo "kernel $(uname -r)"
+[ -e /proc/vz/cpuid_override ] && echo "cpuid yes" || echo "cpuid no"
 key='^[[:space:]]*migrate_tls_x509_cert_dir[[:space:]]*=[[:space:]]*'
 tls=$(sed -n "s/$key\"\(.*\)\"/\1/p" /etc/libvirt/qemu.conf 2>/dev/null)
 [ -n "$tls" ] || tls=/etc/pki/qemu
@@ -125,7 +131,11 @@ def _state(dom: Any) -> VEState:
         migrating = reason in (libvirt.VIR_DOMAIN_PAUSED_MIGRATION, libvirt.VIR_DOMAIN_PAUSED_POSTCOPY)
         return VEState.MIGRATING if migrating else VEState.PAUSED
     if state in (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTDOWN):
-        return VEState.SUSPENDED if dom.hasManagedSaveImage(0) else VEState.STOPPED
+        try:
+            saved = dom.hasManagedSaveImage(0)
+        except libvirt.libvirtError:  # LXC has no managed save
+            saved = 0
+        return VEState.SUSPENDED if saved else VEState.STOPPED
     return VEState.OTHER
 
 
@@ -145,6 +155,15 @@ def _disks(root: ET.Element) -> list[_Disk]:
             )
         )
     return found
+
+
+def _private_area(root: ET.Element) -> str | None:
+    """A container's root file system directory: the mount whose target is `/`."""
+    for fs in root.findall("./devices/filesystem[@type='mount']"):
+        source, target = fs.find("source"), fs.find("target")
+        if source is not None and target is not None and target.get("dir") == "/":
+            return source.get("dir")
+    return None
 
 
 def _migration_uid(root: ET.Element) -> str | None:
@@ -282,6 +301,12 @@ class LibvirtDriver:
                 if i.find("source") is not None
             )
             macs = tuple(str(m.get("address")) for m in root.findall("./devices/interface/mac"))
+            private = _private_area(root)
+            try:
+                snapshots = dom.snapshotNum(0)
+            except libvirt.libvirtError:  # LXC keeps no snapshots
+                snapshots = 0
+            storage = disks[0].path if disks else private
             facts = VEFacts(
                 name=dom.name(),
                 uuid=dom.UUIDString(),
@@ -291,9 +316,10 @@ class LibvirtDriver:
                 vcpus=dom.info()[3],
                 disk_bytes=sum(sizes),
                 bridges=bridges,
-                snapshots=dom.snapshotNum(0),
-                storage_path=str(PurePosixPath(disks[0].path).parent) if disks else None,
+                snapshots=snapshots,
+                storage_path=str(PurePosixPath(storage).parent) if storage else None,
                 disk_paths=tuple(d.path for d in disks),
+                private_area=private,
                 macs=macs,
             )
             return facts, others
@@ -302,6 +328,10 @@ class LibvirtDriver:
         if found is None:
             return None
         facts, others = found
+        if facts.private_area is not None:
+            du = await self.ssh.run(["du", "-sb", "--", facts.private_area], check=False)
+            size = du.stdout.split()[0] if du.ok and du.stdout.split() else ""
+            facts = replace(facts, disk_bytes=int(size) if size.isdigit() else None)
         return replace(facts, linked_clone=await self._linked(list(facts.disk_paths), others))
 
     async def _linked(self, ours: list[str], others: list[str]) -> bool:
@@ -342,7 +372,15 @@ class LibvirtDriver:
             raise PermanentError("VENotFound", f"VE {plan.spec.source.name!r} is not on {self.access.name}")
         flags = libvirt.VIR_DOMAIN_XML_SECURE | libvirt.VIR_DOMAIN_XML_INACTIVE
         xml = await self._call("reading the domain", lambda c: self._lookup(c, plan.ve.uuid).XMLDesc(flags))  # type: ignore[union-attr]
-        if plan.mode == Mode.LIVE:
+        if plan.ve.type == VEKind.CONTAINER:
+            if plan.mode == Mode.LIVE:
+                raise PermanentError(
+                    "LiveContainerUnsupported",
+                    "libvirt's LXC driver cannot move a running container: stop it and migrate offline, "
+                    "or migrate it live between Virtuozzo nodes (driver: prlctl)",
+                )
+            text = _container_script(plan, xml)
+        elif plan.mode == Mode.LIVE:
             if plan.spec.clone:
                 raise PermanentError(
                     "CloneNeedsStoppedVM",
@@ -451,6 +489,9 @@ class LibvirtDriver:
         return dom is None
 
     async def dispose_source(self, plan: MigrationPlan, disposition: SourceDisposition) -> None:
+        if disposition == SourceDisposition.RENAMED_MIGRATED:
+            await self._rename_migrated(plan)
+            return
         if disposition != SourceDisposition.REMOVED:
             raise PermanentError("UnsupportedDisposition", f"libvirt VMs are removed, not {disposition.value}")
 
@@ -470,6 +511,35 @@ class LibvirtDriver:
         files = await self._call("removing the source domain", remove)
         if files:
             await self.ssh.run(["rm", "-f", "--", *files])
+            # An earlier offline migration put them in <path>/<UUID>/: that directory goes too, once empty.
+            own = {str(PurePosixPath(f).parent) for f in files if PurePosixPath(f).parent.name == plan.ve.uuid}  # type: ignore[union-attr]
+            if own:
+                await self.ssh.run(["rmdir", "--ignore-fail-on-non-empty", "--", *own], check=False)
+
+    async def _rename_migrated(self, plan: MigrationPlan) -> None:
+        """A container's source, as prlctl leaves it: the private area renamed `<dir>.migrated`, the
+        configuration kept as `<name>.xml.migrated` in libvirt's configuration directory, and the domain
+        undefined. Each step may be repeated, so a pass interrupted half-way is finished by the next."""
+
+        def read(conn: Any) -> tuple[str, str | None] | None:
+            dom = self._lookup(conn, plan.spec.source.name)
+            if dom is None:
+                return None
+            if dom.isActive():
+                raise PermanentError("SourceStillRunning", f"{dom.name()} still runs on {self.access.name}")
+            xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE | libvirt.VIR_DOMAIN_XML_INACTIVE)
+            return xml, _private_area(ET.fromstring(xml))
+
+        found = await self._call("reading the source container", read)
+        if found is None:
+            return
+        xml, private = found
+        name = ET.fromstring(xml).findtext("name") or plan.spec.source.name
+        # mv -T refuses to move into an existing <dir>.migrated (an earlier migration's): nothing is merged.
+        rename = 'if [ -e "$1" ]; then mv -T -- "$1" "$1.migrated"; fi; cat >"$2.tmp" && mv -- "$2.tmp" "$2"'
+        config = f"{LXC_CONFIG_DIR}/{name}.xml.migrated"
+        await self.ssh.run(["sh", "-c", rename, "sh", private or "", config], input=xml)
+        await self._call("undefining the source container", lambda c: self._lookup(c, name).undefine())
 
     async def forget_job(self, plan: MigrationPlan) -> None:
         await hostjob.forget(self.ssh, plan.uid)
@@ -486,14 +556,15 @@ class LibvirtDriver:
                 return None
             if plan.mode == Mode.LIVE and _state(dom) not in (VEState.RUNNING, VEState.PAUSED):
                 return None
-            return [d.path for d in _disks(root)]
+            private = _private_area(root)
+            return [d.path for d in _disks(root)] + ([private] if private else [])
 
         paths = await self._call("verifying the target copy", ours)
         if paths is None:
             return False
         # The job compared sha256 sums on both ends before defining the domain; the files must be there.
         present = await self.ssh.run(
-            ["sh", "-c", 'for f in "$@"; do [ -f "$f" ] || exit 1; done', "sh", *paths], check=False
+            ["sh", "-c", 'for f in "$@"; do [ -e "$f" ] || exit 1; done', "sh", *paths], check=False
         )
         return present.ok
 
@@ -504,6 +575,10 @@ class LibvirtDriver:
 
         if await self._call("looking for leftovers", ours):
             return True
+        if plan.mode == Mode.OFFLINE and plan.ve is not None:
+            claimed = await self.ssh.run(["test", "-e", _claim_marker(plan)], check=False)
+            if claimed.ok:
+                return True
         files = await self._unused(_planned_target_files(plan))
         return bool(files)
 
@@ -527,15 +602,20 @@ class LibvirtDriver:
             if dom.isActive():
                 dom.destroy()
             if dom.isPersistent():
-                dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+                if conn.getType() == "LXC":  # takes no undefine flags: it has no saved state or NVRAM
+                    dom.undefine()
+                else:
+                    dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
 
         await self._call("removing the half-built target", remove)
         files = await self._unused(_planned_target_files(plan))
         if files:
             await self.ssh.run(["rm", "-f", "--", *files])
         if plan.mode == Mode.OFFLINE and plan.ve is not None:
-            # The job made this UUID-named directory itself (mkdir fails when it exists).
-            await self.ssh.run(["rm", "-rf", "--", _target_dir(plan, _copy_uuid(plan))])
+            # Only a directory this job made (its marker beside it says so) is removed, with the marker.
+            script = 'if [ -e "$2" ]; then rm -rf -- "$1" && rm -f -- "$2"; fi'
+            directory = _target_dir(plan, _copy_uuid(plan))
+            await self.ssh.run(["sh", "-c", script, "sh", directory, _claim_marker(plan)])
 
 
 # -- pure helpers -----------------------------------------------------------------------------
@@ -555,6 +635,28 @@ def _copy_uuid(plan: MigrationPlan) -> str:
     if plan.spec.clone:
         return str(uuidlib.uuid5(uuidlib.NAMESPACE_URL, f"vemigrate:{plan.uid}"))
     return plan.ve.uuid
+
+
+def _claim_marker(plan: MigrationPlan) -> str:
+    """Beside <path>/<UUID>: says this migration created the directory, so a rollback may remove it."""
+    return f"{_target_dir(plan, _copy_uuid(plan))}.vemigrate-{plan.uid}"
+
+
+def _claim(plan: MigrationPlan, directory: str) -> list[str]:
+    """Script lines that create the target directory, failing when it exists (someone else's), then
+    mark it as this migration's."""
+    return [
+        _on_target(plan, ["mkdir", "-p", "--", str(PurePosixPath(directory).parent)]),
+        _on_target(plan, ["mkdir", "--", directory]),
+        _on_target(plan, ["touch", "--", _claim_marker(plan)]),
+    ]
+
+
+def _define_on_target(plan: MigrationPlan, xml: str, uri: str) -> list[str]:
+    return [
+        f"cat >domain.xml <<'VEMIGRATE_XML_END'\n{xml}\nVEMIGRATE_XML_END",
+        _on_target(plan, ["virsh", "-c", uri, "define", "/dev/stdin"]) + " <domain.xml",
+    ]
 
 
 def _planned_target_files(plan: MigrationPlan) -> list[str]:
@@ -701,6 +803,10 @@ def _target_xml(plan: MigrationPlan, xml: str, directory: str) -> str:
     root = ET.fromstring(xml)
     for disk in root.findall("./devices/disk[@device='disk']/source[@file]"):
         disk.set("file", f"{directory}/{PurePosixPath(str(disk.get('file'))).name}")
+    for fs in root.findall("./devices/filesystem[@type='mount']"):
+        source, target = fs.find("source"), fs.find("target")
+        if source is not None and target is not None and target.get("dir") == "/":
+            source.set("dir", directory)  # a container's private area is the directory itself
     if plan.spec.clone:
         uuid_el = root.find("uuid")
         if uuid_el is not None:
@@ -723,11 +829,7 @@ def _offline_script(plan: MigrationPlan, xml: str) -> str:
     each by sha256, then define the VM there (and restore its saved state as a managed save)."""
     ve = plan.ve
     assert ve is not None
-    if plan.spec.change_sid:
-        raise PermanentError(
-            "ChangeSidUnsupported",
-            "libvirt has no --changesid: run Sysprep in the clone instead, and migrate without changeSid",
-        )
+    _refuse_change_sid(plan)
     suspended = ve.state == VEState.SUSPENDED
     if suspended and plan.spec.clone:
         raise PermanentError(
@@ -738,15 +840,11 @@ def _offline_script(plan: MigrationPlan, xml: str) -> str:
     q = shlex.quote
     lines = [
         "echo total $(stat -c %s " + " ".join(q(f) for f in files) + " | awk '{s+=$1} END {print s+0}')",
-        _on_target(plan, ["mkdir", "-p", "--", str(PurePosixPath(directory).parent)]),
-        # mkdir without -p fails when the directory exists: everything inside it is this migration's.
-        _on_target(plan, ["mkdir", "--", directory]),
+        *_claim(plan, directory),
     ]
     for src in files:
         lines += _copy_lines(plan, src, f"{directory}/{PurePosixPath(src).name}")
-    target_xml = _target_xml(plan, xml, directory)
-    lines.append(f"cat >domain.xml <<'VEMIGRATE_XML_END'\n{target_xml}\nVEMIGRATE_XML_END")
-    lines.append(_on_target(plan, ["virsh", "-c", "qemu:///system", "define", "/dev/stdin"]) + " <domain.xml")
+    lines += _define_on_target(plan, _target_xml(plan, xml, directory), "qemu:///system")
     if suspended:
         saved = f"{directory}/{PurePosixPath(_save_image(ve.name)).name}"
         lines.append(_on_target(plan, ["sh", "-c", 'cat >"$1"', "sh", f"{directory}/domain.xml"]) + " <domain.xml")
@@ -759,7 +857,53 @@ def _offline_script(plan: MigrationPlan, xml: str) -> str:
         )
         lines.append(_on_target(plan, ["virsh", "-c", "qemu:///system", "managedsave", "--running", ve.name]))
         lines.append(_on_target(plan, ["rm", "-f", "--", saved, f"{directory}/domain.xml"]))
+    lines.append(_on_target(plan, ["rm", "-f", "--", _claim_marker(plan)]))
     return hostjob.script(lines)
+
+
+# Names and sha256 of every file, and every symlink's target (never followed: a container's links
+# point into its own root), sorted the same way on both hosts.
+_MANIFEST = (
+    "export LC_ALL=C; { find . -type f -print0 | sort -z | xargs -0 -r sha256sum --; "
+    "find . -type l -printf '%p -> %l\\n' | sort; } | sha256sum | cut -d' ' -f1"
+)
+
+
+def _container_script(plan: MigrationPlan, xml: str) -> str:
+    """Stream a stopped container's private area with tar into <path>/<UUID> on the target, compare
+    manifests of both trees, then define the container there."""
+    ve = plan.ve
+    assert ve is not None
+    _refuse_change_sid(plan)
+    if ve.private_area is None:
+        raise PermanentError("NoPrivateArea", f"container {ve.name} has no root file system directory to copy")
+    q = shlex.quote
+    private, directory = ve.private_area, _target_dir(plan, _copy_uuid(plan))
+    unpack_tar = 'tar -C "$1" --numeric-owner -xpf -'
+    unpack = ["sh", "-c", ("zstd -q -d -c | " if plan.spec.compression else "") + unpack_tar, "sh", directory]
+    pack = " | zstd -q -c -T0" if plan.spec.compression else ""
+    manifest = ["sh", "-c", 'cd "$1" && ' + _MANIFEST, "sh", directory]
+    lines = [
+        f"echo total $(du -sb -- {q(private)} | cut -f1)",
+        *_claim(plan, directory),
+        f"sum=$(cd {q(private)} && {_MANIFEST})",
+        f"tar -C {q(private)} --numeric-owner -cpf - . | dd bs=4M status=progress{pack} | {_on_target(plan, unpack)}",
+        f"remote=$({_on_target(plan, manifest)})",
+        f'[ "$sum" = "$remote" ] || {{ echo "error: the private area of" {q(ve.name)} "differs on the target" >&2; '
+        "exit 4; }",
+        f"echo done $(du -sb -- {q(private)} | cut -f1)",
+        *_define_on_target(plan, _target_xml(plan, xml, directory), "lxc:///system"),
+        _on_target(plan, ["rm", "-f", "--", _claim_marker(plan)]),
+    ]
+    return hostjob.script(lines)
+
+
+def _refuse_change_sid(plan: MigrationPlan) -> None:
+    if plan.spec.change_sid:
+        raise PermanentError(
+            "ChangeSidUnsupported",
+            "libvirt has no --changesid: run Sysprep in the clone instead, and migrate without changeSid",
+        )
 
 
 def _save_image(name: str) -> str:
@@ -780,6 +924,7 @@ def _host_status(facts: dict[str, Any], shell: str, paths: list[str], sent_ns: i
     offset_ms = None
     kernel = None
     tls = None
+    cpuid = None
     for line in shell.splitlines():
         word, _, rest = line.partition(" ")
         parts = rest.split()
@@ -798,6 +943,8 @@ def _host_status(facts: dict[str, Any], shell: str, paths: list[str], sent_ns: i
             kernel = parts[0]
         elif word == "tls" and parts:
             tls = parts[0] == "yes"
+        elif word == "cpuid" and parts:
+            cpuid = parts[0] == "yes"
     device = addr_dev.get(access.data_address)
     speed = speeds.get(device) if device else None
     return HostStatus(
@@ -811,6 +958,7 @@ def _host_status(facts: dict[str, Any], shell: str, paths: list[str], sent_ns: i
             link_speed_mbps=speed if speed and speed > 0 else None,
         ),
         time_offset_ms=offset_ms,
+        cpuid_override=cpuid,
         version=VersionFacts(
             product=f"libvirt {_dotted(facts['lib_version'])}",
             hypervisor=f"{facts['hypervisor']} {_dotted(facts['hv_version'])}",

@@ -20,13 +20,16 @@ LABELS = {"app.kubernetes.io/part-of": "vemigrate-lab"}
 # With prlctl=True every lab host is published a second time, as "<host>-vz" with driver prlctl: the
 # same machine, driven through the prlctl/prlsrvctl STAND-IN installed on it (prlctl_standin.py).
 PRLCTL_SUFFIX = "-vz"
+# With containers=True every lab host is also published as "<host>-ct": the same machine's libvirtd
+# through its LXC driver (lxc+ssh://), which runs the lab's containers.
+CONTAINER_SUFFIX = "-ct"
 
 
 def prlctl_name(host: str) -> str:
     return f"{host}{PRLCTL_SUFFIX}"
 
 
-def objects(info: LabInfo, namespace: str, *, prlctl: bool = False) -> list[dict[str, Any]]:
+def objects(info: LabInfo, namespace: str, *, prlctl: bool = False, containers: bool = False) -> list[dict[str, Any]]:
     """Secrets first, then the hosts: the order they must be created in."""
     meta = {"namespace": namespace, "labels": dict(LABELS)}
     out: list[dict[str, Any]] = [
@@ -65,6 +68,15 @@ def objects(info: LabInfo, namespace: str, *, prlctl: bool = False) -> list[dict
             known_hosts_secret_ref=SecretKeyRef(name=KNOWN_HOSTS_SECRET, key=KNOWN_HOSTS_KEY),
         )
         out.append(HypervisorHost(metadata={"name": prlctl_name(h.name), **meta}, spec=spec).to_wire())
+    for h in info.hosts if containers else []:
+        spec = HostSpec(
+            address=h.address,
+            driver=Driver.LIBVIRT,
+            credentials_secret_ref=SecretKeyRef(name=KEY_SECRET, key=PRIVATE_KEY_KEY),
+            known_hosts_secret_ref=SecretKeyRef(name=KNOWN_HOSTS_SECRET, key=KNOWN_HOSTS_KEY),
+            libvirt_uri=f"lxc+ssh://root@{h.address}/system",
+        )
+        out.append(HypervisorHost(metadata={"name": h.name + CONTAINER_SUFFIX, **meta}, spec=spec).to_wire())
     return out
 
 
@@ -77,7 +89,9 @@ def write_manifests(info: LabInfo, namespace: str, path: Path, *, prlctl: bool =
     path.chmod(0o600)  # it holds the lab's private key
 
 
-def apply(info: LabInfo, namespace: str, kubeconfig: str, *, prlctl: bool = False) -> list[str]:
+def apply(
+    info: LabInfo, namespace: str, kubeconfig: str, *, prlctl: bool = False, containers: bool = False
+) -> list[str]:
     """Create or replace the Secrets and HypervisorHosts; returns what was applied, as kind/name."""
     from kubernetes import client, config
     from kubernetes.client.exceptions import ApiException
@@ -91,7 +105,7 @@ def apply(info: LabInfo, namespace: str, kubeconfig: str, *, prlctl: bool = Fals
     custom = client.CustomObjectsApi(api_client)
     done = []
     try:
-        for obj in objects(info, namespace, prlctl=prlctl):
+        for obj in objects(info, namespace, prlctl=prlctl, containers=containers):
             name = obj["metadata"]["name"]
             if obj["kind"] == "Secret":
                 try:
