@@ -203,3 +203,33 @@ def test_the_standin_refuses_what_prlctl_refuses(vz: LabInfo) -> None:
     for argv, code, message in cases:
         out = Lab.exec("lab1", argv, capture=True)
         assert (out.returncode, message in out.stderr) == (code, True), (argv, out.returncode, out.stderr)
+
+
+def test_offline_container_migration_renames_the_source_migrated(
+    vz: LabInfo, migrations: Migrations, lxc: None
+) -> None:
+    """The seed's default for containers: private area and config renamed `.migrated` on the source."""
+    name = "vzct1"
+    ct = Lab.create_ct("lab1", name, running=False)
+    lxc_uri = "lxc:///system"
+    try:
+        migrations.create(name, _spec(name))
+        status = migrations.wait_phase(name, "Succeeded", "Failed", timeout=180)["status"]
+        assert status["phase"] == "Succeeded", status
+        assert status["result"]["sourceDisposition"] == "RenamedMigrated"
+        uuid = ct.uuid  # a container keeps its UUID
+        on_target = Lab.exec("lab2", ["virsh", "-c", lxc_uri, "dumpxml", name], capture=True)
+        assert on_target.returncode == 0, on_target.stderr
+        private = f"/var/lib/libvirt/images/private/{uuid}"
+        assert f"<source dir='{private}'/>" in on_target.stdout
+        assert Lab.exec("lab2", ["test", "-x", f"{private}/sbin/vemigrate-init"]).returncode == 0, "the files came"
+        assert Lab.exec("lab1", ["virsh", "-c", lxc_uri, "dominfo", name], capture=True).returncode != 0
+        assert Lab.exec("lab1", ["test", "-d", f"{ct.private}.migrated"]).returncode == 0, "private area renamed"
+        assert Lab.exec("lab1", ["test", "-f", f"/etc/libvirt/lxc/{name}.xml.migrated"]).returncode == 0
+    finally:
+        for host in ("lab1", "lab2"):
+            Lab.exec(host, ["virsh", "-c", lxc_uri, "undefine", name], capture=True)
+        Lab.exec("lab2", ["sh", "-c", "rm -rf /var/lib/libvirt/images/private/*-*-*-*-*"])
+        Lab.exec(
+            "lab1", ["rm", "-rf", "--", ct.private, f"{ct.private}.migrated", f"/etc/libvirt/lxc/{name}.xml.migrated"]
+        )
