@@ -34,6 +34,14 @@ def _scraped_twice(prometheus: PrometheusServer, series: str) -> None:
     prometheus.wait(f"two samples of {series}", lambda: prometheus.query(f"count_over_time({series}[1m]) >= 2"), 30)
 
 
+def _counted(operator: OperatorProcess, expected: float, name: str, **labels: str) -> None:
+    """The operator counts a pass's outcome right after writing its status (and Events): wait for it."""
+    deadline = time.monotonic() + 10
+    while operator.metric(name, **labels) != expected and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert operator.metric(name, **labels) == expected, f"{name}{labels}"
+
+
 def _firing(prometheus: PrometheusServer, name: str, timeout: float) -> dict[str, Any]:
     def firing() -> dict[str, Any] | None:
         return next((a for a in prometheus.alerts(name) if a["state"] == "firing"), None)
@@ -63,7 +71,7 @@ def test_a_failed_migration_fires_the_failure_alert(
     status = migrations.wait_phase(name, "Failed", "Succeeded", timeout=180)["status"]
     failed_at = time.monotonic()
     assert status["phase"] == "Failed" and status["failure"]["reason"] == "PreflightFailed", status
-    assert operator.metric("vemigrate_migrations_total", result="Failed") == failed_before + 1
+    _counted(operator, failed_before + 1, "vemigrate_migrations_total", result="Failed")
 
     alert = _firing(prometheus, "VemigrateMigrationFailed", timeout=60)
     fired_after = time.monotonic() - failed_at
@@ -82,3 +90,41 @@ def test_a_failed_migration_fires_the_failure_alert(
     # A pre-flight failure is no stall, and the operator is neither down nor stuck.
     for quiet in ("VemigrateMigrationStalled", "VemigrateOperatorDown", "VemigrateOperatorNotReconciling"):
         assert prometheus.alerts(quiet) == [], quiet
+
+
+def test_a_stalled_migration_fires_the_stall_alert(
+    hosts: LabInfo,
+    migrations: Migrations,
+    operator: OperatorProcess,
+    prometheus: PrometheusServer,
+    vm_cleanup: Cleanup,
+) -> None:
+    _operator_up(prometheus, operator)
+    _scraped_twice(prometheus, 'vemigrate_migration_timeouts_total{reason="ProgressTimeout"}')
+    stalls = operator.metric("vemigrate_migration_timeouts_total", reason="ProgressTimeout")
+
+    # A live migration at 1 MiB/s, then the target's link cut: no byte moves for progressSeconds.
+    name = vm_cleanup("prom-stall1")
+    Lab.create_vm("lab1", name, state=VMState.RUNNING)
+    spec = {"source": {"host": "lab1", "name": name}, "target": {"host": "lab2"}, "tunnel": False}
+    migrations.create(name, {**spec, "bandwidthMiBps": 1, "timeouts": {"progressSeconds": 10}})
+    migrations.wait(
+        name,
+        lambda b: ((b.get("status") or {}).get("progress") or {}).get("bytesProcessed", 0) > 0,
+        timeout=120,
+    )
+    Lab.link("lab2", False)
+    try:
+        migrations.wait(
+            name, lambda b: ((b.get("status") or {}).get("failure") or {}).get("reason") == "ProgressTimeout"
+        )
+    finally:
+        Lab.link("lab2", True)
+    _counted(operator, stalls + 1, "vemigrate_migration_timeouts_total", reason="ProgressTimeout")
+
+    alert = _firing(prometheus, "VemigrateMigrationStalled", timeout=60)
+    assert alert["labels"]["severity"] == "warning"
+    assert alert["annotations"]["runbook_url"] == "docs/runbooks/VemigrateMigrationStalled.md"
+    status = migrations.wait_phase(name, "Failed", timeout=180)["status"]
+    assert status["failure"]["reason"] == "ProgressTimeout"
+    _firing(prometheus, "VemigrateMigrationFailed", timeout=60)  # no retry: the stall ended it
