@@ -3,13 +3,13 @@ VENV ?= $(CURDIR)/.venv
 BIN := $(VENV)/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup lint test unit demo
+.PHONY: setup lint test unit demo bench
 setup:
 	@VENV=$(VENV) tools/setup.sh
 
 lint: setup
-	ruff check operator tests
-	ruff format --check operator tests
+	ruff check operator tests benchmarks
+	ruff format --check operator tests benchmarks
 	mypy
 	lint-imports
 	vemigrate crds --check --also charts/ve-migrate/crds
@@ -25,3 +25,8 @@ unit: setup
 # the operator, and one live migration of a running guest, shown phase by phase.
 demo: setup
 	vemigrate demo
+
+# Performance figures of this machine (benchmarks/): the table is printed and written into
+# docs/performance.md. Not part of `make test` or CI. QUICK=1: one repetition each, smaller inputs.
+bench: setup
+	python -m benchmarks $(if $(QUICK),--quick)

@@ -1,0 +1,132 @@
+"""`python -m benchmarks [--quick] [--only PART,...]`: run the benchmarks, print the table, write it into
+docs/performance.md (between its generated-block markers). `make bench` runs the full set (about
+20-30 minutes here), `make bench QUICK=1` one repetition of each on smaller inputs."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from benchmarks import fleet, harness, live, machine, offline, report
+from benchmarks.harness import say
+from vemigrate.devenv.controlplane_accounts import api_client
+from vemigrate.devenv.lab import kube as lab_kube
+
+PARTS = ("live", "sweep", "offline", "fleet")
+DOC = harness.REPO / "docs" / "performance.md"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much of everything one run measures."""
+
+    live_pairs: int
+    dirty_mib: int
+    sweep_rates: tuple[int, ...]
+    sweep_repetitions: int
+    offline_mib: int
+    offline_repetitions: int
+    shaped_rate: str
+    fleet_objects: int
+    queue_objects: int
+    queue_job_seconds: float
+
+
+FULL = Sizes(5, 16, (0, 16, 64), 3, 256, 3, "400mbit", 1000, 24, 3.0)
+QUICK = Sizes(1, 16, (0, 32), 1, 64, 1, "400mbit", 100, 12, 2.0)
+
+
+def _commit() -> str:
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=harness.REPO)
+    return done.stdout.strip() or "unknown"
+
+
+def run(args: argparse.Namespace) -> int:
+    sizes = QUICK if args.quick else FULL
+    parts = [p for p in args.only.split(",") if p] if args.only else list(PARTS)
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        raise SystemExit(f"unknown part(s): {', '.join(sorted(unknown))} (known: {', '.join(PARTS)})")
+    started = time.monotonic()
+    load_before = machine.loadavg()
+    tables: list[report.Table] = []
+    logs = Path(tempfile.mkdtemp(prefix="vemigrate-bench-"))
+    say(f"logs in {logs}")
+    lab_parts = {"live", "sweep", "offline"} & set(parts)
+    with contextlib.ExitStack() as stack:
+        # The lab first: waiting for it (other test runs hold it) should not keep a control plane idle.
+        lab = stack.enter_context(harness.lab(hosts=2)) if lab_parts else None
+        plane = stack.enter_context(harness.control_plane())
+        api = api_client(plane.kubeconfig)
+        stack.callback(api.close)
+        if "fleet" in parts:
+            result = fleet.many_dry_runs(plane, api, logs, sizes.fleet_objects)
+            tables += [result.table, result.requests]
+            tables.append(fleet.fairness(plane, api, logs, sizes.queue_objects, sizes.queue_job_seconds))
+        if lab is not None:
+            namespace = harness.new_namespace(api, "bench")
+            lab_kube.apply(lab, namespace, str(plane.kubeconfig))
+            migrations = harness.Migrations(plane, namespace)
+            stack.callback(migrations.close)
+            op = stack.enter_context(harness.operator(plane, namespace, logs / "operator.log"))
+            if "live" in parts:
+                guests = [
+                    live.make_guest("lab1", "bench-idle", 0),
+                    live.make_guest("lab1", "bench-dirty", sizes.dirty_mib),
+                ]
+                try:
+                    tables += list(live.versus(lab, migrations, op, guests, sizes.live_pairs))
+                finally:
+                    for guest in guests:
+                        live.remove_guest(guest)
+            if "sweep" in parts:
+                guests = [live.make_guest("lab1", f"bench-d{rate}", rate) for rate in sizes.sweep_rates]
+                try:
+                    tables.append(live.sweep(lab, guests, sizes.sweep_repetitions))
+                finally:
+                    for guest in guests:
+                        live.remove_guest(guest)
+            if "offline" in parts:
+                tables.append(
+                    offline.compare(
+                        lab, migrations, op, sizes.offline_mib, sizes.offline_repetitions, sizes.shaped_rate
+                    )
+                )
+    accel = lab.accel if lab is not None else None
+    header = [
+        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC at commit `{_commit()}` by "
+        f"`{'make bench QUICK=1' if args.quick else 'make bench'}` ({', '.join(parts)}; "
+        f"{time.monotonic() - started:.0f} s).",
+        *machine.describe(accel),
+        f"Load average (1/5/15 min) at the start: {load_before}; at the end: {machine.loadavg()} "
+        "(other work on this machine shares its 2 cores).",
+    ]
+    block = report.document(header, tables)
+    print()
+    print(block)
+    if args.write:
+        existing = DOC.read_text() if DOC.exists() else ""
+        DOC.write_text(report.splice(existing, block))
+        say(f"wrote {DOC.relative_to(harness.REPO)}")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="one repetition of each, smaller inputs")
+    parser.add_argument("--only", default="", help=f"comma-separated parts to run (default all: {','.join(PARTS)})")
+    parser.add_argument(
+        "--write", action=argparse.BooleanOptionalAction, default=True, help="write docs/performance.md"
+    )
+    return run(parser.parse_args())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,267 @@
+"""Live migration: through the operator against `virsh migrate` run by hand with the very same flags
+(the operator's own `live_argv()`), on the same lab guest, in alternating order; and downtime against
+the guest's dirty rate with the tuning options (maxDowntimeMs, autoConverge, postCopy).
+
+Each measured migration moves the guest to the other host, so the next one moves it back: no
+untimed migration sits between two measured ones, and both directions are measured alike.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from benchmarks import report, stats
+from benchmarks.harness import Migrations, Operator, say
+from vemigrate.api.host import VEKind
+from vemigrate.api.migration import MigrationSpec, Mode
+from vemigrate.core.access import HostAccess
+from vemigrate.core.observation import VEFacts, VEState
+from vemigrate.devenv.lab import Lab, LabInfo, VMState
+from vemigrate.drivers.libvirt import completed_stats, live_argv
+from vemigrate.drivers.protocol import MigrationPlan
+
+_ELAPSED = re.compile(r"Time elapsed:\s+(\d+)\s*ms")
+_NS = re.compile(r"^elapsed_ns=(\d+)$", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Guest:
+    name: str
+    uuid: str
+    disk: str  # path inside the hosts (the same on both: --copy-storage-all keeps it)
+    dirty_mib: int
+
+
+@dataclass(frozen=True)
+class Run:
+    """One measured migration."""
+
+    total_s: float  # what the user waits: `virsh migrate`'s wall time, or create-to-Succeeded
+    downtime_ms: float
+    libvirt_s: float  # libvirt's own `Time elapsed` of the migration job
+    phases: dict[str, float]  # operator runs: seconds spent in each phase
+
+
+def make_guest(host: str, name: str, dirty_mib: int) -> Guest:
+    for h in ("lab1", "lab2"):
+        Lab.remove_vm(h, name)
+    vm = Lab.create_vm(host, name, state=VMState.RUNNING, dirty_mib=dirty_mib)
+    return Guest(name, vm.uuid, vm.disk, dirty_mib)
+
+
+def remove_guest(guest: Guest) -> None:
+    for h in ("lab1", "lab2"):
+        Lab.remove_vm(h, guest.name)
+
+
+def _access(lab: LabInfo, host: str, namespace: str) -> HostAccess:
+    h = lab.host(host)
+    return HostAccess(name=host, namespace=namespace, address=h.address, migration_address=h.address)
+
+
+def plan_for(lab: LabInfo, guest: Guest, src: str, dst: str, spec: dict[str, Any]) -> MigrationPlan:
+    """The plan the operator would hand its driver for this migration."""
+    full = MigrationSpec.model_validate({"source": {"host": src, "name": guest.name}, "target": {"host": dst}, **spec})
+    ve = VEFacts(name=guest.name, uuid=guest.uuid, type=VEKind.VM, state=VEState.RUNNING, disk_paths=(guest.disk,))
+    return MigrationPlan(
+        uid=str(uuid.uuid4()),
+        spec=full,
+        mode=Mode.LIVE,
+        ve=ve,
+        source=_access(lab, src, "bench"),
+        target=_access(lab, dst, "bench"),
+    )
+
+
+def _sh(host: str, script: str, *args: str) -> str:
+    done = Lab.exec(host, ["sh", "-c", script, "sh", *args], capture=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"on {host}: {script[:80]}... exited {done.returncode}: {done.stderr.strip()[-400:]}")
+    return done.stdout
+
+
+def _completed(host: str, guest: Guest) -> tuple[float, float]:
+    """(downtime ms, libvirt's elapsed s) of the last migration job, kept by the target's libvirtd."""
+    text = _sh(host, 'virsh -c qemu:///system domjobinfo --completed "$1"', guest.uuid)
+    job = completed_stats(text, "")
+    elapsed = _ELAPSED.search(text)
+    return float(job.downtime_ms or 0), (int(elapsed.group(1)) / 1000 if elapsed else 0.0)
+
+
+def _forget_source(host: str, guest: Guest) -> None:
+    """What the operator's Finalizing does after a direct run: the shut-off source and its disk go."""
+    _sh(host, 'virsh -c qemu:///system undefine "$1" >/dev/null 2>&1; rm -f -- "$2"', guest.uuid, guest.disk)
+
+
+def direct(lab: LabInfo, guest: Guest, src: str, dst: str, spec: dict[str, Any]) -> Run:
+    """`virsh migrate` by hand on the source host, with the operator's own flags; timed on the host."""
+    plan = plan_for(lab, guest, src, dst, spec)
+    argv = live_argv(plan, copy_disks=True)
+    lines = []
+    if plan.spec.max_downtime_ms:
+        lines.append(f"virsh -c qemu:///system migrate-setmaxdowntime {guest.uuid} {plan.spec.max_downtime_ms}")
+    command = " ".join(_quote(a) for a in argv)
+    if plan.spec.post_copy:
+        # What ForceComplete does with postCopy: switch to post-copy once the first pass is under way.
+        switch = f"virsh -c qemu:///system migrate-postcopy {guest.uuid} 2>/dev/null"
+        command = f"{command} & pid=$!; sleep 1; {switch}; wait $pid"
+    lines.append(f"s=$(date +%s%N); {command} >/dev/null; rc=$?; e=$(date +%s%N)")
+    lines.append('echo "elapsed_ns=$((e - s))"; exit $rc')
+    out = _sh(src, "\n".join(lines))
+    match = _NS.search(out)
+    total = int(match.group(1)) / 1e9 if match else 0.0
+    downtime, elapsed = _completed(dst, guest)
+    _forget_source(src, guest)
+    return Run(total, downtime, elapsed, {})
+
+
+def _quote(word: str) -> str:
+    return word if re.fullmatch(r"[A-Za-z0-9_./:=@+-]+", word) else "'" + word.replace("'", "'\\''") + "'"
+
+
+def _phase_seconds(status: dict[str, Any]) -> dict[str, float]:
+    times = [(t["phase"], datetime.fromisoformat(t["time"])) for t in status.get("phaseTransitions", [])]
+    return {phase: (later - at).total_seconds() for (phase, at), (_, later) in itertools.pairwise(times)}
+
+
+def through_operator(
+    lab: LabInfo, migrations: Migrations, op: Operator, guest: Guest, src: str, dst: str, spec: dict[str, Any]
+) -> Run:
+    """The same migration as a VirtualEnvironmentMigration: from the create call until this client
+    sees Succeeded (polling every 50 ms)."""
+    name = f"{guest.name}-{uuid.uuid4().hex[:6]}"
+    full = {"source": {"host": src, "name": guest.name}, "target": {"host": dst}, "mode": "Live", **spec}
+    wall, start = time.time(), time.monotonic()
+    migrations.create(name, full)
+    body, seen = migrations.wait_final(name, alive=op.alive)
+    status = body["status"]
+    if status["phase"] != "Succeeded":
+        raise RuntimeError(f"operator migration {name} ended {status['phase']}: {status.get('failure')}")
+    _, elapsed = _completed(dst, guest)
+    migrations.delete(name)
+    phases = _phase_seconds(status)
+    validating = status["phaseTransitions"][0]
+    phases["Pending"] = datetime.fromisoformat(validating["time"]).timestamp() - wall
+    return Run(seen - start, float(status.get("downtimeMs") or 0), elapsed, phases)
+
+
+def versus(
+    lab: LabInfo, migrations: Migrations, op: Operator, guests: list[Guest], repetitions: int
+) -> tuple[report.Table, report.Table]:
+    """Operator vs direct on each guest, alternating which goes first; ratios of paired runs."""
+    table = report.Table(
+        "Live migration: operator vs `virsh migrate` with the same flags",
+        [
+            "guest",
+            "pairs",
+            "direct total (median)",
+            "operator total (median)",
+            "total ratio (median of pairs)",
+            "libvirt job ratio",
+            "direct downtime",
+            "operator downtime",
+            "downtime ratio",
+        ],
+    )
+    phases = report.Table(
+        "Where the operator's time goes (medians, seconds)",
+        ["guest", "create→Validating", "Validating", "Transferring+Switchover", "Finalizing", "libvirt job (direct)"],
+    )
+    for guest in guests:
+        where = "lab1"
+        runs: dict[str, list[Run]] = {"direct": [], "operator": []}
+        for first, second in stats.alternating(repetitions, "direct", "operator"):
+            for who in (first, second):
+                other = "lab2" if where == "lab1" else "lab1"
+                say(f"live {guest.name}: {who} {where} -> {other}")
+                if who == "direct":
+                    run = direct(lab, guest, where, other, {})
+                else:
+                    run = through_operator(lab, migrations, op, guest, where, other, {})
+                runs[who].append(run)
+                where = other
+        d, o = runs["direct"], runs["operator"]
+        total = stats.paired_ratios([r.total_s for r in o], [r.total_s for r in d])
+        job = stats.paired_ratios([r.libvirt_s for r in o], [r.libvirt_s for r in d])
+        down_d = stats.median([r.downtime_ms for r in d])
+        down_o = stats.median([r.downtime_ms for r in o])
+        table.add(
+            f"{guest.name} ({guest.dirty_mib} MiB/s dirtied)",
+            len(d),
+            report.seconds(stats.median([r.total_s for r in d])),
+            report.seconds(stats.median([r.total_s for r in o])),
+            report.ratio(stats.median(total)),
+            report.ratio(stats.median(job)) if job else "n/a",
+            report.ms(down_d),
+            report.ms(down_o),
+            report.ratio(stats.median(stats.paired_ratios([r.downtime_ms for r in o], [r.downtime_ms for r in d])))
+            if all(r.downtime_ms > 0 for r in d)
+            else "n/a",
+        )
+        phases.add(
+            guest.name,
+            *(f"{stats.median([r.phases.get(p, 0.0) for r in o]):.2f}" for p in ("Pending", "Validating")),
+            f"{stats.median([r.phases.get('Transferring', 0.0) + r.phases.get('Switchover', 0.0) for r in o]):.2f}",
+            f"{stats.median([r.phases.get('Finalizing', 0.0) for r in o]):.2f}",
+            f"{stats.median([r.libvirt_s for r in d]):.2f}",
+        )
+    table.notes += [
+        "total: direct = wall time of `virsh migrate` on the source host; operator = from the create call "
+        "until a client polling every 50 ms sees `Succeeded` (pre-flight checks, job start, switchover, "
+        "source removal included).",
+        "libvirt job: libvirt's own `Time elapsed` of the migration (`virsh domjobinfo --completed` on "
+        "the target), the part both paths share.",
+        "downtime: `domjobinfo --completed` on the target for the direct run, `status.downtimeMs` (the "
+        "same libvirt figure, read by the operator's job) for the operator run.",
+    ]
+    phases.notes.append(
+        "From `status.phaseTransitions`; create→Validating is the time in Pending (the operator's reaction)."
+    )
+    return table, phases
+
+
+TUNINGS: list[tuple[str, dict[str, Any]]] = [
+    ("defaults", {}),
+    ("maxDowntimeMs: 50", {"maxDowntimeMs": 50}),
+    ("maxDowntimeMs: 1000", {"maxDowntimeMs": 1000}),
+    ("autoConverge", {"autoConverge": True}),
+    ("postCopy (switched after 1 s)", {"postCopy": True}),
+]
+
+
+def sweep(lab: LabInfo, guests: list[Guest], repetitions: int, log: Callable[[str], None] = say) -> report.Table:
+    """Downtime and total time against the dirty rate, for each tuning option; `virsh migrate` with the
+    operator's flags for that spec, so only the option differs between rows."""
+    table = report.Table(
+        "Downtime vs dirty rate and tuning (direct `virsh migrate` with the operator's flags; medians)",
+        ["tuning", *(f"{g.dirty_mib} MiB/s: downtime / total" for g in guests)],
+    )
+    where = {g.name: "lab1" for g in guests}
+    for label, spec in TUNINGS:
+        cells = []
+        for guest in guests:
+            runs = []
+            for _ in range(repetitions):
+                src = where[guest.name]
+                dst = "lab2" if src == "lab1" else "lab1"
+                log(f"sweep {guest.name} {label}: {src} -> {dst}")
+                runs.append(direct(lab, guest, src, dst, spec))
+                where[guest.name] = dst
+            cells.append(
+                f"{report.ms(stats.median([r.downtime_ms for r in runs]))} / "
+                f"{report.seconds(stats.median([r.total_s for r in runs]))}"
+            )
+        table.add(label, *cells)
+    table.notes.append(
+        "Memory is dirtied by the guest's own loop (`vemigrate.dirty_mib`: N MiB of a 32 MiB working set "
+        "rewritten each second, as fast as the emulated CPU manages). All runs: `--live --p2p "
+        "--persistent --tls --copy-storage-all --compressed` plus the option."
+    )
+    return table
