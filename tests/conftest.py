@@ -1,5 +1,6 @@
 """Test tiers are markers, applied by directory: tests/unit (pure), tests/cluster (real apiserver),
-tests/lab (real lab hosts). Fixtures for the real parts live in tests/fixtures/."""
+tests/lab (real lab hosts), tests/faults (faults injected on the lab hosts). Fixtures for the real
+parts live in tests/fixtures/."""
 
 from __future__ import annotations
 
@@ -14,12 +15,14 @@ pytest_plugins = [
     "tests.fixtures.prometheus",
 ]
 
-_TIERS = ("unit", "cluster", "lab")
+# Directory -> markers. The fault suite runs on the lab hosts, so it is part of the lab tier too.
+_TIERS = {"unit": ("unit",), "cluster": ("cluster",), "lab": ("lab",), "faults": ("lab", "faults")}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         parts = Path(str(item.fspath)).parts
-        for tier in _TIERS:
-            if tier in parts:
-                item.add_marker(getattr(pytest.mark, tier))
+        for directory, markers in _TIERS.items():
+            if directory in parts:
+                for marker in markers:
+                    item.add_marker(getattr(pytest.mark, marker))

@@ -286,6 +286,11 @@ async def migration_pass(
     new = decision.status
     if new.driver is None and plan is not None:
         new.driver = plan.source.driver
+    if new.phase.final and plan is not None and (stored is None or not stored.phase.final):
+        # The job's files on the source have served their purpose. Removed before the final status is
+        # written: once it is, no pass comes back here (an operator killed in between would leave them).
+        with contextlib.suppress(DriverError):
+            await world.driver(plan.source).forget_job(plan)
     if new != stored:
         await status.patch_migration_status(world.kube, namespace, name, new)
     for event in decision.events:
@@ -293,10 +298,6 @@ async def migration_pass(
     metrics.record_pass(meta["uid"], stored, new, spec.not_before)
     if new.phase.final:
         world.admitted.pop(meta["uid"], None)
-        if plan is not None and (stored is None or not stored.phase.final):
-            # The outcome is in the status now; the job's files on the source have served their purpose.
-            with contextlib.suppress(DriverError):
-                await world.driver(plan.source).forget_job(plan)
     return decision
 
 

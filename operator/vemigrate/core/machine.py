@@ -268,8 +268,9 @@ def resolve_mode(requested: Mode, ve: VEFacts) -> Mode:
 
 def _validating(step: _Pass) -> None:
     spec, obs, status, now = step.spec, step.obs, step.status, step.now
-    if obs.job is not None and obs.job.state != JobState.NONE:
+    if obs.job is not None and obs.job.state != JobState.NONE and not spec.dry_run:
         # A job of ours already exists: the operator died after starting it. Adopt, never start another.
+        # (A dry run never starts one, so whatever job is found, it moves nothing.)
         step.goto(Phase.TRANSFERRING, "Found this migration's job already running; re-attached")
         _transferring(step)
         return

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from vemigrate.devenv import controlplane_kubeconfig as kubeconfig
@@ -129,6 +129,29 @@ def _stop(pid: int, binary: Path, log: Log, name: str) -> bool:
     while _alive(pid, binary):
         time.sleep(0.1)
     return True
+
+
+def _apiserver_argv(binaries: Binaries, keys: pki.Pki, etcd_url: str, port: int) -> list[str]:
+    return [
+        str(binaries.kube_apiserver),
+        f"--etcd-servers={etcd_url}",
+        "--bind-address=127.0.0.1",
+        "--advertise-address=127.0.0.1",
+        # The `kubernetes` Service's endpoint may not be loopback; nothing in-cluster needs it.
+        "--endpoint-reconciler-type=none",
+        f"--secure-port={port}",
+        f"--tls-cert-file={keys.serving_cert}",
+        f"--tls-private-key-file={keys.serving_key}",
+        f"--client-ca-file={keys.ca_cert}",
+        "--authorization-mode=RBAC",
+        "--anonymous-auth=false",
+        "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+        f"--service-account-key-file={keys.service_account_public_key}",
+        f"--service-account-signing-key-file={keys.service_account_key}",
+        "--service-cluster-ip-range=10.0.0.0/24",
+        "--allow-privileged=true",
+        "--profiling=false",
+    ]
 
 
 class ControlPlane:
@@ -239,6 +262,25 @@ class ControlPlane:
         with self._locked():
             return self._clean(reason=None)
 
+    def restart_apiserver(self) -> ControlPlaneInfo:
+        """Stop kube-apiserver and start it again on the same port and etcd (what an upgrade or a
+        crashed control-plane node does to clients); etcd and its data stay."""
+        with self._locked():
+            state = self._read_state()
+            if state is None:
+                raise RuntimeError(f"no control plane in {self.state_dir}")
+            binaries = Binaries(state.version, Path(state.binaries))
+            _stop(state.apiserver_pid, binaries.kube_apiserver, self.log, "kube-apiserver")
+            etcd_url = f"http://127.0.0.1:{state.etcd_client_port}"
+            self.log(f"starting kube-apiserver {state.version} again on port {state.apiserver_port}")
+            apiserver = self._spawn(
+                "kube-apiserver", _apiserver_argv(binaries, self._pki, etcd_url, state.apiserver_port)
+            )
+            state = replace(state, apiserver_pid=apiserver.pid)
+            self._state_file.write_text(json.dumps(asdict(state), indent=2) + "\n")
+            self._wait_ready(state, self._pki)
+            return self._info(state)
+
     def _clean(self, reason: str | None) -> bool:
         """Stop any process named in the state file and remove everything a run wrote."""
         state = self._read_state()
@@ -299,29 +341,7 @@ class ControlPlane:
         )
         server = f"https://127.0.0.1:{apiserver_port}"
         self.log(f"starting kube-apiserver {binaries.version} on {server}")
-        apiserver = self._spawn(
-            "kube-apiserver",
-            [
-                str(binaries.kube_apiserver),
-                f"--etcd-servers={etcd_url}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
-                # The `kubernetes` Service's endpoint may not be loopback; nothing in-cluster needs it.
-                "--endpoint-reconciler-type=none",
-                f"--secure-port={apiserver_port}",
-                f"--tls-cert-file={keys.serving_cert}",
-                f"--tls-private-key-file={keys.serving_key}",
-                f"--client-ca-file={keys.ca_cert}",
-                "--authorization-mode=RBAC",
-                "--anonymous-auth=false",
-                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-                f"--service-account-key-file={keys.service_account_public_key}",
-                f"--service-account-signing-key-file={keys.service_account_key}",
-                "--service-cluster-ip-range=10.0.0.0/24",
-                "--allow-privileged=true",
-                "--profiling=false",
-            ],
-        )
+        apiserver = self._spawn("kube-apiserver", _apiserver_argv(binaries, keys, etcd_url, apiserver_port))
         state = _State(
             version=binaries.version,
             binaries=str(binaries.directory),

@@ -1,0 +1,141 @@
+"""DESIGN.md's invariants, checked from outside the operator after a run: libvirt and the files on
+both lab hosts, the object's status, and the operator's metrics."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import libvirt
+
+from vemigrate.devenv.lab import Lab, LabInfo
+from vemigrate.devenv.lab.vm import VMInfo
+
+FINAL = ("Succeeded", "Failed", "Cancelled")
+JOBS_DIR = "/var/lib/libvirt/vemigrate/jobs"
+POOL = "/var/lib/libvirt/images"
+
+
+@dataclass
+class Outcome:
+    scenario: str
+    phase: str
+    reason: str
+    lost: bool  # no complete copy of the VE on any host
+    duplicate: bool  # more than one copy running
+    down: bool  # the VE ran before the migration and runs nowhere now
+    leftovers: list[str] = field(default_factory=list)
+    counted: bool = True  # the operator's metrics counted the outcome
+    note: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.phase in FINAL
+            and bool(self.reason)
+            and not (self.lost or self.duplicate or self.down or self.leftovers)
+            and self.counted
+        )
+
+    def explain(self) -> str:
+        return (
+            f"{self.scenario}: phase {self.phase} ({self.reason or 'no reason'}), lost={self.lost}, "
+            f"duplicate={self.duplicate}, down={self.down}, leftovers={self.leftovers}, counted={self.counted}"
+            + (f"; {self.note}" if self.note else "")
+        )
+
+
+def _exists(host: str, path: str) -> bool:
+    return Lab.exec(host, ["test", "-e", path]).returncode == 0
+
+
+def md5(host: str, path: str) -> str:
+    out = Lab.exec(host, ["md5sum", path], capture=True)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split()[0]
+
+
+def _copy(lab: LabInfo, host: str, uuid: str) -> tuple[bool, bool, list[str]] | None:
+    """(complete: every disk file there, running, disk paths) of the domain with this UUID, or None."""
+    conn = lab.host(host).connect()
+    try:
+        try:
+            dom = conn.lookupByUUIDString(uuid)
+        except libvirt.libvirtError:
+            return None
+        disks = [str(s.get("file")) for s in ET.fromstring(dom.XMLDesc(0)).findall("./devices/disk/source[@file]")]
+        running = dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING  # a paused copy runs nothing
+        return all(_exists(host, d) for d in disks), running, disks
+    finally:
+        conn.close()
+
+
+def examine(
+    lab: LabInfo,
+    scenario: str,
+    vm: VMInfo,
+    body: dict[str, Any],
+    *,
+    was_running: bool,
+    source_md5: str | None = None,
+    counted: bool = True,
+    note: str = "",
+    foreign: tuple[str, ...] = (),
+) -> Outcome:
+    """Where the VE is now, and what this migration left behind, against what its phase claims.
+    `foreign`: files on the target that were there before (another VE's), never leftovers."""
+    status = body.get("status") or {}
+    phase = str(status.get("phase", ""))
+    conditions = {c["type"]: c for c in status.get("conditions", [])}
+    reason = (status.get("failure") or {}).get("reason") or conditions.get("Succeeded", {}).get("reason", "")
+    if phase not in FINAL:
+        reason = ""
+    source, target = _copy(lab, "lab1", vm.uuid), _copy(lab, "lab2", vm.uuid)
+    copies = [c for c in (source, target) if c is not None and c[0]]
+    runners = [c for c in (source, target) if c is not None and c[1]]
+    leftovers: list[str] = []
+    if phase == "Succeeded":
+        if source is not None:
+            leftovers.append("the source domain was not removed")
+    else:
+        if target is not None and source is not None:
+            leftovers.append("a domain on the target")
+        for path in (f"{POOL}/{vm.uuid}", vm.disk):
+            if path not in foreign and (target is None or path not in target[2]) and _exists("lab2", path):
+                leftovers.append(f"{path} on the target")
+        if source_md5 is not None and source is not None and md5("lab1", vm.disk) != source_md5:
+            leftovers.append("the source disk changed")
+    uid = body["metadata"]["uid"]
+    if phase in FINAL and _exists("lab1", f"{JOBS_DIR}/{uid}"):
+        leftovers.append("the job's files on the source")
+    return Outcome(
+        scenario=scenario,
+        phase=phase,
+        reason=str(reason),
+        lost=not copies,
+        duplicate=len(runners) > 1,
+        down=was_running and not runners,
+        leftovers=leftovers,
+        counted=counted,
+        note=note,
+    )
+
+
+def table(by_scenario: dict[str, list[Outcome]]) -> str:
+    rows = [
+        "| scenario | runs | VEs lost | duplicate runners | VE left down | leftovers | final phase: reason |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for scenario, outcomes in by_scenario.items():
+        finals = Counter(f"{o.phase or 'not final'}: {o.reason or '-'}" for o in outcomes)
+        leftovers = sum(1 for o in outcomes if o.leftovers)
+        notes = sorted({o.note for o in outcomes if o.note})
+        rows.append(
+            f"| {scenario}{' (' + '; '.join(notes) + ')' if notes else ''} | {len(outcomes)} "
+            f"| {sum(o.lost for o in outcomes)} | {sum(o.duplicate for o in outcomes)} "
+            f"| {sum(o.down for o in outcomes)} | {leftovers} "
+            f"| {', '.join(f'{k} (x{v})' if v > 1 else k for k, v in finals.items())} |"
+        )
+    return "\n".join(rows)
