@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks import fleet, harness, live, machine, offline, report
+from benchmarks import fleet, harness, live, machine, offline, profile, report, validating
 from benchmarks.harness import say
 from vemigrate.devenv.controlplane_accounts import api_client
 from vemigrate.devenv.lab import kube as lab_kube
@@ -28,6 +28,7 @@ class Sizes:
     """How much of everything one run measures."""
 
     live_pairs: int
+    validating_repetitions: int
     dirty_mib: int
     sweep_rates: tuple[int, ...]
     sweep_repetitions: int
@@ -39,8 +40,8 @@ class Sizes:
     queue_job_seconds: float
 
 
-FULL = Sizes(5, 16, (0, 16, 64), 3, 256, 3, "400mbit", 1000, 24, 3.0)
-QUICK = Sizes(1, 16, (0, 32), 1, 64, 1, "400mbit", 100, 12, 2.0)
+FULL = Sizes(5, 5, 16, (0, 16, 64), 3, 256, 3, "400mbit", 1000, 24, 3.0)
+QUICK = Sizes(1, 2, 16, (0, 32), 1, 64, 1, "400mbit", 100, 12, 2.0)
 
 
 def _commit() -> str:
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         api = api_client(plane.kubeconfig)
         stack.callback(api.close)
         if "fleet" in parts:
-            result = fleet.many_dry_runs(plane, api, logs, sizes.fleet_objects)
+            result = fleet.many_dry_runs(plane, api, logs, sizes.fleet_objects, profile=args.profile)
             tables += [result.table, result.requests]
             tables.append(fleet.fairness(plane, api, logs, sizes.queue_objects, sizes.queue_job_seconds))
         if lab is not None:
@@ -75,13 +76,15 @@ def run(args: argparse.Namespace) -> int:
             lab_kube.apply(lab, namespace, str(plane.kubeconfig))
             migrations = harness.Migrations(plane, namespace)
             stack.callback(migrations.close)
-            op = stack.enter_context(harness.operator(plane, namespace, logs / "operator.log"))
+            spy = logs / "operator.py-spy.txt" if args.profile else None
+            op = stack.enter_context(harness.operator(plane, namespace, logs / "operator.log", profile=spy))
             if "live" in parts:
                 guests = [
                     live.make_guest("lab1", "bench-idle", 0),
                     live.make_guest("lab1", "bench-dirty", sizes.dirty_mib),
                 ]
                 try:
+                    tables.append(validating.steps(lab, guests[0].name, sizes.validating_repetitions))
                     tables += list(live.versus(lab, migrations, op, guests, sizes.live_pairs))
                 finally:
                     for guest in guests:
@@ -108,6 +111,10 @@ def run(args: argparse.Namespace) -> int:
         f"Load average (1/5/15 min) at the start: {load_before}; at the end: {machine.loadavg()} "
         "(other work on this machine shares its 2 cores).",
     ]
+    for collapsed in sorted(logs.glob("*.py-spy.txt")) if args.profile else []:
+        print(f"\n{collapsed.name}: inclusive / own share of samples, vemigrate frames")
+        for h in profile.hot(collapsed.read_text(), top=25, only="vemigrate"):
+            print(f"  {h.inclusive:6.1%} {h.own:6.1%}  {h.function}")
     block = report.document(header, tables)
     print()
     print(block)
@@ -122,6 +129,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="one repetition of each, smaller inputs")
     parser.add_argument("--only", default="", help=f"comma-separated parts to run (default all: {','.join(PARTS)})")
+    parser.add_argument(
+        "--profile", action="store_true", help="record the operator with py-spy and print its hottest functions"
+    )
     parser.add_argument(
         "--write", action=argparse.BooleanOptionalAction, default=True, help="write docs/performance.md"
     )

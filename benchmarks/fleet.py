@@ -80,7 +80,7 @@ class FleetResult:
     requests: report.Table
 
 
-def many_dry_runs(plane: ControlPlaneInfo, api: Any, log_dir: Path, count: int) -> FleetResult:
+def many_dry_runs(plane: ControlPlaneInfo, api: Any, log_dir: Path, count: int, profile: bool = False) -> FleetResult:
     """`count` dry-run migrations created back to back on 20 simulated host pairs (limits high enough
     that none queues): the operator's reaction time and cost per object."""
     namespace = new_namespace(api, "bench-fleet")
@@ -88,7 +88,8 @@ def many_dry_runs(plane: ControlPlaneInfo, api: Any, log_dir: Path, count: int) 
     _hosts(api, namespace, pairs, pairs, 64, 64)
     migrations = Migrations(plane, namespace)
     module = "benchmarks.simulated"
-    op = Operator(plane.kubeconfig, log_dir / "operator-fleet.log", namespace, module=module)
+    spy = log_dir / "operator-fleet.py-spy.txt" if profile else None
+    op = Operator(plane.kubeconfig, log_dir / "operator-fleet.log", namespace, module=module, profile=spy)
     op.start()
     try:
         time.sleep(5)  # the host probes at start-up are not part of the per-migration cost

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import ssl
 import subprocess
 import sys
@@ -67,17 +68,20 @@ def lab(hosts: int = 2) -> Iterator[LabInfo]:
 
 @contextlib.contextmanager
 def control_plane() -> Iterator[ControlPlaneInfo]:
-    """A kube-apiserver and etcd of the benchmark's own (no test's objects or clients in its counters);
-    stopped at the end unless it was already running."""
-    plane = ControlPlane(cache_root() / "controlplane-bench", log=lambda m: say(f"control plane: {m}"))
-    before = plane.status()
+    """A kube-apiserver and etcd of this benchmark run's own (no test's objects or clients in its
+    counters), stopped at the end; those of earlier runs that died are stopped first."""
+    runs = cache_root() / "controlplane-bench"
+    for directory in runs.iterdir() if runs.is_dir() else []:
+        if directory.name.isdigit() and not Path(f"/proc/{directory.name}").exists():
+            ControlPlane(directory, log=lambda m: None).down()
+            shutil.rmtree(directory, ignore_errors=True)
+    plane = ControlPlane(runs / str(os.getpid()), log=lambda m: say(f"control plane: {m}"))
     info = plane.ensure_up()
     try:
         yield info
     finally:
-        if before is None:
-            plane.down()
-            shutil.rmtree(plane.state_dir, ignore_errors=True)
+        plane.down()
+        shutil.rmtree(plane.state_dir, ignore_errors=True)
 
 
 def new_namespace(api: Any, prefix: str) -> str:
@@ -97,7 +101,9 @@ class Operator:
     module: str = "vemigrate"
     extra: Sequence[str] = ()
     env: dict[str, str] = field(default_factory=dict)
+    profile: Path | None = None  # py-spy's collapsed stacks of the whole run go here
     proc: subprocess.Popen[bytes] | None = None
+    spy: subprocess.Popen[bytes] | None = None
     ports: list[int] = field(default_factory=lambda: free_ports(2))
 
     def start(self) -> None:
@@ -114,10 +120,17 @@ class Operator:
                 raise RuntimeError(f"the operator exited at start; see {self.log}")
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{health}/healthz", timeout=2):
-                    return
+                    break
             except OSError:
                 time.sleep(0.2)
-        raise RuntimeError(f"the operator did not become healthy in 60 s; see {self.log}")
+        else:
+            raise RuntimeError(f"the operator did not become healthy in 60 s; see {self.log}")
+        if self.profile is not None:
+            spy = [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(self.proc.pid), "--rate", "200"]
+            spy += ["--nonblocking", "--format", "raw", "--output", str(self.profile)]
+            self.spy = subprocess.Popen(
+                spy, stdout=subprocess.DEVNULL, stderr=self.log.with_suffix(".py-spy").open("wb")
+            )
 
     @property
     def pid(self) -> int:
@@ -140,6 +153,9 @@ class Operator:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self) -> None:
+        if self.spy is not None and self.spy.poll() is None:
+            self.spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+            self.spy.wait(60)
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
