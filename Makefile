@@ -27,6 +27,7 @@ demo: setup
 	vemigrate demo
 
 # Performance figures of this machine (benchmarks/): the table is printed and written into
-# docs/performance.md. Not part of `make test` or CI. QUICK=1: one repetition each, smaller inputs.
+# docs/performance.md. Not part of `make test` or CI. QUICK=1: one repetition each, smaller inputs;
+# BASELINE=<git revision>: the same with that revision's operator too, for before/after.
 bench: setup
-	python -m benchmarks $(if $(QUICK),--quick)
+	python -m benchmarks $(if $(QUICK),--quick) $(if $(BASELINE),--baseline $(BASELINE))

@@ -67,10 +67,19 @@ def run(args: argparse.Namespace) -> int:
         plane = stack.enter_context(harness.control_plane())
         api = api_client(plane.kubeconfig)
         stack.callback(api.close)
+        # --baseline: the same measurements with the operator of another revision, for before/after.
+        tree = harness.source_tree(args.baseline, logs / "baseline") if args.baseline else None
+        before = f" — operator at {args.baseline} (before)"
         if "fleet" in parts:
-            result = fleet.many_dry_runs(plane, api, logs, sizes.fleet_objects, profile=args.profile)
-            tables += [result.table, result.requests]
-            tables.append(fleet.fairness(plane, api, logs, sizes.queue_objects, sizes.queue_job_seconds))
+            for label, build in ((before, tree), ("", None)) if tree else (("", None),):
+                result = fleet.many_dry_runs(
+                    plane, api, logs, sizes.fleet_objects, profile=args.profile, tree=build, label=label
+                )
+                tables += [result.table, result.requests]
+            for label, build in ((before, tree), ("", None)) if tree else (("", None),):
+                tables.append(
+                    fleet.fairness(plane, api, logs, sizes.queue_objects, sizes.queue_job_seconds, build, label)
+                )
         if lab is not None:
             namespace = harness.new_namespace(api, "bench")
             lab_kube.apply(lab, namespace, str(plane.kubeconfig))
@@ -86,6 +95,19 @@ def run(args: argparse.Namespace) -> int:
                 try:
                     tables.append(validating.steps(lab, guests[0].name, sizes.validating_repetitions))
                     tables += list(live.versus(lab, migrations, op, guests, sizes.live_pairs))
+                    if tree is not None:
+                        base_ns = harness.new_namespace(api, "bench-base")
+                        lab_kube.apply(lab, base_ns, str(plane.kubeconfig))
+                        base_migrations = harness.Migrations(plane, base_ns)
+                        stack.callback(base_migrations.close)
+                        base_op = stack.enter_context(
+                            harness.operator(plane, base_ns, logs / "operator-baseline.log", tree=tree)
+                        )
+                        arms = [
+                            (f"at {args.baseline} (before)", base_migrations, base_op),
+                            ("this tree", migrations, op),
+                        ]
+                        tables.append(live.before_after(lab, arms, guests[0], sizes.live_pairs * 2))
                 finally:
                     for guest in guests:
                         live.remove_guest(guest)
@@ -129,6 +151,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="one repetition of each, smaller inputs")
     parser.add_argument("--only", default="", help=f"comma-separated parts to run (default all: {','.join(PARTS)})")
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also run the fleet and a live migration with the operator of git revision REV (before/after)",
+    )
     parser.add_argument(
         "--profile", action="store_true", help="record the operator with py-spy and print its hottest functions"
     )

@@ -80,7 +80,15 @@ class FleetResult:
     requests: report.Table
 
 
-def many_dry_runs(plane: ControlPlaneInfo, api: Any, log_dir: Path, count: int, profile: bool = False) -> FleetResult:
+def many_dry_runs(
+    plane: ControlPlaneInfo,
+    api: Any,
+    log_dir: Path,
+    count: int,
+    profile: bool = False,
+    tree: Path | None = None,
+    label: str = "",
+) -> FleetResult:
     """`count` dry-run migrations created back to back on 20 simulated host pairs (limits high enough
     that none queues): the operator's reaction time and cost per object."""
     namespace = new_namespace(api, "bench-fleet")
@@ -88,8 +96,9 @@ def many_dry_runs(plane: ControlPlaneInfo, api: Any, log_dir: Path, count: int, 
     _hosts(api, namespace, pairs, pairs, 64, 64)
     migrations = Migrations(plane, namespace)
     module = "benchmarks.simulated"
-    spy = log_dir / "operator-fleet.py-spy.txt" if profile else None
-    op = Operator(plane.kubeconfig, log_dir / "operator-fleet.log", namespace, module=module, profile=spy)
+    spy = log_dir / f"operator-fleet{label}.py-spy.txt" if profile else None
+    log = log_dir / f"operator-fleet{label}.log"
+    op = Operator(plane.kubeconfig, log, namespace, module=module, profile=spy, tree=tree)
     op.start()
     try:
         time.sleep(5)  # the host probes at start-up are not part of the per-migration cost
@@ -133,7 +142,7 @@ def many_dry_runs(plane: ControlPlaneInfo, api: Any, log_dir: Path, count: int, 
     total_requests = sum(operator_requests.values())
     v, f = stats.Summary.of(to_validating), stats.Summary.of(to_final)
     table = report.Table(
-        f"Control plane: {count} dry-run migrations on the real API server (hosts SIMULATED)",
+        f"Control plane: {count} dry-run migrations on the real API server (hosts SIMULATED){label}",
         ["figure", "value"],
     )
     table.add("objects created (back to back, one client)", f"{count} in {create_seconds:.1f} s")
@@ -158,14 +167,23 @@ def many_dry_runs(plane: ControlPlaneInfo, api: Any, log_dir: Path, count: int, 
         "host and Secret reads of every pass included.",
     ]
     requests = report.Table(
-        "API requests per dry-run migration, by verb and resource (top 8)", ["verb", "resource", "per migration"]
+        f"API requests per dry-run migration, by verb and resource (top 8){label}",
+        ["verb", "resource", "per migration"],
     )
     for (verb, resource), n in sorted(operator_requests.items(), key=lambda kv: -kv[1])[:8]:
         requests.add(verb, resource, f"{n / count:.2f}")
     return FleetResult(table, requests)
 
 
-def fairness(plane: ControlPlaneInfo, api: Any, log_dir: Path, count: int, job_seconds: float) -> report.Table:
+def fairness(
+    plane: ControlPlaneInfo,
+    api: Any,
+    log_dir: Path,
+    count: int,
+    job_seconds: float,
+    tree: Path | None = None,
+    label: str = "",
+) -> report.Table:
     """`count` real (simulated-host) migrations from 4 sources to 2 targets with maxOutbound 1 and
     maxInbound 2, created round-robin: who starts when, and in what order."""
     namespace = new_namespace(api, "bench-queue")
@@ -174,10 +192,11 @@ def fairness(plane: ControlPlaneInfo, api: Any, log_dir: Path, count: int, job_s
     migrations = Migrations(plane, namespace)
     op = Operator(
         plane.kubeconfig,
-        log_dir / "operator-queue.log",
+        log_dir / f"operator-queue{label}.log",
         namespace,
         module="benchmarks.simulated",
         env={"VEMIGRATE_SIM_JOB_SECONDS": str(job_seconds)},
+        tree=tree,
     )
     op.start()
     created: dict[str, tuple[int, float, int]] = {}
@@ -219,7 +238,7 @@ def fairness(plane: ControlPlaneInfo, api: Any, log_dir: Path, count: int, job_s
     ideal = -(-count // slots) * job_seconds
     table = report.Table(
         f"Queue under per-host limits: {count} migrations, 4 sources (maxOutbound 1) → 2 targets (maxInbound 2), "
-        f"jobs of {job_seconds:g} s (hosts SIMULATED)",
+        f"jobs of {job_seconds:g} s (hosts SIMULATED){label}",
         ["figure", "value"],
     )
     table.add("finished", f"{len(started)} of {count} Succeeded")

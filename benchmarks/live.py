@@ -265,3 +265,31 @@ def sweep(lab: LabInfo, guests: list[Guest], repetitions: int, log: Callable[[st
         "--persistent --tls --copy-storage-all --compressed` plus the option."
     )
     return table
+
+
+def before_after(
+    lab: LabInfo, arms: list[tuple[str, Migrations, Operator]], guest: Guest, repetitions: int
+) -> report.Table:
+    """The same live migration through two operator builds (a baseline revision and this tree), each
+    watching a namespace of its own, in alternating order: what the changes to the operator gained."""
+    table = report.Table(
+        f"Operator before/after on {guest.name} (medians of {repetitions}, seconds)",
+        ["operator", "create→Validating", "Validating", "Transferring+Switchover", "Finalizing", "create→Succeeded"],
+    )
+    runs: dict[str, list[Run]] = {label: [] for label, _, _ in arms}
+    where = "lab1"
+    for i in range(repetitions):
+        for label, migrations, op in arms if i % 2 == 0 else list(reversed(arms)):
+            other = "lab2" if where == "lab1" else "lab1"
+            say(f"before/after {guest.name}: {label} {where} -> {other}")
+            runs[label].append(through_operator(lab, migrations, op, guest, where, other, {}))
+            where = other
+    for label, found in runs.items():
+        table.add(
+            label,
+            *(f"{stats.median([r.phases.get(p, 0.0) for r in found]):.2f}" for p in ("Pending", "Validating")),
+            f"{stats.median([r.phases.get('Transferring', 0.0) + r.phases.get('Switchover', 0.0) for r in found]):.2f}",
+            f"{stats.median([r.phases.get('Finalizing', 0.0) for r in found]):.2f}",
+            f"{stats.median([r.total_s for r in found]):.2f}",
+        )
+    return table
