@@ -295,7 +295,9 @@ def test_very_slow_link_times_out(
     name = vm_cleanup(f"fslow{run}")
     vm = _running_vm(name)
     counted = Counted(operator)
-    timeouts = {"progressSeconds": 10, "completionPerGiBSeconds": 30}
+    # Bytes still trickle through at 64 kbit/s, so it is the completion deadline (90 s: one GiB's worth)
+    # that ends it, unless nothing moves for progressSeconds first.
+    timeouts = {"progressSeconds": 10, "completionPerGiBSeconds": 90}
     with _restored(lambda: Lab.netem("lab2")):
         migrations.create(name, _slow(name, timeouts=timeouts))
         _transferring(migrations, name)
