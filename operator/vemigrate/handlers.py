@@ -62,7 +62,10 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     if in_cluster is not None:
         return in_cluster
     cfg = world().kube.api_client.configuration
-    scheme, _, token = str(cfg.api_key.get("authorization", "")).partition(" ")
+    # The kubernetes client keeps a kubeconfig's token as "Bearer <token>" under BearerToken (older
+    # releases: authorization); without it kopf would connect anonymously.
+    bearer = cfg.api_key.get("BearerToken") or cfg.api_key.get("authorization") or ""
+    scheme, _, token = str(bearer).partition(" ")
     return kopf.ConnectionInfo(
         server=cfg.host,
         ca_path=cfg.ssl_ca_cert,
@@ -197,9 +200,18 @@ def host_deleted(body: kopf.Body, **_: Any) -> None:
     metrics.forget_host(body["metadata"]["namespace"], body["metadata"]["name"])
 
 
-@kopf.timer(GROUP, VERSION, host_api.PLURAL, interval=60, initial_delay=60, sharp=False)
-async def probe_host(body: kopf.Body, **_: Any) -> None:
-    await _probe(body)
+@kopf.daemon(GROUP, VERSION, host_api.PLURAL, cancellation_timeout=5)
+async def probe_host(body: kopf.Body, stopped: kopf.DaemonStopped, logger: Any, **_: Any) -> None:
+    """Probes the host again every --host-probe-seconds (creation, spec changes and operator start-up
+    probe at once, above). A daemon rather than a timer, so the interval is the operator's setting."""
+    while not stopped:
+        await stopped.wait(world().settings.host_probe_seconds)  # returns early when the daemon stops
+        if stopped:
+            return
+        try:
+            await _probe(body)
+        except kopf.TemporaryError as exc:
+            logger.warning(str(exc))
 
 
 async def _probe(body: kopf.Body) -> None:
