@@ -3,7 +3,7 @@ VENV ?= $(CURDIR)/.venv
 BIN := $(VENV)/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup lint test unit demo bench
+.PHONY: setup lint test unit demo faults bench
 setup:
 	@VENV=$(VENV) tools/setup.sh
 
@@ -31,3 +31,9 @@ demo: setup
 # BASELINE=<git revision>: the same with that revision's operator too, for before/after.
 bench: setup
 	python -m benchmarks $(if $(QUICK),--quick) $(if $(BASELINE),--baseline $(BASELINE))
+
+# The fault-injection suite (tests/faults), every scenario FAULT_RUNS times; prints the table of
+# invariants and writes it into docs/reliability.md. `make test` runs each scenario once.
+FAULT_RUNS ?= 3
+faults: setup
+	VEMIGRATE_FAULT_RUNS=$(FAULT_RUNS) VEMIGRATE_FAULT_TABLE=$(CURDIR)/docs/reliability.md pytest tests/faults

@@ -40,4 +40,18 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
     terminalreporter.write_line(text)
     target = os.environ.get("VEMIGRATE_FAULT_TABLE")
     if target:
-        Path(target).write_text(text + "\n")
+        _write(Path(target), text, runs=RUNS)
+
+
+BEGIN, END = "<!-- faults:begin -->", "<!-- faults:end -->"
+
+
+def _write(path: Path, text: str, *, runs: int) -> None:
+    """Into the file between its BEGIN and END markers when it has them (docs/reliability.md), else
+    the whole file."""
+    load = Path("/proc/loadavg").read_text().split()[:3]
+    block = f"{BEGIN}\n{text}\n\n{runs} run(s) per scenario; load average at the end {' '.join(load)}.\n{END}"
+    old = path.read_text() if path.exists() else ""
+    if BEGIN in old and END in old:
+        block = old[: old.index(BEGIN)] + block + old[old.index(END) + len(END) :]
+    path.write_text(block if block.endswith("\n") else block + "\n")

@@ -1,0 +1,88 @@
+"""Bad input gets a specific reason on the resource, against the real lab hosts: a host key that
+changed (the operator refuses to connect and says so), a VE that is not there, a host that does not
+exist, a credentials Secret without the key it should hold."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncssh
+from kubernetes import client
+
+from tests.fixtures.operator import Migrations
+from vemigrate.api.common import GROUP, VERSION
+from vemigrate.api.host import PLURAL as HOST_PLURAL
+from vemigrate.devenv.lab import LabInfo
+from vemigrate.devenv.lab.kube import KEY_SECRET
+
+
+def _host(kube_admin: Any, namespace: str, name: str, spec: dict[str, Any]) -> None:
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "HypervisorHost", "metadata": {"name": name}}
+    client.CustomObjectsApi(kube_admin).create_namespaced_custom_object(
+        GROUP, VERSION, namespace, HOST_PLURAL, {**body, "spec": spec}
+    )
+
+
+def _failure(migrations: Migrations, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    migrations.create(name, spec)
+    status = migrations.wait_phase(name, "Failed", "Succeeded", "Cancelled", timeout=120)["status"]
+    assert status["phase"] == "Failed", status
+    return dict(status["failure"])
+
+
+def test_a_changed_host_key_is_refused_and_named(
+    hosts: LabInfo, migrations: Migrations, kube_admin: Any, namespace: str
+) -> None:
+    impostor = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().strip()
+    _host(kube_admin, namespace, "lab2-rekeyed", {
+        "address": hosts.host("lab2").address,
+        "credentialsSecretRef": {"name": KEY_SECRET},
+        "hostKey": impostor,  # what an administrator recorded; lab2 now presents another key
+    })  # fmt: skip
+    failure = _failure(
+        migrations, "rekeyed", {"source": {"host": "lab1", "name": "any"}, "target": {"host": "lab2-rekeyed"}}
+    )
+    assert failure["reason"] == "HostKeyMismatch", failure
+    assert "does not match its known_hosts: refusing to connect" in failure["message"]
+    host = client.CustomObjectsApi(kube_admin).get_namespaced_custom_object(
+        GROUP, VERSION, namespace, HOST_PLURAL, "lab2-rekeyed"
+    )
+    reachable = {c["type"]: c for c in host["status"]["conditions"]}["Reachable"]
+    assert reachable["status"] == "False" and reachable["reason"] == "HostKeyMismatch", reachable
+
+
+def test_a_ve_that_is_not_there(hosts: LabInfo, migrations: Migrations) -> None:
+    failure = _failure(
+        migrations, "ghost", {"source": {"host": "lab1", "name": "no-such-vm"}, "target": {"host": "lab2"}}
+    )
+    assert failure["reason"] == "VENotFound", failure
+    assert "no-such-vm" in failure["message"] and "lab1" in failure["message"]
+
+
+def test_a_host_that_does_not_exist(hosts: LabInfo, migrations: Migrations) -> None:
+    spec = {
+        "source": {"host": "lab1", "name": "any"},
+        "target": {"host": "nowhere"},
+        "timeouts": {"progressSeconds": 10},
+    }
+    migrations.create("lost", spec)
+    queued = migrations.wait_phase("lost", "Queued", "Failed", timeout=60)["status"]
+    assert "Waiting for HypervisorHost 'nowhere'" in (queued.get("queuedReason") or ""), queued
+    status = migrations.wait_phase("lost", "Failed", timeout=120)["status"]
+    assert status["failure"]["reason"] == "HostNotFound", status
+
+
+def test_a_secret_without_its_key(hosts: LabInfo, migrations: Migrations, kube_admin: Any, namespace: str) -> None:
+    client.CoreV1Api(kube_admin).create_namespaced_secret(
+        namespace, {"metadata": {"name": "no-key"}, "stringData": {"username": "root"}}
+    )
+    _host(kube_admin, namespace, "lab2-nokey", {
+        "address": hosts.host("lab2").address,
+        "credentialsSecretRef": {"name": "no-key"},
+        "knownHostsSecretRef": {"name": "vemigrate-lab-known-hosts"},
+    })  # fmt: skip
+    failure = _failure(
+        migrations, "nokey", {"source": {"host": "lab1", "name": "any"}, "target": {"host": "lab2-nokey"}}
+    )
+    assert failure["reason"] == "SecretKeyMissing", failure
+    assert "'no-key'" in failure["message"] and "username" in failure["message"]
