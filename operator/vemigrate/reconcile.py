@@ -187,6 +187,12 @@ async def _observe(
     verified = disposed = leftovers = reaches = None
     if plan is not None:
         job = await _ask(src, lambda d: d.job(plan))
+        if job is not None and job.state == JobState.COMPLETED and phase in (Phase.TRANSFERRING, Phase.SWITCHOVER):
+            # The job may have ended after this pass looked the VE up: look again, so the result and the
+            # source's disposition come from after it (a renamed container is gone from the source).
+            source_ve, target_ve = await asyncio.gather(
+                _ask(src, lambda d: d.find_ve(spec.source.name)), _ask(dst, lambda d: d.find_ve(spec.source.name))
+            )
         if phase == Phase.VALIDATING:
             facts = await asyncio.gather(_ask(src, lambda d: d.probe()), _ask(dst, lambda d: d.probe()))
             src.obs = replace(src.obs, facts=facts[0] or src.obs.facts)
