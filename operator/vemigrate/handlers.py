@@ -14,11 +14,12 @@ from vemigrate import metrics, reconcile
 from vemigrate.api import host as host_api
 from vemigrate.api import migration as migration_api
 from vemigrate.api.common import GROUP, VERSION
-from vemigrate.api.migration import FINAL_PHASES, MigrationStatus
+from vemigrate.api.migration import FINAL_PHASES, MigrationStatus, Phase
 from vemigrate.core.decision import Decision
 from vemigrate.core.observation import OtherMigration
 
 PREFIX = GROUP
+_FINAL_NAMES = frozenset(p.value for p in FINAL_PHASES)
 FINALIZER = f"{GROUP}/finalizer"
 IDLE_POLL = 5.0
 
@@ -28,6 +29,11 @@ _world: reconcile.World | None = None
 _locks: dict[str, asyncio.Lock] = {}
 # A spec change (spec.action: Cancel) wakes the migration's daemon at once instead of at its next poll.
 _wakeups: dict[str, asyncio.Event] = {}
+# Migrations this process saw end, until the watch delivers their final status to the index: the
+# queued ones woken when a slot frees must not still count them in flight.
+_finished: set[str] = set()
+# Queued migrations woken (oldest first) when one that shares a host with them ends.
+WAKE_QUEUED = 4
 
 
 def install(world: reconcile.World) -> None:
@@ -86,6 +92,8 @@ def migrations(body: kopf.Body, uid: str, spec: kopf.Spec, meta: kopf.Meta, **_:
     """Every migration's hosts and phase, by namespace: what admission and duplicate detection compare
     against (hosts are namespaced, so migrations only compete within their namespace)."""
     created = meta.get("creationTimestamp")
+    if _phase(body) in _FINAL_NAMES:
+        _finished.discard(uid)  # the index has its final phase now
     return {
         str(meta.get("namespace")): OtherMigration(
             uid=uid,
@@ -100,7 +108,26 @@ def migrations(body: kopf.Body, uid: str, spec: kopf.Spec, meta: kopf.Meta, **_:
 
 def _others(index: kopf.Index[str, OtherMigration], body: Mapping[str, Any]) -> list[OtherMigration]:
     metrics.phase_counts([o.phase for key in index for o in index[key]])
-    return list(index.get(body["metadata"]["namespace"], []))
+    return [o for o in index.get(body["metadata"]["namespace"], []) if o.uid not in _finished]
+
+
+def _ended(uid: str, index: kopf.Index[str, OtherMigration], body: Mapping[str, Any]) -> None:
+    """A migration ended: wake the oldest queued migrations waiting on one of its hosts (or on the
+    cluster-wide limit) now, rather than at their next poll, so a freed slot goes to the longest waiter."""
+    _finished.add(uid)
+    spec = body.get("spec") or {}
+    hosts = {spec.get("source", {}).get("host"), spec.get("target", {}).get("host")}
+    everyone = bool(world().settings.cluster_limit)
+    queued = sorted(
+        (
+            o
+            for o in index.get(body["metadata"]["namespace"], [])
+            if o.phase == Phase.QUEUED.value and (everyone or o.source_host in hosts or o.target_host in hosts)
+        ),
+        key=lambda o: (o.created, o.uid),
+    )
+    for other in queued[:WAKE_QUEUED]:
+        _wakeups.setdefault(other.uid, asyncio.Event()).set()
 
 
 async def _whole(coro: Coroutine[Any, Any, Decision]) -> Decision:
@@ -139,9 +166,7 @@ async def run_migration(**kwargs: Any) -> None:
             return  # the deletion handler rolls back
         async with lock:
             try:
-                decision = await _whole(
-                    reconcile.migration_pass(world(), _with_status(body, last), others=_others(migrations, body))
-                )
+                decision = await _whole(_daemon_pass(uid, _with_status(body, last), migrations))
             except Exception:
                 metrics.PASSES.labels(kind="migration", outcome="error").inc()
                 log.exception("reconcile pass of %s failed; retrying", body["metadata"]["name"])
@@ -155,6 +180,15 @@ async def run_migration(**kwargs: Any) -> None:
             _wakeups.pop(uid, None)
             return
         await _sleep(uid, stopped, decision.requeue_after if decision.requeue_after is not None else IDLE_POLL)
+
+
+async def _daemon_pass(uid: str, body: Mapping[str, Any], migrations: kopf.Index[str, OtherMigration]) -> Decision:
+    """One pass; when it ends the migration, the queue hears of it within the same shielded run (kopf
+    cancels the daemon as soon as the final status is written)."""
+    decision = await reconcile.migration_pass(world(), body, others=_others(migrations, body))
+    if decision.status.phase.final:
+        _ended(uid, migrations, body)
+    return decision
 
 
 async def _sleep(uid: str, stopped: kopf.DaemonStopped, seconds: float) -> None:
@@ -186,6 +220,7 @@ async def delete_migration(**kwargs: Any) -> None:
             f"rolling back before deletion (phase {decision.status.phase.value})", delay=decision.requeue_after or 2
         )
     _locks.pop(uid, None)
+    _ended(uid, migrations, body)
 
 
 @kopf.on.create(GROUP, VERSION, host_api.PLURAL)

@@ -94,7 +94,9 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-async def _host(world: World, namespace: str, name: str) -> _Host:
+async def _host(world: World, namespace: str, name: str, *, connect: bool = True) -> _Host:
+    """The host's object; with `connect`, also its Secrets and a driver (waiting phases only need the
+    object: whether it exists, and its limits)."""
     try:
         hvh = await hosts.get_host(world.kube, namespace, name)
     except Exception as exc:  # the API server itself: not known this pass
@@ -102,12 +104,6 @@ async def _host(world: World, namespace: str, name: str) -> _Host:
         return _Host(HostObservation(name=name, reachable=None, error=str(exc)))
     if hvh is None:
         return _Host(HostObservation(name=name, reachable=None, exists=False))
-    try:
-        access = await hosts.resolve(world.kube, namespace, hvh)
-    except hosts.HostConfigError as exc:
-        return _Host(
-            HostObservation(name=name, reachable=False, error=exc.message, error_reason=exc.reason, permanent=True)
-        )
     obs = HostObservation(
         name=name,
         reachable=None,
@@ -115,6 +111,14 @@ async def _host(world: World, namespace: str, name: str) -> _Host:
         max_inbound=hvh.spec.max_inbound,
         max_outbound=hvh.spec.max_outbound,
     )
+    if not connect:
+        return _Host(obs)
+    try:
+        access = await hosts.resolve(world.kube, namespace, hvh)
+    except hosts.HostConfigError as exc:
+        return _Host(
+            HostObservation(name=name, reachable=False, error=exc.message, error_reason=exc.reason, permanent=True)
+        )
     return _Host(obs, world.driver(access))
 
 
@@ -133,7 +137,8 @@ async def _ask(host: _Host, call: Callable[[HypervisorDriver], Awaitable[T]]) ->
             permanent=isinstance(exc, PermanentError) and exc.reason in _PERMANENT_CONNECT_REASONS,
         )
         return None
-    host.obs = replace(host.obs, reachable=True)
+    if host.obs.reachable is None:  # a call made alongside this one may have failed: that stands
+        host.obs = replace(host.obs, reachable=True)
     return result
 
 
@@ -164,8 +169,10 @@ async def _observe(
     meta = body["metadata"]
     namespace, uid = meta["namespace"], meta["uid"]
     phase = stored.phase if stored else Phase.PENDING
+    connect = phase in _HOST_PHASES and not phase.final
     src, dst = await asyncio.gather(
-        _host(world, namespace, spec.source.host), _host(world, namespace, spec.target.host)
+        _host(world, namespace, spec.source.host, connect=connect),
+        _host(world, namespace, spec.target.host, connect=connect),
     )
     created = datetime.fromisoformat(meta["creationTimestamp"]) if meta.get("creationTimestamp") else None
     base = Observation(
@@ -179,12 +186,24 @@ async def _observe(
     if phase not in _HOST_PHASES or phase.final:
         return replace(base, source=src.obs, target=dst.obs), None
 
-    source_ve, target_ve = await asyncio.gather(
-        _ask(src, lambda d: d.find_ve(spec.source.name)), _ask(dst, lambda d: d.find_ve(spec.source.name))
+    async def none() -> None:
+        return None
+
+    # The pre-flight checks' facts are independent reads of both hosts: all in one round, not three.
+    checking = phase == Phase.VALIDATING and dst.driver is not None
+    target_access = dst.driver.access if dst.driver is not None else None
+    source_ve, target_ve, src_facts, dst_facts, reaches = await asyncio.gather(
+        _ask(src, lambda d: d.find_ve(spec.source.name)),
+        _ask(dst, lambda d: d.find_ve(spec.source.name)),
+        _ask(src, lambda d: d.probe()) if checking else none(),
+        _ask(dst, lambda d: d.probe()) if checking else none(),
+        _ask(src, lambda d: d.reaches(target_access)) if checking and target_access else none(),
     )
+    src.obs = replace(src.obs, facts=src_facts or src.obs.facts)
+    dst.obs = replace(dst.obs, facts=dst_facts or dst.obs.facts)
     plan = _plan(uid, spec, stored, source_ve, src, dst)
     job: JobObservation | None = None
-    verified = disposed = leftovers = reaches = None
+    verified = disposed = leftovers = None
     if plan is not None:
         job = await _ask(src, lambda d: d.job(plan))
         if job is not None and job.state == JobState.COMPLETED and phase in (Phase.TRANSFERRING, Phase.SWITCHOVER):
@@ -193,11 +212,6 @@ async def _observe(
             source_ve, target_ve = await asyncio.gather(
                 _ask(src, lambda d: d.find_ve(spec.source.name)), _ask(dst, lambda d: d.find_ve(spec.source.name))
             )
-        if phase == Phase.VALIDATING:
-            facts = await asyncio.gather(_ask(src, lambda d: d.probe()), _ask(dst, lambda d: d.probe()))
-            src.obs = replace(src.obs, facts=facts[0] or src.obs.facts)
-            dst.obs = replace(dst.obs, facts=facts[1] or dst.obs.facts)
-            reaches = await _ask(src, lambda d: d.reaches(plan.target))
         finishing = phase == Phase.FINALIZING or (job is not None and job.state in (JobState.COMPLETED, JobState.NONE))
         if finishing and phase != Phase.VALIDATING:
             verified = await _ask(dst, lambda d: d.verify_target(plan))

@@ -19,10 +19,16 @@ JOBS_DIR = "/var/lib/libvirt/vemigrate/jobs"
 _UID = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 LOG_TAIL_LINES = 40
 
-# Starts job.sh in its own session (so a kill reaches every process it started), records the pid,
-# and returns at once. $1 is the job directory; nothing else is interpolated.
+# In one round trip: makes the job directory, writes job.sh from stdin and starts it in its own
+# session (so a kill reaches every process it started), records the pid, and returns at once; a job
+# that started already (pid exists) is left alone. $1 is the job directory; nothing else is
+# interpolated. Only `setsid` goes to the background, so the pid is its session's.
 _START = (
-    'cd "$1" && { [ -e pid ] || { setsid sh ./job.sh >log 2>&1 </dev/null & echo $! >pid.tmp && mv pid.tmp pid; }; }'
+    'mkdir -p "$1" && cd "$1" || exit 1\n'
+    "[ -e pid ] && exit 0\n"
+    "cat >job.sh.tmp && mv job.sh.tmp job.sh || exit 1\n"
+    "setsid sh ./job.sh >log 2>&1 </dev/null &\n"
+    "echo $! >pid.tmp && mv pid.tmp pid\n"
 )
 
 # Prints what a reader needs in one round trip: exit status, whether the pid lives, the log's tail.
@@ -79,13 +85,7 @@ def command(argv: Sequence[str]) -> str:
 
 async def start(ssh: SSHHost, uid: str, text: str) -> None:
     """Upload the script and start it detached; a no-op when this job already started."""
-    where = job_dir(uid)
-    await ssh.run(["mkdir", "-p", where])
-    existing = await ssh.run(["test", "-e", f"{where}/pid"], check=False)
-    if existing.ok:
-        return
-    await ssh.run(["sh", "-c", 'cat >"$1/job.sh.tmp" && mv "$1/job.sh.tmp" "$1/job.sh"', "sh", where], input=text)
-    await ssh.run(["sh", "-c", _START, "sh", where])
+    await ssh.run(["sh", "-c", _START, "sh", job_dir(uid)], input=text)
 
 
 async def read(ssh: SSHHost, uid: str) -> JobRecord:
