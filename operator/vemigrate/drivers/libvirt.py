@@ -511,10 +511,25 @@ class LibvirtDriver:
         files = await self._call("removing the source domain", remove)
         if files:
             await self.ssh.run(["rm", "-f", "--", *files])
+            await self._refresh_pools(files)
             # An earlier offline migration put them in <path>/<UUID>/: that directory goes too, once empty.
             own = {str(PurePosixPath(f).parent) for f in files if PurePosixPath(f).parent.name == plan.ve.uuid}  # type: ignore[union-attr]
             if own:
                 await self.ssh.run(["rmdir", "--ignore-fail-on-non-empty", "--", *own], check=False)
+
+    async def _refresh_pools(self, removed: list[str]) -> None:
+        """Tell libvirt's storage pools that files are gone. A directory pool keeps its list of volumes,
+        and a disk-copying migration into this host later skips creating a disk the pool still lists
+        (qemuMigrationDstPrecreateDisk), so QEMU fails to open it: moving a VM back here would fail."""
+
+        def refresh(conn: Any) -> None:
+            for directory in sorted({str(PurePosixPath(f).parent) for f in removed}):
+                try:
+                    conn.storagePoolLookupByTargetPath(directory).refresh(0)
+                except libvirt.libvirtError:
+                    continue  # no pool there (or an inactive one): nothing listed the file
+
+        await self._call("refreshing storage pools", refresh)
 
     async def _rename_migrated(self, plan: MigrationPlan) -> None:
         """A container's source, as prlctl leaves it: the private area renamed `<dir>.migrated`, the
@@ -611,6 +626,7 @@ class LibvirtDriver:
         files = await self._unused(_planned_target_files(plan))
         if files:
             await self.ssh.run(["rm", "-f", "--", *files])
+            await self._refresh_pools(files)
         if plan.mode == Mode.OFFLINE and plan.ve is not None:
             # Only a directory this job made (its marker beside it says so) is removed, with the marker.
             script = 'if [ -e "$2" ]; then rm -rf -- "$1" && rm -f -- "$2"; fi'
