@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -70,15 +71,37 @@ def run(args: argparse.Namespace) -> int:
         # --baseline: the same measurements with the operator of another revision, for before/after.
         tree = harness.source_tree(args.baseline, logs / "baseline") if args.baseline else None
         before = f" — operator at {args.baseline} (before)"
+
+        def attempt(part: str, run_part: Callable[[], list[report.Table]]) -> None:
+            """One part; its failure is reported in the table and the other parts still run."""
+            try:
+                done = run_part()
+            except Exception as exc:
+                say(f"{part} failed: {exc!r}")
+                failed = report.Table(f"{part}: did not complete", ["error"])
+                failed.add(f"{type(exc).__name__}: {str(exc)[:500]}")
+                done = [failed]
+            for table in done:
+                print(report.render(table), flush=True)
+            tables.extend(done)
+
+        builds = ((before, tree), ("", None)) if tree else (("", None),)
         if "fleet" in parts:
-            for label, build in ((before, tree), ("", None)) if tree else (("", None),):
-                result = fleet.many_dry_runs(
-                    plane, api, logs, sizes.fleet_objects, profile=args.profile, tree=build, label=label
-                )
-                tables += [result.table, result.requests]
-            for label, build in ((before, tree), ("", None)) if tree else (("", None),):
-                tables.append(
-                    fleet.fairness(plane, api, logs, sizes.queue_objects, sizes.queue_job_seconds, build, label)
+            for label, build in builds:
+
+                def dry_runs(label: str = label, build: Path | None = build) -> list[report.Table]:
+                    result = fleet.many_dry_runs(
+                        plane, api, logs, sizes.fleet_objects, profile=args.profile, tree=build, label=label
+                    )
+                    return [result.table, result.requests]
+
+                attempt("fleet" + label, dry_runs)
+            for label, build in builds:
+                attempt(
+                    "queue" + label,
+                    lambda label=label, build=build: [  # type: ignore[misc]
+                        fleet.fairness(plane, api, logs, sizes.queue_objects, sizes.queue_job_seconds, build, label)
+                    ],
                 )
         if lab is not None:
             namespace = harness.new_namespace(api, "bench")
@@ -93,8 +116,8 @@ def run(args: argparse.Namespace) -> int:
                     live.make_guest("lab1", "bench-dirty", sizes.dirty_mib),
                 ]
                 try:
-                    tables.append(validating.steps(lab, guests[0].name, sizes.validating_repetitions))
-                    tables += list(live.versus(lab, migrations, op, guests, sizes.live_pairs))
+                    attempt("validating", lambda: [validating.steps(lab, guests[0].name, sizes.validating_repetitions)])
+                    attempt("live", lambda: list(live.versus(lab, migrations, op, guests, sizes.live_pairs)))
                     if tree is not None:
                         base_ns = harness.new_namespace(api, "bench-base")
                         lab_kube.apply(lab, base_ns, str(plane.kubeconfig))
@@ -107,22 +130,25 @@ def run(args: argparse.Namespace) -> int:
                             (f"at {args.baseline} (before)", base_migrations, base_op),
                             ("this tree", migrations, op),
                         ]
-                        tables.append(live.before_after(lab, arms, guests[0], sizes.live_pairs * 2))
+                        attempt("before/after", lambda: [live.before_after(lab, arms, guests[0], sizes.live_pairs * 2)])
                 finally:
                     for guest in guests:
                         live.remove_guest(guest)
             if "sweep" in parts:
                 guests = [live.make_guest("lab1", f"bench-d{rate}", rate) for rate in sizes.sweep_rates]
                 try:
-                    tables.append(live.sweep(lab, guests, sizes.sweep_repetitions))
+                    attempt("sweep", lambda: [live.sweep(lab, guests, sizes.sweep_repetitions)])
                 finally:
                     for guest in guests:
                         live.remove_guest(guest)
             if "offline" in parts:
-                tables.append(
-                    offline.compare(
-                        lab, migrations, op, sizes.offline_mib, sizes.offline_repetitions, sizes.shaped_rate
-                    )
+                attempt(
+                    "offline",
+                    lambda: [
+                        offline.compare(
+                            lab, migrations, op, sizes.offline_mib, sizes.offline_repetitions, sizes.shaped_rate
+                        )
+                    ],
                 )
     accel = lab.accel if lab is not None else None
     header = [

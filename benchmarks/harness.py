@@ -242,11 +242,18 @@ class Migrations:
         self.api.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
 
     def wait_final(
-        self, name: str, timeout: float = 600, alive: Callable[[], bool] = lambda: True, interval: float = 0.05
+        self,
+        name: str,
+        timeout: float = 600,
+        alive: Callable[[], bool] = lambda: True,
+        interval: float = 0.05,
+        tick: Callable[[], None] = lambda: None,
     ) -> tuple[dict[str, Any], float]:
-        """The object once its phase is final, and the monotonic time this client first saw that."""
+        """The object once its phase is final, and the monotonic time this client first saw that;
+        `tick` runs at every poll (to watch something else meanwhile)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            tick()
             body = self.get(name)
             if (body.get("status") or {}).get("phase") in FINAL:
                 return body, time.monotonic()
