@@ -153,7 +153,8 @@ def run(args: argparse.Namespace) -> int:
     accel = lab.accel if lab is not None else None
     header = [
         f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC at commit `{_commit()}` by "
-        f"`{'make bench QUICK=1' if args.quick else 'make bench'}` ({', '.join(parts)}; "
+        f"`{'make bench QUICK=1' if args.quick else 'make bench'}"
+        f"{f' BASELINE={args.baseline}' if args.baseline else ''}` ({', '.join(parts)}; "
         f"{time.monotonic() - started:.0f} s).",
         *machine.describe(accel),
         f"Load average (1/5/15 min) at the start: {load_before}; at the end: {machine.loadavg()} "
