@@ -21,6 +21,7 @@ _COMMAND_MODULES = (
 def _run(args: argparse.Namespace) -> int:
     """The operator: kopf with our handlers, metrics on their own port."""
     import os
+    import secrets
 
     import kopf
 
@@ -41,9 +42,13 @@ def _run(args: argparse.Namespace) -> int:
     )
     if args.metrics_port:
         metrics.serve(args.metrics_port, args.metrics_address)
+    # kopf pauses every replica of equal priority: without an explicit one, each replica draws its own,
+    # so the highest runs and the others stand by until its keep-alive in the peering object expires.
+    priority = args.priority if args.priority is not None else secrets.randbelow(2**31 - 1) + 1
     kopf.run(
         standalone=args.peering is None,
         peering_name=args.peering,
+        priority=priority if args.peering else None,
         namespaces=args.namespace or [],
         clusterwide=not args.namespace,
         liveness_endpoint=args.liveness or None,
@@ -63,6 +68,9 @@ def _register_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     run.add_argument("--metrics-address", default="0.0.0.0", help="address for /metrics")  # noqa: S104
     run.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="kopf liveness endpoint URL ('' off)")
     run.add_argument("--peering", help="kopf peering name, for several replicas (one active); default: standalone")
+    run.add_argument(
+        "--priority", type=int, help="with --peering: this replica's priority (the highest runs); default: random"
+    )
     run.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING")
     run.set_defaults(func=_run)
 

@@ -1,9 +1,11 @@
-"""HypervisorHosts are probed again every `--host-probe-seconds`: the setting reaches the probe loop.
+"""HypervisorHosts are probed again every `--host-probe-seconds`: the setting reaches the probe loop;
+and with two replicas under kopf peering exactly one of them does the work.
 A host whose credentials Secret is missing is probed without any SSH, so the real apiserver is all
 this needs; every probe is one `vemigrate_reconcile_passes_total{kind="host"}`."""
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,8 @@ from tests.fixtures.operator import OperatorProcess
 from vemigrate.api.common import GROUP, VERSION
 from vemigrate.api.host import PLURAL
 from vemigrate.devenv.controlplane import ControlPlaneInfo
+
+HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ"
 
 
 def _reason(api: Any, namespace: str) -> str | None:
@@ -34,7 +38,7 @@ def test_hosts_are_probed_every_host_probe_seconds(
         spec = {
             "address": "192.0.2.10",
             "credentialsSecretRef": {"name": "absent"},
-            "hostKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ",
+            "hostKey": HOST_KEY,
         }
         body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "HypervisorHost", "metadata": {"name": "no-secret"}}
         api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, {**body, "spec": spec})
@@ -48,3 +52,44 @@ def test_hosts_are_probed_every_host_probe_seconds(
         assert 3 <= probes <= 7, f"{probes} probes in 5 s at one a second"
     finally:
         operator.stop()
+
+
+def test_two_replicas_with_peering_one_works_the_other_stands_by(
+    control_plane: ControlPlaneInfo, kube_admin: Any, namespace: str, tmp_path: Path
+) -> None:
+    """Without --priority each replica draws its own, so kopf does not pause them all (as it does for
+    equal priorities): the highest works, the other stands by, and hosts still get probed."""
+    crds = Path(__file__).resolve().parents[2] / "charts" / "ve-migrate" / "crds"
+    kubectl = [str(control_plane.kubectl), f"--kubeconfig={control_plane.kubeconfig}"]
+    subprocess.run([*kubectl, "apply", "--server-side", "--force-conflicts", "-f", str(crds)], check=True)
+    subprocess.run([*kubectl, "wait", "--for=condition=Established", "crd/kopfpeerings.kopf.dev"], check=True)
+    peering = {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "vemigrate"}}
+    custom = client.CustomObjectsApi(kube_admin)
+    custom.create_namespaced_custom_object("kopf.dev", "v1", namespace, "kopfpeerings", peering)
+    args = ["--peering", "vemigrate", "--namespace", namespace, "--host-probe-seconds", "1"]
+    replicas = [OperatorProcess(control_plane.kubeconfig, tmp_path / f"replica{i}.log", args) for i in range(2)]
+    for replica in replicas:
+        replica.start()
+    try:
+        deadline = time.monotonic() + 60
+        peers: dict[str, Any] = {}
+        while len(peers) < 2:
+            assert time.monotonic() < deadline, f"the replicas did not both announce themselves: {peers}"
+            time.sleep(0.5)
+            body = custom.get_namespaced_custom_object("kopf.dev", "v1", namespace, "kopfpeerings", "vemigrate")
+            peers = body.get("status") or {}
+        priorities = {peer["priority"] for peer in peers.values()}
+        assert len(priorities) == 2, f"equal priorities would pause both: {peers}"
+        time.sleep(3)  # kopf settles who pauses
+        spec = {"address": "192.0.2.10", "credentialsSecretRef": {"name": "absent"}, "hostKey": HOST_KEY}
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "HypervisorHost", "metadata": {"name": "no-secret"}}
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, {**body, "spec": spec})
+        while _reason(custom, namespace) != "SecretNotFound":
+            assert time.monotonic() < deadline + 60, "no replica works: " + replicas[0].tail() + replicas[1].tail()
+            time.sleep(0.2)
+        time.sleep(3)
+        working = [r.metric("vemigrate_reconcile_passes_total", kind="host") > 0 for r in replicas]
+        assert working.count(True) == 1, f"exactly one replica probes hosts: {working}"
+    finally:
+        for replica in replicas:
+            replica.stop()
