@@ -4,7 +4,7 @@ between the rare runs of `make bench`."""
 from __future__ import annotations
 
 import pytest
-from benchmarks import report, stats
+from benchmarks import profile, report, stats
 
 pytestmark = pytest.mark.unit
 
@@ -55,3 +55,12 @@ def test_table_renders_as_markdown_and_splices_into_the_page() -> None:
     assert again.count(report.BEGIN) == 1 and "Machine: other" in again and "Machine: test" not in again
     assert again.startswith("# Performance\n\nintro\n\n") and again.endswith("\n## Notes\n")
     assert report.splice("", block) == block
+
+
+def test_profile_shares_from_collapsed_stacks() -> None:
+    collapsed = "main (a.py:1);work (vemigrate/x.py:2);read (ssl.py:3) 6\nmain (a.py:1);idle (b.py:4) 4\n"
+    found = {h.function: h for h in profile.hot(collapsed)}
+    assert found["main (a.py:1)"].inclusive == 1.0 and found["main (a.py:1)"].own == 0.0
+    assert found["read (ssl.py:3)"].own == pytest.approx(0.6)
+    only = profile.hot(collapsed, only="vemigrate")
+    assert [h.function for h in only] == ["work (vemigrate/x.py:2)"] and only[0].inclusive == pytest.approx(0.6)
