@@ -352,19 +352,7 @@ class LibvirtDriver:
         return any(backing.get(p) in ours for p in others)
 
     async def reaches(self, other: HostAccess) -> bool:
-        result = await self.ssh.run(
-            [
-                "ssh",
-                "-o", "BatchMode=yes",
-                "-o", "ConnectTimeout=5",
-                "-o", "StrictHostKeyChecking=yes",
-                "-p", str(other.port),
-                f"{other.user}@{other.data_address}",
-                "true",
-            ],
-            check=False,
-        )  # fmt: skip
-        return result.ok
+        return await self.ssh.reaches(other)
 
     # -- the job on the source --------------------------------------------------------------
     async def start_job(self, plan: MigrationPlan) -> None:

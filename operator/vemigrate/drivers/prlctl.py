@@ -146,19 +146,7 @@ class PrlctlDriver:
         )
 
     async def reaches(self, other: HostAccess) -> bool:
-        result = await self.ssh.run(
-            [
-                "ssh",
-                "-o", "BatchMode=yes",
-                "-o", "ConnectTimeout=5",
-                "-o", "StrictHostKeyChecking=yes",
-                "-p", str(other.port),
-                f"{other.user}@{other.data_address}",
-                "true",
-            ],
-            check=False,
-        )  # fmt: skip
-        return result.ok
+        return await self.ssh.reaches(other)
 
     # -- the job on the source --------------------------------------------------------------
     async def start_job(self, plan: MigrationPlan) -> None:

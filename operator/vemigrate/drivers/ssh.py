@@ -147,6 +147,23 @@ class SSHHost:
                 raise
             raise classify(self.access, exc) from exc
 
+    async def reaches(self, other: HostAccess) -> bool:
+        """Whether this host opens SSH to `other` by itself: as root, by key, its host key already known
+        (what a node-to-node migration needs; nothing prompts, nothing is learned)."""
+        result = await self.run(
+            [
+                "ssh",
+                "-o", "BatchMode=yes",
+                "-o", "ConnectTimeout=5",
+                "-o", "StrictHostKeyChecking=yes",
+                "-p", str(other.port),
+                f"{other.user}@{other.data_address}",
+                "true",
+            ],
+            check=False,
+        )  # fmt: skip
+        return result.ok
+
     async def close(self) -> None:
         async with self._lock:
             if self._conn is not None:
