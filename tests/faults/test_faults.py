@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -78,11 +79,6 @@ class Counted:
         return True
 
 
-def _check(record: list[Outcome], outcome: Outcome) -> None:
-    record.append(outcome)
-    assert outcome.ok, outcome.explain()
-
-
 @contextmanager
 def _restored(undo: Callable[[], object]) -> Iterator[None]:
     try:
@@ -91,287 +87,202 @@ def _restored(undo: Callable[[], object]) -> Iterator[None]:
         undo()
 
 
-def _running_vm(name: str, dirty_mib: int = 1) -> VMInfo:
-    vm = Lab.create_vm("lab1", name, state=VMState.RUNNING, dirty_mib=dirty_mib)
-    Lab.heartbeats("lab1", name)
-    return vm
+@dataclass
+class Scene:
+    """One scenario's run: the lab, the operator and its migrations, and where the outcome goes."""
+
+    lab: LabInfo
+    migrations: Migrations
+    operator: OperatorProcess
+    cleanup: Cleanup
+    record: list[Outcome]
+
+    def vm(self, name: str, *, state: VMState = VMState.RUNNING, dirty_mib: int = 1) -> VMInfo:
+        return Lab.create_vm("lab1", self.cleanup(name), state=state, dirty_mib=dirty_mib)
+
+    def outcome(
+        self, scenario: str, vm: VMInfo, name: str, counted: Counted, *, restarted: bool = False, **kwargs: Any
+    ) -> Outcome:
+        """Waits for the final phase, checks the invariants, records the row, then asserts on it."""
+        body = _final(self.migrations, name, timeout=kwargs.pop("timeout", 300))
+        outcome = examine(self.lab, scenario, vm, body, counted=counted(_phase(body), restarted=restarted), **kwargs)
+        self.record.append(outcome)
+        assert outcome.ok, outcome.explain()
+        return outcome
+
+
+@pytest.fixture
+def scene(
+    hosts: LabInfo, migrations: Migrations, operator: OperatorProcess, vm_cleanup: Cleanup, record: list[Outcome]
+) -> Scene:
+    return Scene(hosts, migrations, operator, vm_cleanup, record)
 
 
 @runs
-def test_operator_killed_in_every_phase_it_is_seen_in(
-    run: int,
-    hosts: LabInfo,
-    migrations: Migrations,
-    operator: OperatorProcess,
-    vm_cleanup: Cleanup,
-    record: list[Outcome],
-) -> None:
-    name = vm_cleanup(f"fkill{run}")
-    vm = _running_vm(name)
-    migrations.create(name, _slow(name))
+def test_operator_killed_in_every_phase_it_is_seen_in(run: int, scene: Scene) -> None:
+    name = f"fkill{run}"
+    vm = scene.vm(name)
+    counted = Counted(scene.operator)
+    scene.migrations.create(name, _slow(name))
     killed: list[str] = []
     deadline = time.monotonic() + 300
-    body = migrations.get(name)
+    body = scene.migrations.get(name)
     while _phase(body) not in FINAL and time.monotonic() < deadline:
         phase = _phase(body)
         if phase in ("Validating", "Transferring", "Switchover", "Finalizing") and phase not in killed:
-            operator.kill()
+            scene.operator.kill()
             killed.append(phase)
             time.sleep(1)
-            operator.start()
+            scene.operator.start()
         time.sleep(0.05)
-        body = migrations.get(name)
-    body = _final(migrations, name)
+        body = scene.migrations.get(name)
     assert killed, "the operator was killed at least once"
-    outcome = examine(
-        hosts,
-        "operator SIGKILLed in each phase seen",
-        vm,
-        body,
-        was_running=True,
-        counted=Counted(operator)(_phase(body), restarted=True),
-        note="killed in " + ", ".join(sorted(set(killed))),
-    )
-    _check(record, outcome)
+    outcome = scene.outcome("operator SIGKILLed in each phase seen", vm, name, counted, restarted=True,
+                            was_running=True, note="killed in " + ", ".join(sorted(set(killed))))  # fmt: skip
     assert outcome.phase == "Succeeded", "a restarted operator finishes the migration it was doing"
-    assert [t["phase"] for t in body["status"]["phaseTransitions"]].count("Transferring") == 1, "one job only"
+    transitions = scene.migrations.get(name)["status"]["phaseTransitions"]
+    assert [t["phase"] for t in transitions].count("Transferring") == 1, "one job only"
 
 
 @runs
-def test_operator_killed_right_after_cancel(
-    run: int,
-    hosts: LabInfo,
-    migrations: Migrations,
-    operator: OperatorProcess,
-    vm_cleanup: Cleanup,
-    record: list[Outcome],
-) -> None:
-    name = vm_cleanup(f"fcanc{run}")
-    vm = _running_vm(name, dirty_mib=4)
-    migrations.create(name, _stuck(name))
-    _transferring(migrations, name)
-    migrations.patch_spec(name, {"action": "Cancel"})
+def test_operator_killed_right_after_cancel(run: int, scene: Scene) -> None:
+    name = f"fcanc{run}"
+    vm = scene.vm(name, dirty_mib=4)
+    counted = Counted(scene.operator)
+    scene.migrations.create(name, _stuck(name))
+    _transferring(scene.migrations, name)
+    scene.migrations.patch_spec(name, {"action": "Cancel"})
     time.sleep(0.3)
-    operator.kill()
+    scene.operator.kill()
     time.sleep(1)
-    operator.start()
-    body = _final(migrations, name)
-    outcome = examine(
-        hosts,
-        "operator SIGKILLed while cancelling",
-        vm,
-        body,
-        was_running=True,
-        counted=Counted(operator)(_phase(body), restarted=True),
-    )
-    _check(record, outcome)
+    scene.operator.start()
+    outcome = scene.outcome("operator SIGKILLed while cancelling", vm, name, counted, restarted=True, was_running=True)
     assert outcome.phase == "Cancelled"
 
 
 @runs
-def test_link_cut_and_restored_during_transfer(
-    run: int,
-    hosts: LabInfo,
-    migrations: Migrations,
-    operator: OperatorProcess,
-    vm_cleanup: Cleanup,
-    record: list[Outcome],
-) -> None:
-    name = vm_cleanup(f"flink{run}")
-    vm = _running_vm(name)
-    counted = Counted(operator)
-    migrations.create(name, _slow(name))
-    _transferring(migrations, name)
+def test_link_cut_and_restored_during_transfer(run: int, scene: Scene) -> None:
+    name = f"flink{run}"
+    vm = scene.vm(name)
+    counted = Counted(scene.operator)
+    scene.migrations.create(name, _slow(name))
+    _transferring(scene.migrations, name)
     with _restored(lambda: Lab.link("lab2", True)):
         Lab.link("lab2", False)
         time.sleep(10)
-    body = _final(migrations, name)
-    _check(record, examine(hosts, "link cut for 10 s during transfer", vm, body, was_running=True,
-                           counted=counted(_phase(body))))  # fmt: skip
+    scene.outcome("link cut for 10 s during transfer", vm, name, counted, was_running=True)
 
 
 @runs
-def test_link_cut_and_restored_during_switchover(
-    run: int,
-    hosts: LabInfo,
-    migrations: Migrations,
-    operator: OperatorProcess,
-    vm_cleanup: Cleanup,
-    record: list[Outcome],
-) -> None:
-    name = vm_cleanup(f"fswit{run}")
-    vm = _running_vm(name, dirty_mib=4)
-    counted = Counted(operator)
-    migrations.create(name, _stuck(name))
-    _transferring(migrations, name)
-    migrations.patch_spec(name, {"action": "ForceComplete"})
-    migrations.wait_phase(name, "Switchover", *FINAL, timeout=60)
+def test_link_cut_and_restored_during_switchover(run: int, scene: Scene) -> None:
+    name = f"fswit{run}"
+    vm = scene.vm(name, dirty_mib=4)
+    counted = Counted(scene.operator)
+    scene.migrations.create(name, _stuck(name))
+    _transferring(scene.migrations, name)
+    scene.migrations.patch_spec(name, {"action": "ForceComplete"})
+    scene.migrations.wait_phase(name, "Switchover", *FINAL, timeout=60)
     with _restored(lambda: Lab.link("lab2", True)):
         Lab.link("lab2", False)
         time.sleep(10)
-    body = _final(migrations, name)
-    _check(record, examine(hosts, "link cut for 10 s during switchover (ForceComplete)", vm, body,
-                           was_running=True, counted=counted(_phase(body))))  # fmt: skip
+    scene.outcome("link cut for 10 s during switchover (ForceComplete)", vm, name, counted, was_running=True)
 
 
 @runs
-def test_target_libvirtd_killed_during_transfer(
-    run: int,
-    hosts: LabInfo,
-    migrations: Migrations,
-    operator: OperatorProcess,
-    vm_cleanup: Cleanup,
-    record: list[Outcome],
-) -> None:
-    name = vm_cleanup(f"flvd{run}")
-    vm = _running_vm(name)
-    counted = Counted(operator)
-    migrations.create(name, _slow(name))
-    _transferring(migrations, name)
+def test_target_libvirtd_killed_during_transfer(run: int, scene: Scene) -> None:
+    name = f"flvd{run}"
+    vm = scene.vm(name)
+    counted = Counted(scene.operator)
+    scene.migrations.create(name, _slow(name))
+    _transferring(scene.migrations, name)
     with _restored(lambda: Lab.start("lab2", "libvirtd")):
         Lab.kill("lab2", "libvirtd")
         time.sleep(5)
-    body = _final(migrations, name)
-    _check(record, examine(hosts, "target libvirtd killed during transfer, restarted after 5 s", vm, body,
-                           was_running=True, counted=counted(_phase(body))))  # fmt: skip
+    scene.outcome("target libvirtd killed during transfer, restarted after 5 s", vm, name, counted, was_running=True)
 
 
 @runs
-def test_source_sshd_killed_during_transfer(
-    run: int,
-    hosts: LabInfo,
-    migrations: Migrations,
-    operator: OperatorProcess,
-    vm_cleanup: Cleanup,
-    record: list[Outcome],
-) -> None:
-    name = vm_cleanup(f"fssh{run}")
-    vm = _running_vm(name)
-    counted = Counted(operator)
-    migrations.create(name, _slow(name))
-    _transferring(migrations, name)
+def test_source_sshd_killed_during_transfer(run: int, scene: Scene) -> None:
+    name = f"fssh{run}"
+    vm = scene.vm(name)
+    counted = Counted(scene.operator)
+    scene.migrations.create(name, _slow(name))
+    _transferring(scene.migrations, name)
     with _restored(lambda: Lab.start("lab1", "sshd")):
         Lab.kill("lab1", "sshd")
         time.sleep(10)
-    body = _final(migrations, name)
-    _check(record, examine(hosts, "source sshd killed during transfer, restarted after 10 s", vm, body,
-                           was_running=True, counted=counted(_phase(body))))  # fmt: skip
+    scene.outcome("source sshd killed during transfer, restarted after 10 s", vm, name, counted, was_running=True)
 
 
 @runs
-def test_target_disk_full_during_offline_copy(
-    run: int,
-    hosts: LabInfo,
-    migrations: Migrations,
-    operator: OperatorProcess,
-    vm_cleanup: Cleanup,
-    record: list[Outcome],
-) -> None:
-    name = vm_cleanup(f"ffull{run}")
-    vm = Lab.create_vm("lab1", name, state=VMState.STOPPED)
+def test_target_disk_full_during_offline_copy(run: int, scene: Scene) -> None:
+    name = f"ffull{run}"
+    vm = scene.vm(name, state=VMState.STOPPED)
     before = md5("lab1", vm.disk)
-    counted = Counted(operator)
+    counted = Counted(scene.operator)
     with _restored(lambda: (Lab.netem("lab2"), Lab.free_disk("lab2"))):
         Lab.netem("lab2", rate="2mbit")  # a few MiB take some 20 s: time to fill the disk under it
-        migrations.create(name, {**_spec(name), "tunnel": True})
-        _transferring(migrations, name)
+        scene.migrations.create(name, {**_spec(name), "tunnel": True})
+        _transferring(scene.migrations, name)
         Lab.fill_disk("lab2", leave_mib=0)
-        body = _final(migrations, name)
-    outcome = examine(hosts, "target disk filled during an offline copy", vm, body, was_running=False,
-                      source_md5=before, counted=counted(_phase(body)))  # fmt: skip
-    _check(record, outcome)
+        outcome = scene.outcome("target disk filled during an offline copy", vm, name, counted,
+                                was_running=False, source_md5=before)  # fmt: skip
     assert outcome.phase == "Failed"
 
 
 @runs
-def test_very_slow_link_times_out(
-    run: int,
-    hosts: LabInfo,
-    migrations: Migrations,
-    operator: OperatorProcess,
-    vm_cleanup: Cleanup,
-    record: list[Outcome],
-) -> None:
-    name = vm_cleanup(f"fslow{run}")
-    vm = _running_vm(name)
-    counted = Counted(operator)
+def test_very_slow_link_times_out(run: int, scene: Scene) -> None:
+    name = f"fslow{run}"
+    vm = scene.vm(name)
+    counted = Counted(scene.operator)
     # Bytes still trickle through at 64 kbit/s, so it is the completion deadline (90 s: one GiB's worth)
     # that ends it, unless nothing moves for progressSeconds first.
     timeouts = {"progressSeconds": 10, "completionPerGiBSeconds": 90}
     with _restored(lambda: Lab.netem("lab2")):
-        migrations.create(name, _slow(name, timeouts=timeouts))
-        _transferring(migrations, name)
+        scene.migrations.create(name, _slow(name, timeouts=timeouts))
+        _transferring(scene.migrations, name)
         Lab.netem("lab2", rate="64kbit")
-        body = _final(migrations, name, timeout=240)
-    outcome = examine(hosts, "link slowed to 64 kbit/s mid-transfer", vm, body, was_running=True,
-                      counted=counted(_phase(body)))  # fmt: skip
-    _check(record, outcome)
+        outcome = scene.outcome("link slowed to 64 kbit/s mid-transfer", vm, name, counted, was_running=True,
+                                timeout=240)  # fmt: skip
     assert outcome.phase == "Failed" and outcome.reason in ("ProgressTimeout", "CompletionTimeout")
 
 
 @runs
-def test_api_server_restarted_mid_migration(
-    run: int,
-    hosts: LabInfo,
-    migrations: Migrations,
-    operator: OperatorProcess,
-    control_plane: ControlPlaneInfo,
-    vm_cleanup: Cleanup,
-    record: list[Outcome],
-) -> None:
-    name = vm_cleanup(f"fapi{run}")
-    vm = _running_vm(name)
-    counted = Counted(operator)
-    migrations.create(name, _slow(name))
-    _transferring(migrations, name)
+def test_api_server_restarted_mid_migration(run: int, scene: Scene, control_plane: ControlPlaneInfo) -> None:
+    name = f"fapi{run}"
+    vm = scene.vm(name)
+    counted = Counted(scene.operator)
+    scene.migrations.create(name, _slow(name))
+    _transferring(scene.migrations, name)
     ControlPlane(control_plane.state_dir).restart_apiserver()
-    body = _final(migrations, name)
-    outcome = examine(hosts, "kube-apiserver restarted mid-transfer", vm, body, was_running=True,
-                      counted=counted(_phase(body)))  # fmt: skip
-    _check(record, outcome)
+    outcome = scene.outcome("kube-apiserver restarted mid-transfer", vm, name, counted, was_running=True)
     assert outcome.phase == "Succeeded"
 
 
 @runs
-def test_two_migrations_of_one_ve_at_once(
-    run: int,
-    hosts: LabInfo,
-    migrations: Migrations,
-    operator: OperatorProcess,
-    vm_cleanup: Cleanup,
-    record: list[Outcome],
-) -> None:
-    name = vm_cleanup(f"ftwin{run}")
-    vm = _running_vm(name)
-    counted = Counted(operator)
-    migrations.create(f"{name}-a", _spec(name))
-    migrations.create(f"{name}-b", _spec(name))
-    a, b = _final(migrations, f"{name}-a"), _final(migrations, f"{name}-b")
-    phases = sorted([(_phase(a), a), (_phase(b), b)], key=lambda p: p[0] != "Succeeded")
-    winner, loser = phases[0][1], phases[1][1]
-    assert _phase(loser) == "Failed" and loser["status"]["failure"]["reason"] == "DuplicateMigration", loser["status"]
-    _check(record, examine(hosts, "two migrations of one VE created at once", vm, winner, was_running=True,
-                           counted=counted(_phase(winner)), note="the other: Failed DuplicateMigration"))  # fmt: skip
+def test_two_migrations_of_one_ve_at_once(run: int, scene: Scene) -> None:
+    name = f"ftwin{run}"
+    vm = scene.vm(name)
+    counted = Counted(scene.operator)
+    scene.migrations.create(f"{name}-a", _spec(name))
+    scene.migrations.create(f"{name}-b", _spec(name))
+    finals = {n: _final(scene.migrations, n) for n in (f"{name}-a", f"{name}-b")}
+    winner = next((n for n, b in finals.items() if _phase(b) == "Succeeded"), f"{name}-a")
+    loser = finals[f"{name}-b" if winner == f"{name}-a" else f"{name}-a"]["status"]
+    assert loser["phase"] == "Failed" and loser["failure"]["reason"] == "DuplicateMigration", loser
+    scene.outcome("two migrations of one VE created at once", vm, winner, counted, was_running=True,
+                  note="the other: Failed DuplicateMigration")  # fmt: skip
 
 
 @runs
-def test_target_name_already_taken(
-    run: int,
-    hosts: LabInfo,
-    migrations: Migrations,
-    operator: OperatorProcess,
-    vm_cleanup: Cleanup,
-    record: list[Outcome],
-) -> None:
-    name = vm_cleanup(f"fname{run}")
-    vm = Lab.create_vm("lab1", name, state=VMState.STOPPED)
+def test_target_name_already_taken(run: int, scene: Scene) -> None:
+    name = f"fname{run}"
+    vm = scene.vm(name, state=VMState.STOPPED)
     other = Lab.create_vm("lab2", name, state=VMState.STOPPED)  # same name, another VE
     before, theirs = md5("lab1", vm.disk), md5("lab2", other.disk)
-    counted = Counted(operator)
-    migrations.create(name, _spec(name))
-    body = _final(migrations, name)
-    outcome = examine(hosts, "the VE's name already taken on the target", vm, body, was_running=False,
-                      source_md5=before, counted=counted(_phase(body)), foreign=(other.disk,))  # fmt: skip
-    _check(record, outcome)
+    counted = Counted(scene.operator)
+    scene.migrations.create(name, _spec(name))
+    outcome = scene.outcome("the VE's name already taken on the target", vm, name, counted, was_running=False,
+                            source_md5=before, foreign=(other.disk,))  # fmt: skip
     assert outcome.phase == "Failed"
     assert md5("lab2", other.disk) == theirs, "the VE already on the target is untouched"
