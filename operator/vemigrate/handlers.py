@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 _world: reconcile.World | None = None
 # One pass at a time per migration: the daemon and the deletion handler never overlap.
 _locks: dict[str, asyncio.Lock] = {}
+_phases_counted = False
 # A spec change (spec.action: Cancel) wakes the migration's daemon at once instead of at its next poll.
 _wakeups: dict[str, asyncio.Event] = {}
 # Migrations this process saw end, until the watch delivers their final status to the index: the
@@ -107,7 +108,10 @@ def migrations(body: kopf.Body, uid: str, spec: kopf.Spec, meta: kopf.Meta, **_:
 
 
 def _others(index: kopf.Index[str, OtherMigration], body: Mapping[str, Any]) -> list[OtherMigration]:
-    metrics.phase_counts([o.phase for key in index for o in index[key]])
+    global _phases_counted
+    if not _phases_counted:  # kopf keeps the index current: the gauge reads it at every scrape
+        metrics.count_phases(lambda: [o.phase for key in index for o in index[key]])
+        _phases_counted = True
     return [o for o in index.get(body["metadata"]["namespace"], []) if o.uid not in _finished]
 
 

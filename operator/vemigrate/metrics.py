@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable, Iterable
 from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -133,9 +134,15 @@ def serve(port: int, address: str = "0.0.0.0") -> None:  # noqa: S104 (a metrics
     start_http_server(port, addr=address, registry=REGISTRY)
 
 
-def phase_counts(phases: list[str]) -> None:
+def count_phases(phases: Callable[[], Iterable[str]]) -> None:
+    """Migrations per phase, read from `phases` (every migration's phase now) at each scrape, so the
+    figures follow the objects even when no pass runs (after the last one ended, or was deleted)."""
+
+    def counter(phase: str) -> Callable[[], float]:
+        return lambda: sum(1 for p in phases() if p == phase)
+
     for phase in Phase:
-        IN_PHASE.labels(phase=phase.value).set(sum(1 for p in phases if p == phase.value))
+        IN_PHASE.labels(phase=phase.value).set_function(counter(phase.value))
 
 
 def record_pass(uid: str, before: MigrationStatus | None, after: MigrationStatus, not_before: datetime | None) -> None:

@@ -138,3 +138,15 @@ def test_a_deleted_host_leaves_no_reachability_series() -> None:
         metrics.REGISTRY.get_sample_value("vemigrate_host_reachable", {"namespace": "prod", "host": "node-z"}) is None
     )
     metrics.forget_host("prod", "never-probed")  # no error
+
+
+def test_migrations_per_phase_follow_the_objects_at_every_scrape() -> None:
+    """Read when scraped, not when a pass runs: after the last migration ends no pass comes, and the
+    gauge must still move it out of its old phase."""
+    phases = ["Transferring", "Queued", "Queued"]
+    metrics.count_phases(lambda: phases)
+    assert _value("vemigrate_migrations_in_phase", phase="Queued") == 2
+    assert _value("vemigrate_migrations_in_phase", phase="Transferring") == 1
+    phases[0] = "Succeeded"  # what the watch brings into kopf's index; no pass runs
+    assert _value("vemigrate_migrations_in_phase", phase="Transferring") == 0
+    assert _value("vemigrate_migrations_in_phase", phase="Succeeded") == 1
