@@ -114,7 +114,8 @@ def test_queued_rolling_back_cancelled_and_failed_as_argo_cd_sees_them(
     assert judged["status"] == "Degraded" and "PreflightFailed" in judged["message"], judged
     store(VEM, "Failed", failed)
 
-    # A host whose credentials Secret does not exist: probed, and Degraded with the reason.
+    # A host whose credentials Secret the operator may not read (the chart grants only the lab's named
+    # Secrets): probed, and Degraded with the reason.
     body = {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "HypervisorHost",
@@ -128,5 +129,5 @@ def test_queued_rolling_back_cancelled_and_failed_as_argo_cd_sees_them(
         time.sleep(0.5)
         host = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "hypervisorhosts", "no-secret")
     judged = health("HypervisorHost", host)
-    assert judged["status"] == "Degraded" and "SecretNotFound" in judged["message"], (judged, host.get("status"))
+    assert judged["status"] == "Degraded" and "SecretForbidden" in judged["message"], (judged, host.get("status"))
     store("HypervisorHost", "Unreachable", host)
