@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -44,4 +46,7 @@ async def emit(kube: Kube, body: Mapping[str, Any], type_: str, reason: str, mes
     try:
         await kube.call(kube.core.create_namespaced_event, meta.get("namespace"), event)
     except kubernetes.client.ApiException as exc:
-        log.warning("could not post Event %s for %s: %s", reason, meta.get("name"), exc.reason)
+        detail = exc.reason  # the API's own message says why (RBAC, or a namespace being deleted)
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            detail = json.loads(exc.body or "{}").get("message") or detail
+        log.warning("could not post Event %s for %s/%s: %s", reason, meta.get("namespace"), meta.get("name"), detail)
