@@ -140,6 +140,16 @@ def _kube_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also publish every host as <host>-vz with driver prlctl (the lab's prlctl stand-in)",
     )
+    p.add_argument(
+        "--containers",
+        action="store_true",
+        help="also publish every host as <host>-ct: its libvirt LXC driver (lxc+ssh://), for containers",
+    )
+
+
+def _published(args: argparse.Namespace) -> dict[str, bool]:
+    """Which extra HypervisorHosts each lab host is published as (kube.objects' options)."""
+    return {"prlctl": args.prlctl, "containers": args.containers}
 
 
 def _info() -> LabInfo:
@@ -165,7 +175,7 @@ def _up(args: argparse.Namespace) -> int:
     if args.manifests:
         from vemigrate.devenv.lab import kube
 
-        kube.write_manifests(info, args.namespace, args.manifests, prlctl=args.prlctl)
+        kube.write_manifests(info, args.namespace, args.manifests, **_published(args))
         print(f"  manifests written to {args.manifests}")
     return 0
 
@@ -176,7 +186,7 @@ def _publish(info: LabInfo, args: argparse.Namespace) -> None:
     from vemigrate.devenv.lab import kube
 
     try:
-        applied = kube.apply(info, args.namespace, args.kubeconfig, prlctl=args.prlctl)
+        applied = kube.apply(info, args.namespace, args.kubeconfig, **_published(args))
     except RuntimeError as exc:
         # The lab itself is up; the cluster may simply not be ready yet (`lab manifests` retries).
         print(f"warning: {exc}", file=sys.stderr)
@@ -276,13 +286,13 @@ def _manifests(args: argparse.Namespace) -> int:
 
     info = _info()
     if args.kubeconfig:
-        print("\n".join(kube.apply(info, args.namespace, args.kubeconfig, prlctl=args.prlctl)))
+        print("\n".join(kube.apply(info, args.namespace, args.kubeconfig, **_published(args))))
     elif args.output:
-        kube.write_manifests(info, args.namespace, args.output, prlctl=args.prlctl)
+        kube.write_manifests(info, args.namespace, args.output, **_published(args))
     else:
         import yaml
 
-        print(yaml.safe_dump_all(kube.objects(info, args.namespace, prlctl=args.prlctl), sort_keys=False), end="")
+        print(yaml.safe_dump_all(kube.objects(info, args.namespace, **_published(args)), sort_keys=False), end="")
     return 0
 
 

@@ -84,8 +84,10 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def write_manifests(info: LabInfo, namespace: str, path: Path, *, prlctl: bool = False) -> None:
-    path.write_text(yaml.safe_dump_all(objects(info, namespace, prlctl=prlctl), sort_keys=False))
+def write_manifests(
+    info: LabInfo, namespace: str, path: Path, *, prlctl: bool = False, containers: bool = False
+) -> None:
+    path.write_text(yaml.safe_dump_all(objects(info, namespace, prlctl=prlctl, containers=containers), sort_keys=False))
     path.chmod(0o600)  # it holds the lab's private key
 
 
