@@ -32,6 +32,7 @@ from vemigrate.core.observation import (
     Observation,
     OtherMigration,
     VEFacts,
+    others_in_view,
 )
 from vemigrate.drivers.errors import DriverError, PermanentError
 from vemigrate.drivers.protocol import DriverFactory, HypervisorDriver, MigrationPlan
@@ -271,7 +272,7 @@ async def migration_pass(
 
     waiting = stored is None or stored.phase in (Phase.PENDING, Phase.QUEUED)
     async with world.admission if waiting else contextlib.nullcontext():
-        pending = [*others, *world.admitted.values()]
+        pending = others_in_view(others, world.admitted.values())
         obs, plan = await _observe(world, body, spec, stored, deleting=deleting, others=pending)
         decision = decide(spec, stored, obs, _now())
         if waiting and decision.status.phase in ACTIVE_PHASES:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
+import socket
 from typing import Any
 
+import asyncssh
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 GROUP, VERSION = "vemigrate.io", "v1alpha1"
@@ -51,3 +55,22 @@ def rejection(exc: ApiException) -> tuple[int, str]:
     except (TypeError, ValueError, KeyError):
         message = str(exc.body)
     return int(exc.status), message
+
+
+def loopback_hosts(kube_admin: Any, namespace: str, **spec: Any) -> None:
+    """HypervisorHosts the operator can look up but never reach, with no traffic leaving 127.0.0.1:
+    node-a and node-b (a real key Secret, a loopback port where nothing listens) and no-key (whose
+    Secret does not exist). Keyword arguments add spec fields to node-a and node-b."""
+    key = asyncssh.generate_private_key("ssh-ed25519").export_private_key().decode()
+    secret = client.V1Secret(
+        metadata=client.V1ObjectMeta(name="lab-ssh"), data={"ssh-privatekey": base64.b64encode(key.encode()).decode()}
+    )
+    client.CoreV1Api(kube_admin).create_namespaced_secret(namespace, secret)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    custom = client.CustomObjectsApi(kube_admin)
+    hosts = (("node-a", "lab-ssh", spec), ("node-b", "lab-ssh", spec), ("no-key", "absent", {}))
+    for name, secret_name, extra in hosts:
+        body = host(name, address="127.0.0.1", port=port, credentialsSecretRef={"name": secret_name}, **extra)
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, HOSTS, body)

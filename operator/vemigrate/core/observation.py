@@ -6,6 +6,7 @@ pass" (a host did not answer), which is different from "known to be absent".
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -127,6 +128,16 @@ class OtherMigration:
     source_host: str
     target_host: str
     ve_name: str
+
+
+def others_in_view(indexed: Iterable[OtherMigration], admitted: Iterable[OtherMigration]) -> list[OtherMigration]:
+    """Each other migration once: as the API shows it, unless the API still shows it waiting while this
+    operator has already admitted it (its status write not yet seen)."""
+    view = {o.uid: o for o in admitted}
+    for o in indexed:
+        if o.uid not in view or o.phase not in ("Pending", "Queued"):
+            view[o.uid] = o
+    return list(view.values())
 
 
 @dataclass(frozen=True)
