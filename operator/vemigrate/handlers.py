@@ -17,6 +17,7 @@ from vemigrate.api.common import GROUP, VERSION
 from vemigrate.api.migration import FINAL_PHASES, MigrationStatus, Phase
 from vemigrate.core.decision import Decision
 from vemigrate.core.observation import OtherMigration
+from vemigrate.kube import events
 
 PREFIX = GROUP
 _FINAL_NAMES = frozenset(p.value for p in FINAL_PHASES)
@@ -165,15 +166,21 @@ async def run_migration(**kwargs: Any) -> None:
     uid = body["metadata"]["uid"]
     lock = _locks.setdefault(uid, asyncio.Lock())
     last: MigrationStatus | None = None
+    said = ""  # the last unexpected error told to the user, so a repeating one is one Event
     while not stopped:
         if body["metadata"].get("deletionTimestamp"):
             return  # the deletion handler rolls back
         async with lock:
             try:
                 decision = await _whole(_daemon_pass(uid, _with_status(body, last), migrations))
-            except Exception:
+            except Exception as exc:
                 metrics.PASSES.labels(kind="migration", outcome="error").inc()
                 log.exception("reconcile pass of %s failed; retrying", body["metadata"]["name"])
+                error = f"{type(exc).__name__}: {exc}"[:500]
+                if error != said:
+                    said = error
+                    message = f"Reconcile pass failed ({error}); retrying every {IDLE_POLL:g} s (traceback in the log)"
+                    await events.emit(world().kube, body, "Warning", "ReconcileError", message)
                 await stopped.wait(IDLE_POLL)
                 continue
         metrics.PASSES.labels(kind="migration", outcome="ok").inc()
