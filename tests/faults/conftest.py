@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.faults.invariants import Outcome, table
-from tests.lab.conftest import hosts, vm_cleanup  # noqa: F401 - the lab tier's fixtures, shared
+from tests.lab.conftest import hosts, no_guest_outlives_its_test, vm_cleanup  # noqa: F401 - the lab tier's fixtures, shared
 
 RUNS = max(1, int(os.environ.get("VEMIGRATE_FAULT_RUNS", "1")))
 _OUTCOMES = pytest.StashKey[list[Outcome]]()

@@ -4,6 +4,7 @@ the exceptions instead."""
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -38,6 +39,27 @@ def vm_cleanup(lab: LabInfo) -> Iterator[Callable[[str], str]]:
     for h in info.hosts if info else []:
         for name in names:
             Lab.remove_vm(h.name, name)
+
+
+@pytest.fixture(autouse=True)
+def no_guest_outlives_its_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A guest left behind keeps burning CPU under TCG and starves every later test's guests (two
+    cores): remove whatever VM a test left on a lab host, and say so in the summary."""
+    yield
+    info = Lab.info()
+    for h in info.hosts if info else []:
+        try:
+            conn = h.connect()
+        except libvirt.libvirtError:
+            continue  # the host is down: a fault test's business
+        try:
+            left = [d.name() for d in conn.listAllDomains()]
+        finally:
+            conn.close()
+        for name in left:
+            Lab.remove_vm(h.name, name)
+        if left:
+            warnings.warn(f"{request.node.nodeid} left VMs {left} on {h.name}; removed", stacklevel=1)
 
 
 @pytest.fixture

@@ -173,13 +173,7 @@ def test_operator_restart_mid_migration_reattaches_to_the_same_prlctl(
     assert status["attempts"] == 1
     assert [t["phase"] for t in status["phaseTransitions"]].count("Transferring") == 1
     assert domain(vz, "lab1", name) is None, "exactly one copy"
-    try:
-        beating_on("lab2", name, boot)
-    except AssertionError as exc:
-        # Open bug (seen 2 of ~5 runs on a loaded machine): after this long stand-in migration the
-        # guest on the target wrote no heartbeat in 60 s. The operator's part above holds; the guest's
-        # state after the stand-in's `virsh migrate --undefinesource` is still to be explained.
-        pytest.xfail(f"known open bug, guest silent on the target after the stand-in's migration: {exc}")
+    assert beating_on("lab2", name, boot) > 0, "the same guest, live, on the target"
 
 
 def test_a_vm_with_snapshots_fails_the_preflight_check(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+import sys
 import tempfile
 import time
 import uuid
@@ -202,7 +203,20 @@ def create(
         since = log.stat().st_size if log.exists() else 0
         start = time.monotonic()
         dom.create()
-        wait_booted(host, name, since)
+        try:
+            wait_booted(host, name, since)
+        except CommandError as exc:
+            # Under TCG on a loaded machine a guest kernel was seen to stall in early boot: one fresh start.
+            state, reason = dom.state()
+            said = f"{exc}; libvirt state {state} (reason {reason}), {dom.info()[4] / 1e9:.1f} s of guest CPU"
+            print(f"[lab] {said}; starting it once more", file=sys.stderr, flush=True)
+            dom.destroy()
+            since = log.stat().st_size if log.exists() else 0
+            dom.create()
+            try:
+                wait_booted(host, name, since)
+            except CommandError as again:
+                raise CommandError(f"{again} (after a first start that did not boot either: {said})") from exc
         boot_seconds = time.monotonic() - start
         if state == VMState.PAUSED:
             dom.suspend()
