@@ -138,6 +138,20 @@ CASES = [
         reason="DuplicateMigration",
     ),
     Case(
+        "a newer migration of the same VE already under way wins too: two must never run",
+        None,
+        obs={"others": (other(Phase.VALIDATING, source="node-a", ve_name="web1", created=T0 + timedelta(minutes=5)),)},
+        phase=Phase.FAILED,
+        reason="DuplicateMigration",
+        message="is already under way",
+    ),
+    Case(
+        "a newer migration of the same VE still waiting loses",
+        None,
+        obs={"others": (other(Phase.QUEUED, source="node-a", ve_name="web1", created=T0 + timedelta(minutes=5)),)},
+        phase=Phase.VALIDATING,
+    ),
+    Case(
         "a finished migration of the same VE is no duplicate",
         None,
         obs={"others": (other(Phase.SUCCEEDED, source="node-a", ve_name="web1"),)},

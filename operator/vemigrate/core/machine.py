@@ -174,12 +174,12 @@ def _waiting(step: _Pass) -> None:
             return
         _queue(step, f"Waiting for HypervisorHost {names} to exist in this namespace", POLL_WAIT)
         return
-    duplicate = _older_duplicate(step)
+    duplicate = _duplicate(step)
     if duplicate is not None:
         step.fail(
             "DuplicateMigration",
-            f"Migration {duplicate} of VE {spec.source.name!r} on {spec.source.host!r} was created "
-            "first and is not finished; this one moves nothing",
+            f"Migration {duplicate} of VE {spec.source.name!r} on {spec.source.host!r} {_why_first(step, duplicate)} "
+            "and is not finished; this one moves nothing",
         )
         return
     if spec.not_before is not None and now < spec.not_before:
@@ -216,19 +216,23 @@ def _queue(step: _Pass, reason: str, seconds: float) -> None:
     step.poll(max(seconds, 1.0))
 
 
-def _older_duplicate(step: _Pass) -> str | None:
-    """Another unfinished migration of the same VE created before this one (ties: lower UID wins)."""
+def _duplicate(step: _Pass) -> str | None:
+    """Another unfinished migration of the same VE that goes first: one already admitted (whatever its
+    age: two of them must never run), else one created before this one (ties: lower UID wins)."""
     spec, obs = step.spec, step.obs
     mine = (obs.created or step.now, obs.uid)
-    for other in obs.others:
-        if (
-            other.source_host == spec.source.host
-            and other.ve_name == spec.source.name
-            and other.phase not in _FINAL_NAMES
-            and (other.created, other.uid) < mine
-        ):
-            return other.uid
-    return None
+    same = [
+        o
+        for o in obs.others
+        if o.source_host == spec.source.host and o.ve_name == spec.source.name and o.phase not in _FINAL_NAMES
+    ]
+    admitted = next((o.uid for o in same if o.phase in _ACTIVE_NAMES), None)
+    return admitted or next((o.uid for o in same if (o.created, o.uid) < mine), None)
+
+
+def _why_first(step: _Pass, uid: str) -> str:
+    other = next(o for o in step.obs.others if o.uid == uid)
+    return "is already under way" if other.phase in _ACTIVE_NAMES else "was created first"
 
 
 def _admission(step: _Pass) -> str | None:
