@@ -233,3 +233,36 @@ def test_offline_container_migration_renames_the_source_migrated(
         Lab.exec(
             "lab1", ["rm", "-rf", "--", ct.private, f"{ct.private}.migrated", f"/etc/libvirt/lxc/{name}.xml.migrated"]
         )
+
+
+def test_a_running_containers_ipsec_and_nfs_are_read_inside_it(vz: LabInfo, migrations: Migrations, lxc: None) -> None:
+    """Live-only container rules read where the seed puts them: inside the container (`prlctl exec
+    --without-shell /bin/sh`, the stand-in entering the LXC namespaces) and from its `Features`."""
+    name = "vzct2"
+    ct = Lab.create_ct("lab1", name, running=True)
+    lxc_uri = "lxc:///system"
+
+    def checks(migration: str) -> dict[str, tuple[str, str]]:
+        migrations.create(migration, _spec(name, mode="Live", dryRun=True))
+        status = migrations.wait_phase(migration, "Succeeded", "Failed", timeout=120)["status"]
+        return {c["name"]: (c["result"], c["message"]) for c in status["checks"]}
+
+    try:
+        quiet = checks("ct2-quiet")
+        assert quiet["NoIPSec"] == ("Passed", f"container {name!r} has no IPSec connections"), quiet
+        assert quiet["NFSClient"] == ("Passed", f"container {name!r} has no NFS mounts"), quiet
+        assert quiet["NoNFSServer"] == ("Passed", f"container {name!r} has the NFS server feature off"), quiet
+        # An IKE daemon starts inside, and the NFS server feature is switched on.
+        daemon = "printf '#!/bin/sh\\nwhile :; do sleep 1; done\\n' >/bin/charon && chmod +x /bin/charon"
+        start = f"{daemon} && (/bin/charon </dev/null >/dev/null 2>&1 &)"
+        started = Lab.exec("lab1", ["prlctl", "exec", name, "--without-shell", "/bin/sh", "-c", start], capture=True)
+        assert started.returncode == 0, started.stderr
+        switched = Lab.exec("lab1", ["prlctl", "set", name, "--features", "nfsd:on"], capture=True)
+        assert switched.returncode == 0, switched.stderr
+        busy = checks("ct2-busy")
+        assert busy["NoIPSec"][0] == "Failed" and "has IPSec connections" in busy["NoIPSec"][1], busy
+        assert busy["NoNFSServer"][0] == "Failed" and "prlctl set --features nfsd:off" in busy["NoNFSServer"][1], busy
+    finally:
+        Lab.exec("lab1", ["virsh", "-c", lxc_uri, "destroy", name], capture=True)
+        Lab.exec("lab1", ["virsh", "-c", lxc_uri, "undefine", name], capture=True)
+        Lab.exec("lab1", ["rm", "-rf", "--", ct.private, f"/etc/libvirt/lxc/{name}.features.json"])

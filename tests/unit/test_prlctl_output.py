@@ -47,6 +47,50 @@ def test_list_json_gives_vm_and_container_facts() -> None:
     assert ct.facts.vcpus == 1  # "unlimited"
     assert ct.facts.bridges == ("Bridged",)  # venet0 is routed: no bridge
     assert ct.home == f"/vz/private/{CT_UUID}"
+    assert ct.facts.nfs_server is True  # "Features": "... nfsd:on "
+    assert vm.facts.nfs_server is None  # VMs have no container features
+
+
+@pytest.mark.parametrize(
+    ("features", "on"),
+    [("sysfs:on nfs:off nfsd:off time:off ", False), ("nfsd:on ", True), ("sysfs:on nfs:on ", None), ("", None)],
+)
+def test_the_nfs_server_feature_is_read_from_features(features: str, on: bool | None) -> None:
+    assert out.nfs_server(features) is on
+
+
+def test_inside_a_container_ipsec_and_nfs_are_read() -> None:
+    quiet = "ike_daemons 0\nnfs_mounts 0\nnfs_remote_locks 0\nnfs_overmounted 0\nnfs_open_devices 0\n"
+    ipsec, nfs = out.inside_container(quiet)
+    assert ipsec is False and nfs is not None and not nfs.client
+    ipsec, _ = out.inside_container(quiet.replace("ike_daemons 0", "ike_daemons 1"))
+    assert ipsec is True
+    ipsec, _ = out.inside_container(quiet + "xfrm_states 2\n")
+    assert ipsec is True  # security associations without a daemon (set up by hand, say)
+    busy = "ike_daemons 0\nnfs_mounts 2\nnfs_remote_locks 1\nnfs_overmounted 1\nnfs_open_devices 3\n"
+    _, nfs = out.inside_container(busy)
+    assert nfs is not None
+    assert (nfs.client, nfs.remote_locks, nfs.overmounted, nfs.open_device_files) == (True, True, True, 3)
+    assert out.inside_container("") == (None, None)  # nothing printed: the checks say Skipped
+    assert out.inside_container("bash: /bin/sh: No such file or directory\n") == (None, None)
+
+
+def test_nfs_facts_from_a_container_fail_the_live_check_with_what_to_do() -> None:
+    said = "ike_daemons 0\nnfs_mounts 1\nnfs_remote_locks 1\nnfs_overmounted 1\nnfs_open_devices 2\n"
+    ipsec, nfs = out.inside_container(said)
+    ct = ve(type=VEKind.CONTAINER, state=VEState.RUNNING, bridges=(), nfs=nfs, ipsec=ipsec, nfs_server=False)
+    src = host_facts()
+    results = checks.run_checks(
+        checks.CheckInput(
+            spec=spec(), mode=Mode.LIVE, ve=ct, source=src, target=host_facts(), target_ve=None, ssh_port_open=True
+        )
+    )
+    verdict = {r.name: r for r in results}
+    assert verdict[CheckName.NFS_CLIENT].result == CheckResult.FAILED
+    assert "2 block or character device file(s)" in verdict[CheckName.NFS_CLIENT].message
+    assert "remote file locking and over-mounted" in verdict[CheckName.NFS_CLIENT].message
+    assert verdict[CheckName.IPSEC].result == CheckResult.PASSED
+    assert verdict[CheckName.NFS_SERVER].result == CheckResult.PASSED
 
 
 @pytest.mark.parametrize("name", ["web1", VM_UUID, "{" + VM_UUID + "}", VM_UUID.upper()])

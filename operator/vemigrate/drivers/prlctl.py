@@ -73,6 +73,32 @@ echo "--- fstype"; [ -n "$home" ] && df --output=fstype "$home" 2>/dev/null | ta
 echo "--- ps"; ps -eo args=
 """
 
+# Inside a running container (`prlctl exec <CT> --without-shell /bin/sh`, this on stdin: no shell
+# quoting to survive): what the IPSec and NFS live-migration rules ask, read from /proc so a minimal
+# container answers too. IPSec: an IKE daemon runs, or (where `ip` has xfrm) the kernel holds SAs.
+# NFS: mounts, mounts without local-only locking, NFS mount points stacked with another mount, and
+# open block or character device files under an NFS mount.
+CT_INSIDE = r"""
+ike=0
+for c in /proc/[0-9]*/comm; do
+  case "$(cat "$c" 2>/dev/null)" in charon|pluto|racoon|iked|starter) ike=$((ike + 1));; esac
+done
+echo "ike_daemons $ike"
+xfrm=$(ip xfrm state 2>/dev/null) && echo "xfrm_states $(printf '%s\n' "$xfrm" | grep -c '^src ')"
+nfs=$(awk '$3 ~ /^nfs4?$/ {print $2}' /proc/mounts)
+echo "nfs_mounts $(printf '%s\n' "$nfs" | grep -c .)"
+echo "nfs_remote_locks $(awk '$3 ~ /^nfs4?$/ && $4 !~ /(^|,)(nolock|local_lock=all)(,|$)/' /proc/mounts | grep -c .)"
+stacked='{n[$2]++; if ($3 ~ /^nfs4?$/) f[$2] = 1} END {c = 0; for (m in f) if (n[m] > 1) c++; print c}'
+echo "nfs_overmounted $(awk "$stacked" /proc/mounts)"
+dev=0
+for fd in /proc/[0-9]*/fd/*; do
+  [ -b "$fd" ] || [ -c "$fd" ] || continue
+  t=$(readlink "$fd")
+  for m in $nfs; do case "$t" in "$m"/*) dev=$((dev + 1)); break;; esac; done
+done
+echo "nfs_open_devices $dev"
+"""
+
 _SHARED_FS = ("fuse.vstorage", "fuse.pstorage", "nfs", "nfs4", "gfs2")
 
 
@@ -137,8 +163,17 @@ class PrlctlDriver:
         snapshots_ok = sections.get("snapshots-rc", "").strip() == "0"
         du = sections.get("du", "").strip()
         fstype = sections.get("fstype", "").strip()
+        ipsec, nfs = facts.ipsec, facts.nfs
+        if facts.type == VEKind.CONTAINER and facts.state == VEState.RUNNING:
+            inside = await self.ssh.run(
+                [PRLCTL, "exec", facts.uuid, "--without-shell", "/bin/sh"], input=CT_INSIDE, check=False
+            )
+            # Unreadable (no /bin/sh in the container, say): the checks say Skipped, with why.
+            ipsec, nfs = out.inside_container(inside.stdout) if inside.ok else (None, None)
         return replace(
             facts,
+            ipsec=ipsec,
+            nfs=nfs,
             snapshots=out.count_snapshots(sections.get("snapshots", "")) if snapshots_ok else None,
             disk_bytes=int(du) if du.isdigit() else None,
             shared_storage=fstype.startswith(_SHARED_FS),

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vemigrate.api.host import VEKind
-from vemigrate.core.observation import ErrorClass, VEFacts, VEState
+from vemigrate.core.observation import ErrorClass, NFSFacts, VEFacts, VEState
 
 MIB = 1024 * 1024
 
@@ -132,9 +132,41 @@ def _listed(entry: Mapping[str, Any]) -> ListedVE:
         disk_paths=tuple(images),
         macs=tuple(macs),
         guest_os_installed=_guest_os(entry),
+        nfs_server=nfs_server(str(entry["Features"])) if kind == VEKind.CONTAINER and "Features" in entry else None,
     )
     env_id = str(entry["EnvID"]) if entry.get("EnvID") not in (None, "") else None
     return ListedVE(facts=facts, home=home, env_id=env_id, images=tuple(images))
+
+
+def nfs_server(features: str) -> bool | None:
+    """A container's `Features` (PrlVm.cpp append_configuration, Utils.cpp feature2str: `name:on|off `
+    for each feature the dispatcher knows): whether `nfsd`, the in-container NFS server, is on."""
+    for word in features.split():
+        name, _, value = word.partition(":")
+        if name == "nfsd":
+            return value == "on"
+    return None
+
+
+def inside_container(text: str) -> tuple[bool | None, NFSFacts | None]:
+    """What `CT_INSIDE` printed inside a running container: whether it uses IPSec (an IKE daemon runs
+    or the kernel holds security associations), and its NFS mounts as the live-migration rules see
+    them. (None, None) when it printed nothing usable."""
+    said: dict[str, int] = {}
+    for line in text.splitlines():
+        key, _, value = line.strip().partition(" ")
+        if value.strip().isdigit():
+            said[key] = int(value)
+    if "ike_daemons" not in said or "nfs_mounts" not in said:
+        return None, None
+    ipsec = said["ike_daemons"] > 0 or said.get("xfrm_states", 0) > 0
+    nfs = NFSFacts(
+        client=said["nfs_mounts"] > 0,
+        open_device_files=said.get("nfs_open_devices", 0),
+        remote_locks=said.get("nfs_remote_locks", 0) > 0,
+        overmounted=said.get("nfs_overmounted", 0) > 0,
+    )
+    return ipsec, nfs
 
 
 def _guest_os(entry: Mapping[str, Any]) -> bool | None:

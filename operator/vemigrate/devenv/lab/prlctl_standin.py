@@ -16,8 +16,12 @@ moves between lab hosts:
   `<--dst>/<VE_UUID>/`; the source VM is removed, the source container's private area and config
   are renamed `.migrated`, `--clone` keeps the source and gives the copy a new UUID and MACs.
 
+Besides: `prlctl exec <CT> [--without-shell] <command>` in a running container (entering its LXC
+namespaces), and `prlctl set <CT> --features name:on|off`, shown as `Features` by `list -i`.
+
 What it does not do: Virtuozzo's dispatcher, storage clusters, CRIU (live containers are refused),
-suspended VMs, Windows SIDs (`--changesid` is accepted and does nothing), password logins.
+suspended VMs, Windows SIDs (`--changesid` is accepted and does nothing), password logins, `exec` in
+VMs (no guest tools).
 
 Run as `python3 prlctl_standin.py prlctl|prlsrvctl ARGS...`; standard library only (it runs under the
 system Python inside lab hosts).
@@ -242,7 +246,71 @@ def describe(ve: VE) -> dict[str, object]:
         "GuestTools": {"state": "not_installed"},
         "Autostart": "off",
         "Hardware": hardware,
+        **({"Features": features_text(ve)} if ve.kind == "CT" else {}),
     }
+
+
+# The container features `prlctl set --features` switches (man prlctl), in Utils.cpp features_map
+# order, all off until set; kept beside the container's libvirt config, as Virtuozzo keeps them in its.
+FEATURES = ("sysfs", "nfs", "sit", "ipip", "ppp", "ipgre", "bridge", "nfsd", "time")
+
+
+def _features_file(ve: VE) -> Path:
+    return Path(LXC_CONFIG) / f"{ve.name}.features.json"
+
+
+def features_text(ve: VE) -> str:
+    """As PrlVm.cpp prints `Features` (Utils.cpp feature2str): `name:on|off ` for each."""
+    try:
+        on = json.loads(_features_file(ve).read_text())
+    except (OSError, ValueError):
+        on = {}
+    return "".join(f"{name}:{'on' if on.get(name) else 'off'} " for name in FEATURES)
+
+
+def cmd_set(args: list[str]) -> int:
+    """Only `prlctl set <CT> --features name:on|off[,...]`: what the operator's messages tell a user to run."""
+    names = [a for a in args if not a.startswith("-")]
+    ve = find(names[0]) if names else None
+    if ve is None:
+        raise Failure(f"The {names[0] if names else ''} virtual machine does not exist.")
+    if "--features" not in args or args.index("--features") + 1 >= len(args) or ve.kind != "CT":
+        raise Failure("this stand-in's set takes only --features <name>:on|off[,...] for a container", EXIT_USAGE)
+    try:
+        on = json.loads(_features_file(ve).read_text())
+    except (OSError, ValueError):
+        on = {}
+    for item in args[args.index("--features") + 1].split(","):
+        name, _, value = item.partition(":")
+        if name not in FEATURES or value not in ("on", "off"):
+            raise Failure(f"An incorrect value for --features is specified: {item}", EXIT_USAGE)
+        on[name] = value == "on"
+    _features_file(ve).write_text(json.dumps(on) + "\n")
+    say(f"Configure features: {features_text(ve)}")
+    say(f"The {ve.word} has been successfully configured.")
+    return 0
+
+
+def cmd_exec(args: list[str]) -> int:
+    """`prlctl exec <CT> [--without-shell] <command> [arg ...]` (PrlVm.cpp: bash -c "command" unless
+    --without-shell; standard input passed through). Containers only: a VM would need Guest Tools."""
+    if not args:
+        raise Failure("Incorrect exec usage.", EXIT_USAGE)
+    ve = find(args[0])
+    if ve is None:
+        raise Failure(f"The {args[0]} virtual machine does not exist.")
+    rest = args[1:]
+    shell = "--without-shell" not in rest[:1]
+    command = rest if shell else rest[1:]
+    if not command:
+        raise Failure("Incorrect exec usage.", EXIT_USAGE)
+    if ve.kind != "CT":
+        raise Failure(f"Failed to execute the command: the {ve.word} has no guest tools (stand-in: containers only).")
+    if ve.state != "running":
+        raise Failure(f"Failed to execute the command: the {ve.word} is not running.")
+    argv = ["/bin/bash", "-c", " ".join(command)] if shell else command
+    enter = ["virsh", "-q", "-c", ve.uri, "lxc-enter-namespace", ve.name, "--noseclabel", "--", *argv]
+    return subprocess.run(enter).returncode
 
 
 # -- prlctl list / snapshot-list / stop / delete ---------------------------------------------------
@@ -733,6 +801,8 @@ PRLCTL: dict[str, Callable[[list[str]], int]] = {
     "migrate": cmd_migrate,
     "stop": cmd_stop,
     "delete": cmd_delete,
+    "exec": cmd_exec,
+    "set": cmd_set,
 }
 PRLSRVCTL: dict[str, Callable[[list[str]], int]] = {"info": cmd_info, "net": cmd_net}
 
