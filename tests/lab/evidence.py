@@ -65,19 +65,31 @@ def _emulator_fault(host: str, vm: str, boot: str) -> str | None:
     if lab is None or dom is None or dom.state()[0] != libvirt.VIR_DOMAIN_RUNNING:
         return None  # paused, stopped or missing: the operator's business, a real failure
     for h in lab.hosts:
-        log = lab.host(h.name).serial_log(vm)
-        text = log.read_bytes().decode(errors="replace") if log.exists() else ""
-        after = text[text.rfind(f"boot={boot} ") :] if f"boot={boot} " in text else text
-        if "Kernel panic" in after:
+        if "Kernel panic" in _since_last_beat(_console(lab, h.name, vm), boot):
             return f"the guest kernel panicked (console of {h.name}) and rebooted"
     beat = last_beat(host, vm)
     if beat is not None and beat[0] != boot:
         return f"the guest booted again (boot {beat[0]}) on {host}"
-    before = dom.info()[4]
-    time.sleep(2)
-    if dom.info()[4] == before:
+    if _cpu_ns_in_2s(dom) == 0:
         return f"the guest's vCPU ran 0 ns in 2 s on {host} while libvirt reports it running"
     return None
+
+
+def _console(lab: LabInfo, host: str, vm: str) -> str:
+    log = lab.host(host).serial_log(vm)
+    return log.read_bytes().decode(errors="replace") if log.exists() else ""
+
+
+def _since_last_beat(text: str, boot: str) -> str:
+    """The console text from the guest's last beat of `boot` on (all of it when there is none)."""
+    last = text.rfind(f"boot={boot} ")
+    return text[text.find("\n", last) + 1 :] if last >= 0 else text
+
+
+def _cpu_ns_in_2s(dom: Any) -> int:
+    before = dom.info()[4]
+    time.sleep(2)
+    return int(dom.info()[4] - before)
 
 
 def _whereabouts(vm: str, boot: str) -> str:
@@ -93,8 +105,7 @@ def _whereabouts(vm: str, boot: str) -> str:
         else:
             code, reason = dom.state()
             state = f"{_STATES.get(code, code)} (reason {reason}){_alive(lab, host.name, dom)}"
-        log = lab.host(host.name).serial_log(vm)
-        text = log.read_bytes().decode(errors="replace") if log.exists() else ""
+        text = _console(lab, host.name, vm)
         if text:  # whole, for a look after the session took the lab down
             kept = Path(tempfile.gettempdir()) / "vemigrate-evidence" / f"{vm}-{boot}-{host.name}-serial.log"
             kept.parent.mkdir(exist_ok=True)
@@ -106,12 +117,11 @@ def _whereabouts(vm: str, boot: str) -> str:
 def _reboot(text: str, boot: str) -> str:
     """When the guest booted again after its last beat of `boot`: what its console printed in between
     (a panic, say), and how the new boot started."""
-    last = text.rfind(f"boot={boot} ")
-    again = text.find("VEMIGRATE-BOOTED", last if last >= 0 else 0)
+    after = _since_last_beat(text, boot)
+    again = after.find("VEMIGRATE-BOOTED")
     if again < 0:
         return ""
-    between = text[text.find("\n", last) + 1 if last >= 0 else 0 : again]
-    return f"; it booted again: {between[-1500:]!r} then {text[again : again + 80]!r}"
+    return f"; it booted again: {after[:again][-1500:]!r} then {after[again : again + 80]!r}"
 
 
 def _alive(lab: LabInfo, host: str, dom: Any) -> str:
@@ -119,9 +129,7 @@ def _alive(lab: LabInfo, host: str, dom: Any) -> str:
     writes into sector 0 of its disk (read beside QEMU with qemu-io)."""
     if not dom.isActive():
         return ""
-    before = dom.info()[4]
-    time.sleep(2)
-    cpu_ms = (dom.info()[4] - before) // 1_000_000
+    cpu_ms = _cpu_ns_in_2s(dom) // 1_000_000
     disks = re.findall(r"<source file='([^']+)'", dom.XMLDesc(0))
     beat = "no disk"
     if disks:
