@@ -145,7 +145,14 @@ async def _ask(host: _Host, call: Callable[[HypervisorDriver], Awaitable[T]]) ->
 
 # Connection failures that waiting cannot fix: reported at once instead of after the timeout.
 _PERMANENT_CONNECT_REASONS = frozenset(
-    {"HostKeyMismatch", "AuthenticationFailed", "NoHostKey", "InvalidKnownHosts", "InvalidPrivateKey"}
+    {
+        "HostKeyMismatch",
+        "AuthenticationFailed",
+        "NoHostKey",
+        "InvalidKnownHosts",
+        "InvalidPrivateKey",
+        "UnsafeLibvirtURI",
+    }
 )
 
 

@@ -14,7 +14,6 @@ from vemigrate.core.observation import VEState
 from vemigrate.drivers import hostjob
 from vemigrate.drivers.errors import PermanentError
 from vemigrate.drivers.libvirt import (
-    _connection_plan,
     _host_status,
     _offline_script,
     _offline_stats,
@@ -194,21 +193,6 @@ def test_job_script_records_exit_status_and_job_dirs_refuse_odd_uids() -> None:
     assert "( run ); rc=$?" in text
     with pytest.raises(PermanentError):
         hostjob.job_dir("../../etc")
-
-
-@pytest.mark.parametrize(
-    ("uri", "expected"),
-    [
-        (None, ("qemu", "/system", None)),
-        ("qemu+ssh://root@node-a/system", ("qemu", "/system", None)),
-        ("vz+ssh://root@node-a:2222/system", ("vz", "/system", None)),
-        ("qemu+tls://node-a/system", ("qemu", "/system", "qemu+tls://node-a/system")),
-    ],
-)
-def test_ssh_transports_go_through_the_verified_connection(
-    uri: str | None, expected: tuple[str, str, str | None]
-) -> None:
-    assert _connection_plan(uri) == expected
 
 
 def test_completed_job_figures() -> None:

@@ -20,6 +20,16 @@ PRIVATE_KEY_KEY = "ssh-privatekey"  # the key name of kubernetes.io/ssh-auth Sec
 PASSWORD_KEY = "password"  # noqa: S105 (a key name, not a secret)
 KNOWN_HOSTS_KEY = "known_hosts"
 
+# spec.libvirtURI: only SSH transports. The operator never gives this URI to libvirt: it takes the
+# driver name (qemu, lxc, vz) from it and reaches the host's libvirtd through its own SSH connection
+# (address, port, user and the verified host key of the spec), so the URI's user@host:port is not
+# used. Query parameters are refused, every one: libvirt's (command, socket, netcat, keyfile,
+# known_hosts, known_hosts_verify, no_verify, no_tty, sshauth, proxy, mode, pkipath, ...) either
+# change what runs, where it connects or how the host is verified, or do nothing here; accepting one
+# that does nothing would only mislead. The CRD's CEL rules and the driver check the same patterns.
+LIBVIRT_URI_SCHEME = r"^(qemu|lxc|vz)[+](ssh|libssh|libssh2)://"
+LIBVIRT_URI = r"^(qemu|lxc|vz)[+](ssh|libssh|libssh2)://([a-z_][a-z0-9_-]*@)?[A-Za-z0-9.:\[\]-]*(/system)?$"
+
 HostAddress = Annotated[
     str,
     Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9]([A-Za-z0-9.:-]*[A-Za-z0-9])?$"),
@@ -49,6 +59,34 @@ class HostSpec(Model):
                 {
                     "rule": "has(self.knownHostsSecretRef) || has(self.hostKey)",
                     "message": "set knownHostsSecretRef or hostKey: host keys are always verified",
+                },
+                {
+                    "rule": f"!has(self.libvirtURI) || self.libvirtURI.matches(r'{LIBVIRT_URI_SCHEME}')",
+                    "message": (
+                        "libvirtURI must use SSH (qemu+ssh://, lxc+ssh:// or vz+ssh://): the operator reaches "
+                        "libvirtd only through its own SSH connection, with the host key verified"
+                    ),
+                    "fieldPath": ".libvirtURI",
+                },
+                {
+                    "rule": (
+                        "!has(self.libvirtURI) || !(self.libvirtURI.contains('?') || self.libvirtURI.contains('#'))"
+                    ),
+                    "message": (
+                        "libvirtURI must not have query parameters or a fragment (command=, socket=, keyfile=, "
+                        "no_verify=, ...): none is accepted"
+                    ),
+                    "fieldPath": ".libvirtURI",
+                },
+                {
+                    # Said only when the two rules above hold, so a URI gets one message per problem.
+                    "rule": (
+                        f"!has(self.libvirtURI) || !self.libvirtURI.matches(r'{LIBVIRT_URI_SCHEME}') || "
+                        "self.libvirtURI.contains('?') || self.libvirtURI.contains('#') || "
+                        f"self.libvirtURI.matches(r'{LIBVIRT_URI}')"
+                    ),
+                    "message": "libvirtURI must be <driver>+ssh://[user@]host[:port][/system]",
+                    "fieldPath": ".libvirtURI",
                 },
             ]
         }
@@ -83,8 +121,10 @@ class HostSpec(Model):
         default=None,
         alias="libvirtURI",
         description=(
-            "libvirt connection URI. Default: qemu+ssh://<user>@<address>:<port>/system; use "
-            "vz+ssh://... for Virtuozzo's libvirt driver."
+            "libvirt connection URI, SSH only. Default: qemu+ssh://<user>@<address>:<port>/system; use "
+            "lxc+ssh://... for libvirt LXC containers and vz+ssh://... for Virtuozzo's libvirt driver. Only "
+            "the driver name is used: the operator connects to address, port and user over its own SSH "
+            "connection with the host key verified. No query parameters."
         ),
     )
     migration_address: HostAddress | None = Field(

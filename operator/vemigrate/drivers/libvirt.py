@@ -2,7 +2,7 @@
 
 How it reaches a host: one asyncssh connection with the host key verified against the host's
 known_hosts Secret; libvirt-python talks to the host's libvirtd through a Unix socket forwarded over
-that connection (or directly to `spec.libvirtURI` when one is set, e.g. `vz+ssh://...`). Every
+that connection (`spec.libvirtURI`, SSH only, picks the driver: `lxc+ssh://`, `vz+ssh://`). Every
 blocking libvirt call runs in a thread under a deadline: a hung call is a fact (state unknown), not
 a reason to block.
 
@@ -42,11 +42,20 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import libvirt
 
-from vemigrate.api.host import CPUFacts, HostStatus, NetworkFacts, StorageFacts, VEKind, VersionFacts
+from vemigrate.api.host import (
+    LIBVIRT_URI,
+    LIBVIRT_URI_SCHEME,
+    CPUFacts,
+    HostStatus,
+    NetworkFacts,
+    StorageFacts,
+    VEKind,
+    VersionFacts,
+)
 from vemigrate.api.migration import Mode, SourceDisposition
 from vemigrate.core.access import HostAccess
 from vemigrate.core.observation import ErrorClass, JobObservation, JobState, JobStats, VEFacts, VEState
@@ -100,17 +109,26 @@ class _Disk:
     format: str
 
 
-def _connection_plan(uri: str | None) -> tuple[str, str, str | None]:
-    """(hypervisor, path, direct URI). SSH transports (the default `qemu+ssh://`, or `vz+ssh://`) are
-    carried by the operator's own verified SSH connection, never by an ssh binary that would consult
-    some other known_hosts; any other transport (tls, tcp, unix) is used as written."""
+def _connection_plan(uri: str | None, host: str) -> tuple[str, str]:
+    """(hypervisor, path) of `spec.libvirtURI`. Only SSH transports (the default `qemu+ssh://`, or
+    `lxc+ssh://`, `vz+ssh://`), and the operator never opens the URI as written: libvirtd is reached
+    through its own SSH connection with the verified host key, never through an ssh binary (which
+    would consult some other known_hosts) or a command, socket or TCP port named in the URI. Anything
+    else is refused before any connection is made (api/host.py says which URIs and why)."""
     if not uri:
-        return "qemu", "/system", None
-    parsed = urlsplit(uri)
-    hypervisor, _, transport = parsed.scheme.partition("+")
-    if transport in ("ssh", "libssh", "libssh2"):
-        return hypervisor or "qemu", parsed.path or "/system", None
-    return hypervisor, parsed.path, uri
+        return "qemu", "/system"
+    parsed = urlsplit(uri) if re.match(LIBVIRT_URI_SCHEME, uri) else None
+    if parsed is None:
+        problem = "is not an SSH URI: only qemu+ssh://, lxc+ssh:// and vz+ssh:// are allowed"
+    elif "?" in uri or "#" in uri:
+        names = sorted({name for name, _ in parse_qsl(parsed.query, keep_blank_values=True)})
+        listed = f" ({', '.join(names)[:200]})" if names else ""
+        problem = f"has query parameters or a fragment{listed}: none is allowed"
+    elif not re.fullmatch(LIBVIRT_URI, uri):
+        problem = "is not of the form <driver>+ssh://[user@]host[:port][/system]"
+    else:
+        return parsed.scheme.partition("+")[0], "/system"
+    raise PermanentError("UnsafeLibvirtURI", f"spec.libvirtURI of HypervisorHost {host!r} {problem}")
 
 
 def _classify(exc: libvirt.libvirtError, what: str) -> DriverError:
@@ -193,16 +211,13 @@ class LibvirtDriver:
                 stale, self._conn = self._conn, None
                 with contextlib.suppress(libvirt.libvirtError, TimeoutError):
                     await asyncio.wait_for(asyncio.to_thread(stale.close), CALL_TIMEOUT)
-            hypervisor, path, direct = _connection_plan(self.access.libvirt_uri)
-            if direct is not None:
-                uri = direct
-            else:
-                if self._forward is not None:
-                    self._forward.close()
-                self._sockdir = tempfile.TemporaryDirectory(prefix="vem-")
-                local = str(Path(self._sockdir.name) / "libvirt-sock")
-                self._forward = await self.ssh.forward_socket(local, LIBVIRT_SOCKET)
-                uri = f"{hypervisor}+unix://{path}?socket={local}"
+            hypervisor, path = _connection_plan(self.access.libvirt_uri, self.access.name)
+            if self._forward is not None:
+                self._forward.close()
+            self._sockdir = tempfile.TemporaryDirectory(prefix="vem-")
+            local = str(Path(self._sockdir.name) / "libvirt-sock")
+            self._forward = await self.ssh.forward_socket(local, LIBVIRT_SOCKET)
+            uri = f"{hypervisor}+unix://{path}?socket={local}"
             try:
                 self._conn = await asyncio.wait_for(asyncio.to_thread(libvirt.open, uri), CALL_TIMEOUT)
             except TimeoutError as exc:
