@@ -19,7 +19,15 @@ from kubernetes import client
 from benchmarks import report, stats
 from benchmarks.harness import FINAL, Migrations, Operator, apiserver_requests, new_namespace, request_delta, say
 from vemigrate.api.common import GROUP, VERSION, SecretKeyRef
-from vemigrate.api.host import KNOWN_HOSTS_KEY, PRIVATE_KEY_KEY, Driver, HostSpec, HypervisorHost
+from vemigrate.api.host import (
+    KNOWN_HOSTS_KEY,
+    PRIVATE_KEY_KEY,
+    SECRET_MARK_LABEL,
+    SECRET_MARK_VALUE,
+    Driver,
+    HostSpec,
+    HypervisorHost,
+)
 from vemigrate.api.host import PLURAL as HOST_PLURAL
 from vemigrate.devenv.controlplane import ControlPlaneInfo
 
@@ -33,7 +41,11 @@ def _hosts(api: Any, namespace: str, sources: int, targets: int, max_out: int, m
     placeholder = base64.b64encode(b"simulated host: never used to connect\n").decode()
     for name, key in ((KEY_SECRET, PRIVATE_KEY_KEY), (KNOWN_HOSTS_SECRET, KNOWN_HOSTS_KEY)):
         core.create_namespaced_secret(
-            namespace, client.V1Secret(metadata=client.V1ObjectMeta(name=name), data={key: placeholder})
+            namespace,
+            client.V1Secret(
+                metadata=client.V1ObjectMeta(name=name, labels={SECRET_MARK_LABEL: SECRET_MARK_VALUE}),
+                data={key: placeholder},
+            ),
         )
     custom = client.CustomObjectsApi(api)
     names = [f"sim-src-{i}" for i in range(sources)] + [f"sim-dst-{i}" for i in range(targets)]

@@ -12,6 +12,8 @@ import asyncssh
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from vemigrate.api.host import SECRET_MARK_LABEL
+
 GROUP, VERSION = "vemigrate.io", "v1alpha1"
 MIGRATIONS, HOSTS = "virtualenvironmentmigrations", "hypervisorhosts"
 
@@ -63,7 +65,8 @@ def loopback_hosts(kube_admin: Any, namespace: str, **spec: Any) -> None:
     Secret does not exist). Keyword arguments add spec fields to node-a and node-b."""
     key = asyncssh.generate_private_key("ssh-ed25519").export_private_key().decode()
     secret = client.V1Secret(
-        metadata=client.V1ObjectMeta(name="lab-ssh"), data={"ssh-privatekey": base64.b64encode(key.encode()).decode()}
+        metadata=client.V1ObjectMeta(name="lab-ssh", labels={SECRET_MARK_LABEL: "true"}),
+        data={"ssh-privatekey": base64.b64encode(key.encode()).decode()},
     )
     client.CoreV1Api(kube_admin).create_namespaced_secret(namespace, secret)
     with socket.socket() as s:

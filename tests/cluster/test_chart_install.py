@@ -28,6 +28,7 @@ from tests.fixtures.chart import (
     render,
     uninstall,
 )
+from vemigrate.api.host import SECRET_MARK_LABEL
 from vemigrate.devenv.controlplane import ControlPlaneInfo
 from vemigrate.devenv.controlplane_accounts import api_client
 
@@ -63,7 +64,7 @@ def chart_crds(control_plane: ControlPlaneInfo) -> None:
 
 def secret(kube_admin: Any, namespace: str, name: str) -> None:
     body = client.V1Secret(
-        metadata=client.V1ObjectMeta(name=name),
+        metadata=client.V1ObjectMeta(name=name, labels={SECRET_MARK_LABEL: "true"}),
         data={"ssh-privatekey": base64.b64encode(b"not a key").decode()},
     )
     client.CoreV1Api(kube_admin).create_namespaced_secret(namespace, body)

@@ -12,6 +12,7 @@ from kubernetes import client
 from tests.fixtures.operator import Migrations
 from vemigrate.api.common import GROUP, VERSION
 from vemigrate.api.host import PLURAL as HOST_PLURAL
+from vemigrate.api.host import SECRET_MARK_LABEL
 from vemigrate.devenv.lab import LabInfo
 from vemigrate.devenv.lab.kube import KEY_SECRET
 
@@ -74,7 +75,8 @@ def test_a_host_that_does_not_exist(hosts: LabInfo, migrations: Migrations) -> N
 
 def test_a_secret_without_its_key(hosts: LabInfo, migrations: Migrations, kube_admin: Any, namespace: str) -> None:
     client.CoreV1Api(kube_admin).create_namespaced_secret(
-        namespace, {"metadata": {"name": "no-key"}, "stringData": {"username": "root"}}
+        namespace,
+        {"metadata": {"name": "no-key", "labels": {SECRET_MARK_LABEL: "true"}}, "stringData": {"username": "root"}},
     )
     _host(kube_admin, namespace, "lab2-nokey", {
         "address": hosts.host("lab2").address,

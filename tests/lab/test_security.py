@@ -18,7 +18,7 @@ from kubernetes import client
 from tests.fixtures.operator import Migrations, OperatorProcess
 from vemigrate.api.common import GROUP, VERSION
 from vemigrate.api.host import PLURAL as HOST_PLURAL
-from vemigrate.api.host import PRIVATE_KEY_KEY
+from vemigrate.api.host import PRIVATE_KEY_KEY, SECRET_MARK_LABEL
 from vemigrate.api.migration import PLURAL
 from vemigrate.devenv.lab import Lab, LabInfo, VMState
 from vemigrate.devenv.lab.kube import KNOWN_HOSTS_SECRET
@@ -66,7 +66,7 @@ def wrong_key_host(hosts: LabInfo, kube_admin: Any, namespace: str) -> Iterator[
     core.create_namespaced_secret(
         namespace,
         {
-            "metadata": {"name": "wrong-key"},
+            "metadata": {"name": "wrong-key", "labels": {SECRET_MARK_LABEL: "true"}},
             "type": "kubernetes.io/ssh-auth",
             "data": {PRIVATE_KEY_KEY: base64.b64encode(pem.encode()).decode()},
         },

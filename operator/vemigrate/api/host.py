@@ -20,6 +20,13 @@ PRIVATE_KEY_KEY = "ssh-privatekey"  # the key name of kubernetes.io/ssh-auth Sec
 PASSWORD_KEY = "password"  # noqa: S105 (a key name, not a secret)
 KNOWN_HOSTS_KEY = "known_hosts"
 
+# A Secret a HypervisorHost may use (credentialsSecretRef, knownHostsSecretRef) carries this label
+# with the value "true": whoever may write HypervisorHosts in a namespace may otherwise point one at
+# any Secret there the operator can read, and have it sent to an address of their choosing. The
+# type kubernetes.io/ssh-auth is not enough: other tools (Git deploy keys, CI) use it too.
+SECRET_MARK_LABEL = "vemigrate.io/host-credentials"  # noqa: S105 (a label, not a secret)
+SECRET_MARK_VALUE = "true"  # noqa: S105
+
 # spec.libvirtURI: only SSH transports. The operator never gives this URI to libvirt: it takes the
 # driver name (qemu, lxc, vz) from it and reaches the host's libvirtd through its own SSH connection
 # (address, port, user and the verified host key of the spec), so the URI's user@host:port is not

@@ -16,6 +16,10 @@ class HostAccess:
     private_key: str | None = field(default=None, repr=False)
     password: str | None = field(default=None, repr=False)
     known_hosts: str = field(default="", repr=False)  # known_hosts lines; never empty when connecting
+    # Where the credentials and known_hosts came from ("Secret ns/name key k", "spec.hostKey"): what a
+    # message names instead of quoting the text, which may be any Secret's.
+    credentials_origin: str = ""
+    known_hosts_origin: str = ""
     libvirt_uri: str | None = None
     migration_address: str | None = None
     max_inbound: int = 2

@@ -34,10 +34,17 @@ def known_hosts_for(access: HostAccess) -> asyncssh.SSHKnownHosts:
             "NoHostKey",
             f"HypervisorHost {access.name!r} has no known_hosts entry or hostKey: refusing to connect unverified",
         )
+    # asyncssh's parse errors quote the offending line ("Invalid known hosts entry: <line>"), which may
+    # be any Secret's text: they are dropped, never chained, and the message names where the text is.
     try:
         return asyncssh.import_known_hosts(access.known_hosts)
-    except (ValueError, asyncssh.KeyImportError) as exc:
-        raise PermanentError("InvalidKnownHosts", f"known_hosts of {access.name!r} cannot be read: {exc}") from exc
+    except (ValueError, asyncssh.KeyImportError):
+        pass
+    origin = access.known_hosts_origin or f"the known_hosts of HypervisorHost {access.name!r}"
+    raise PermanentError(
+        "InvalidKnownHosts",
+        f"{origin} is not a valid known_hosts file (HypervisorHost {access.name!r}; its text is not repeated here)",
+    )
 
 
 def _client_keys(access: HostAccess) -> list[asyncssh.SSHKey] | None:
@@ -45,10 +52,14 @@ def _client_keys(access: HostAccess) -> list[asyncssh.SSHKey] | None:
         return None
     try:
         return [asyncssh.import_private_key(access.private_key)]
-    except (ValueError, asyncssh.KeyImportError) as exc:
-        raise PermanentError(
-            "InvalidPrivateKey", f"the SSH private key of {access.name!r} cannot be read: {exc}"
-        ) from exc
+    except (ValueError, asyncssh.KeyImportError):
+        pass  # as in known_hosts_for: the error is not repeated
+    origin = access.credentials_origin or f"the SSH private key of HypervisorHost {access.name!r}"
+    raise PermanentError(
+        "InvalidPrivateKey",
+        f"{origin} is not an SSH private key the operator can read (OpenSSH or PEM, without a passphrase; "
+        f"HypervisorHost {access.name!r})",
+    )
 
 
 def classify(access: HostAccess, exc: BaseException) -> DriverError:

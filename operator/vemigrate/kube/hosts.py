@@ -35,7 +35,10 @@ async def get_host(kube: Kube, namespace: str, name: str) -> HypervisorHost | No
     return HypervisorHost.model_validate(body)
 
 
-async def _secret_data(kube: Kube, namespace: str, host: str, secret: str) -> dict[str, str]:
+async def _secret_data(kube: Kube, namespace: str, host: str, secret: str) -> dict[str, str | bytes]:
+    """The Secret's data, still base64: only the key a host names is decoded (`_pick`). A Secret not
+    marked for HypervisorHosts is refused before anything in it is used: a HypervisorHost's author
+    may name any Secret of the namespace, including ones they cannot read themselves."""
     try:
         body = await kube.call(kube.core.read_namespaced_secret, secret, namespace)
     except kubernetes.client.ApiException as exc:
@@ -48,13 +51,28 @@ async def _secret_data(kube: Kube, namespace: str, host: str, secret: str) -> di
                 "SecretForbidden", f"the operator may not read Secret {secret!r} (RBAC) used by HypervisorHost {host!r}"
             ) from exc
         raise
-    return {k: base64.b64decode(v).decode() for k, v in (body.data or {}).items()}
+    labels = (body.metadata.labels if body.metadata else None) or {}
+    if labels.get(host_api.SECRET_MARK_LABEL) != host_api.SECRET_MARK_VALUE:
+        mark = f"{host_api.SECRET_MARK_LABEL}={host_api.SECRET_MARK_VALUE}"
+        raise HostConfigError(
+            "SecretNotMarked",
+            f"Secret {namespace}/{secret}, named by HypervisorHost {host!r}, is not marked for use by "
+            f"HypervisorHosts: add the label {mark} to it (kubectl -n {namespace} label secret {secret} {mark})",
+        )
+    return dict(body.data or {})
 
 
-def _pick(data: dict[str, str], host: str, secret: str, keys: tuple[str, ...]) -> tuple[str, str]:
+def _pick(
+    data: dict[str, str | bytes], namespace: str, host: str, secret: str, keys: tuple[str, ...]
+) -> tuple[str, str]:
     for key in keys:
         if key in data:
-            return key, data[key]
+            try:
+                return key, base64.b64decode(data[key]).decode()
+            except ValueError:  # not base64 or not UTF-8; the error would quote the bytes
+                raise HostConfigError(
+                    "SecretNotText", f"Secret {namespace}/{secret} key {key} (HypervisorHost {host!r}) is not text"
+                ) from None
     have = ", ".join(sorted(data)) or "none"
     wanted = " or ".join(repr(k) for k in keys)
     raise HostConfigError(
@@ -76,15 +94,19 @@ async def resolve(kube: Kube, namespace: str, hvh: HypervisorHost) -> HostAccess
     data = await _secret_data(kube, namespace, name, cred.name)
     # An explicit key names the one to use; otherwise a private key wins over a password.
     wanted = (cred.key,) if cred.key else (host_api.PRIVATE_KEY_KEY, host_api.PASSWORD_KEY)
-    key, value = _pick(data, name, cred.name, wanted)
+    key, value = _pick(data, namespace, name, cred.name, wanted)
     private_key, password = (None, value) if key == host_api.PASSWORD_KEY else (value, None)
     known = ""
+    # Where the text came from, for messages that must not quote it (drivers/ssh.py).
+    known_origin = []
     if spec.known_hosts_secret_ref is not None:
         ref = spec.known_hosts_secret_ref
         known_data = await _secret_data(kube, namespace, name, ref.name)
-        known = _pick(known_data, name, ref.name, (ref.key or host_api.KNOWN_HOSTS_KEY,))[1]
+        known_key, known = _pick(known_data, namespace, name, ref.name, (ref.key or host_api.KNOWN_HOSTS_KEY,))
+        known_origin.append(f"Secret {namespace}/{ref.name} key {known_key}")
     if spec.host_key:
         known += _host_key_line(spec)
+        known_origin.append("spec.hostKey")
     metadata: dict[str, Any] = hvh.metadata
     return HostAccess(
         name=name,
@@ -96,6 +118,8 @@ async def resolve(kube: Kube, namespace: str, hvh: HypervisorHost) -> HostAccess
         private_key=private_key,
         password=password,
         known_hosts=known,
+        credentials_origin=f"Secret {namespace}/{cred.name} key {key}",
+        known_hosts_origin=" with ".join(known_origin),
         libvirt_uri=spec.libvirt_uri,
         migration_address=spec.migration_address,
         max_inbound=spec.max_inbound,

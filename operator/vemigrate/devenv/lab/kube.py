@@ -11,7 +11,16 @@ from typing import Any, cast
 import yaml
 
 from vemigrate.api.common import GROUP, VERSION, SecretKeyRef
-from vemigrate.api.host import KNOWN_HOSTS_KEY, PLURAL, PRIVATE_KEY_KEY, Driver, HostSpec, HypervisorHost
+from vemigrate.api.host import (
+    KNOWN_HOSTS_KEY,
+    PLURAL,
+    PRIVATE_KEY_KEY,
+    SECRET_MARK_LABEL,
+    SECRET_MARK_VALUE,
+    Driver,
+    HostSpec,
+    HypervisorHost,
+)
 from vemigrate.devenv.lab.environment import LabInfo
 
 KEY_SECRET = "vemigrate-lab-ssh-key"  # noqa: S105 - a Secret's name, not a password
@@ -32,19 +41,21 @@ def prlctl_name(host: str) -> str:
 def objects(info: LabInfo, namespace: str, *, prlctl: bool = False, containers: bool = False) -> list[dict[str, Any]]:
     """Secrets first, then the hosts: the order they must be created in."""
     meta = {"namespace": namespace, "labels": dict(LABELS)}
+    # The Secrets carry the mark that lets HypervisorHosts use them (api/host.py).
+    secret_meta = {"namespace": namespace, "labels": {**LABELS, SECRET_MARK_LABEL: SECRET_MARK_VALUE}}
     out: list[dict[str, Any]] = [
         {
             "apiVersion": "v1",
             "kind": "Secret",
             "type": "kubernetes.io/ssh-auth",
-            "metadata": {"name": KEY_SECRET, **meta},
+            "metadata": {"name": KEY_SECRET, **secret_meta},
             "data": {PRIVATE_KEY_KEY: _b64(info.ssh_key.read_bytes())},
         },
         {
             "apiVersion": "v1",
             "kind": "Secret",
             "type": "Opaque",
-            "metadata": {"name": KNOWN_HOSTS_SECRET, **meta},
+            "metadata": {"name": KNOWN_HOSTS_SECRET, **secret_meta},
             "data": {KNOWN_HOSTS_KEY: _b64(info.known_hosts.read_bytes())},
         },
     ]
