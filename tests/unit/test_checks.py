@@ -307,6 +307,51 @@ CASES = [
     case(CheckName.LINKED_CLONES, P, "neither a linked clone", "plain"),
     case(CheckName.LINKED_CLONES, S, "did not report whether", "unknown", ve=vm(linked_clone=None)),
     case(CheckName.LINKED_CLONES, F, "linked clone", "linked", ve=vm(linked_clone=True)),
+    # MovableStorage
+    case(CheckName.MOVABLE_STORAGE, P, "the copy moves everything VM 'web1' keeps on node-a", "files"),
+    case(CheckName.MOVABLE_STORAGE, P, "moves everything container 'web1'", "container", ve=ct()),
+    case(
+        CheckName.MOVABLE_STORAGE,
+        F,
+        "VM 'web1' has storage the copy does not move: vdb: block device /dev/sdb.",
+        "block-offline",
+        ve=vm(state=VEState.STOPPED, non_file_disks=("vdb: block device /dev/sdb",)),
+    ),
+    case(
+        CheckName.MOVABLE_STORAGE,
+        F,
+        "does not detect shared storage yet: if both hosts see these disks at the same paths",
+        "block-live-local",
+        ve=vm(non_file_disks=("vdb: block device /dev/sdb", "vdc: network disk rbd://mon1/vms/x")),
+    ),
+    case(
+        CheckName.MOVABLE_STORAGE,
+        P,
+        "shared storage: live migration leaves vdb: block device /dev/sdb in place for node-b",
+        "block-live-shared",
+        ve=vm(shared_storage=True, non_file_disks=("vdb: block device /dev/sdb",)),
+    ),
+    case(
+        CheckName.MOVABLE_STORAGE,
+        F,
+        "vdb: block device /dev/sdb",
+        "block-offline-shared",
+        ve=vm(state=VEState.STOPPED, shared_storage=True, non_file_disks=("vdb: block device /dev/sdb",)),
+    ),
+    case(
+        CheckName.MOVABLE_STORAGE,
+        F,
+        "NVRAM /var/lib/libvirt/qemu/nvram/web1_VARS.fd, vTPM state (swtpm). Migrated as it is",
+        "nvram-shared",
+        ve=vm(shared_storage=True, unmovable=("NVRAM /var/lib/libvirt/qemu/nvram/web1_VARS.fd", "vTPM state (swtpm)")),
+    ),
+    case(
+        CheckName.MOVABLE_STORAGE,
+        F,
+        "Eject CD/DVD or floppy media (virsh change-media NAME DEV --eject --config)",
+        "cdrom",
+        ve=vm(unmovable=("hdc: cdrom /srv/iso/debian-12.iso",)),
+    ),
     # NoContainerToVM
     case(CheckName.VE_TYPE, P, "runs vm, container", "both", ve=ct()),
     case(
@@ -779,8 +824,8 @@ def test_failed_and_summary() -> None:
     facts = Facts(ve=vm(snapshots=1), target=host(storage=[StorageFacts(path="/vz", free_bytes=GIB)]))
     results = run_checks(facts.input())
     assert [c.name for c in failed(results)] == [CheckName.TARGET_DISK, CheckName.SNAPSHOTS]
-    assert summary(results) == "2 of 28 checks failed: TargetDiskSpace, NoSnapshots"
-    assert summary(run_checks(Facts().input())) == "19 of 28 checks passed, 9 skipped, none failed"
+    assert summary(results) == "2 of 29 checks failed: TargetDiskSpace, NoSnapshots"
+    assert summary(run_checks(Facts().input())) == "20 of 29 checks passed, 9 skipped, none failed"
 
 
 def test_a_check_that_raises_fails_instead_of_crashing(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -882,6 +927,8 @@ _ves = st.builds(
     nfs_server=st.none() | st.booleans(),
     guest_os_installed=st.none() | st.booleans(),
     shared_storage=st.booleans(),
+    unmovable=st.lists(st.sampled_from(["NVRAM /x_VARS.fd", "vTPM state (swtpm)"]) | _text, max_size=3).map(tuple),
+    non_file_disks=st.lists(st.sampled_from(["vdb: block device /dev/sdb"]) | _text, max_size=3).map(tuple),
 )
 
 
@@ -923,4 +970,4 @@ def test_property_one_result_per_check_and_no_check_raises(inp: CheckInput) -> N
             assert (c.result, c.message) == (S, "skipped by spec.checks.skip")
         elif c.name in LIVE_ONLY and inp.mode == Mode.OFFLINE and c.result != S:
             pytest.fail(f"{c.name} ran for an offline migration: {c.message}")
-    assert summary(results).startswith(f"{len(failed(results))} of 28" if failed(results) else "")
+    assert summary(results).startswith(f"{len(failed(results))} of 29" if failed(results) else "")

@@ -20,6 +20,7 @@ class CheckName(StrEnum):
     BRIDGES = "BridgeNames"  # the same bridge names on both hosts
     SNAPSHOTS = "NoSnapshots"
     LINKED_CLONES = "NoLinkedClones"
+    MOVABLE_STORAGE = "MovableStorage"  # everything the VE keeps on its host moves with it (or is shared)
     VE_TYPE = "NoContainerToVM"  # a container can only land on a host that runs containers
     TUNNEL = "TunnelledContainer"  # tunnelless migration of containers is not supported
     # Live migration only.

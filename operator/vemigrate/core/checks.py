@@ -396,6 +396,45 @@ def _linked_clones(inp: CheckInput) -> Outcome:
     )
 
 
+@_check(CheckName.MOVABLE_STORAGE)
+def _movable_storage(inp: CheckInput) -> Outcome:
+    """The seed moves all of a VE's memory and disks; disks may be local or on storage both hosts share.
+    What the copy would leave behind is lost when the source is removed, so it is refused here."""
+    ve = inp.ve
+    shared_live = inp.live and ve.shared_storage
+    left = [*ve.unmovable, *(() if shared_live else ve.non_file_disks)]
+    if not left:
+        if ve.non_file_disks:
+            return PASSED, (
+                f"{_ve(inp)} is on shared storage: live migration leaves {_listed(ve.non_file_disks)} in place "
+                f"for {inp.spec.target.host} to use"
+            )
+        return PASSED, f"the copy moves everything {_ve(inp)} keeps on {inp.spec.source.host}"
+    todo = []
+    if ve.unmovable:
+        todo.append(
+            "eject CD/DVD or floppy media (virsh change-media NAME DEV --eject --config); a VM with NVRAM "
+            "(UEFI variables) or vTPM state cannot be moved by this operator: move it by hand with that state"
+        )
+    if ve.non_file_disks and not shared_live:
+        shared = (
+            "; the libvirt driver does not detect shared storage yet: if both hosts see these disks at the same "
+            "paths, they may stay where they are: skip this check (spec.checks.skip: [MovableStorage])"
+            if not ve.unmovable
+            else ""
+        )
+        todo.append(
+            "block devices, storage pool volumes and network disks are not copied: detach them "
+            f"(virsh detach-disk NAME DEV --persistent) or move them to a file disk{shared}"
+        )
+    remedy = "; ".join(todo)
+    return FAILED, (
+        f"{_ve(inp)} has storage the copy does not move: {_listed(left)}. Migrated as it is, it would arrive on "
+        f"{inp.spec.target.host} without them (or with whatever is at the same path there), and what only "
+        f"{inp.spec.source.host} keeps would be deleted with the source. {remedy[:1].upper()}{remedy[1:]}"
+    )
+
+
 @_check(CheckName.VE_TYPE)
 def _ve_type(inp: CheckInput) -> Outcome:
     kinds = inp.target.ve_types

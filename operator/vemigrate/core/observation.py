@@ -62,6 +62,12 @@ class VEFacts:
     private_area: str | None = None  # a container's root file system directory on its host
     shared_storage: bool = False  # on Virtuozzo Storage or NFS: nothing to copy
     macs: tuple[str, ...] = ()
+    # What the copy does not move, one description each ("NVRAM /var/lib/.../x_VARS.fd", "vTPM state",
+    # "hdc: cdrom /srv/x.iso"): it would be lost with the source, so such VEs are refused.
+    unmovable: tuple[str, ...] = ()
+    # Disks that are not files ("vdb: block device /dev/sdb", pool volumes, network disks): left where
+    # they are, so they migrate only live on storage both hosts see (shared_storage).
+    non_file_disks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

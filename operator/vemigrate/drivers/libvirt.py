@@ -184,6 +184,67 @@ def _private_area(root: ET.Element) -> str | None:
     return None
 
 
+_NON_FILE_DISKS = {
+    "block": "block device",
+    "volume": "storage pool volume",
+    "network": "network disk",
+    "dir": "directory disk",
+    "nvme": "NVMe disk",
+    "vhostuser": "vhost-user disk",
+}
+
+
+def _disk_source(kind: str, source: ET.Element | None) -> str | None:
+    """Where a disk's data is, in words a person can look up on the host; None: no medium."""
+    if source is None:
+        return None
+    if kind == "volume" and source.get("volume"):
+        return f"{source.get('pool', '?')}/{source.get('volume')}"
+    if kind == "network":
+        host = source.find("host")
+        server = host.get("name", "") if host is not None else ""
+        if host is not None and host.get("port"):
+            server += f":{host.get('port')}"
+        return f"{source.get('protocol', '?')}://{server}/{source.get('name', '')}".rstrip("/")
+    for attribute in ("file", "dev", "dir", "path", "name"):
+        if source.get(attribute):
+            return source.get(attribute)
+    return None
+
+
+def unmoved_storage(root: ET.Element) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """What a copy of this domain leaves behind, one description each: (what no copy moves: NVRAM,
+    vTPM state, CD/DVD and floppy media; disks that are not files: block devices, pool volumes,
+    network disks, which stay where they are). Only `<disk device='disk'>` files are copied."""
+    unmovable: list[str] = []
+    non_file: list[str] = []
+    nvram = root.find("./os/nvram")
+    if nvram is not None:
+        path = (nvram.text or "").strip() or _disk_source(nvram.get("type", "file"), nvram.find("source"))
+        unmovable.append(f"NVRAM {path}" if path else "NVRAM")
+    for disk in root.findall("./devices/disk"):
+        device, kind = disk.get("device", "disk"), disk.get("type", "file")
+        target = disk.find("target")
+        name = target.get("dev", "?") if target is not None else "?"
+        where = _disk_source(kind, disk.find("source"))
+        if device in ("cdrom", "floppy"):
+            if where is not None:  # an empty drive moves with the definition
+                unmovable.append(f"{name}: {device} {where}")
+        elif where is not None and not (device == "disk" and kind == "file"):
+            what = _NON_FILE_DISKS.get(kind, f"{kind} disk")
+            non_file.append(f"{name}: {what} {where}" + (f" ({device})" if device != "disk" else ""))
+    for tpm in root.findall("./devices/tpm"):
+        backend = tpm.find("backend")
+        kind = backend.get("type", "?") if backend is not None else "?"
+        if kind == "emulator":
+            unmovable.append("vTPM state (swtpm)")
+        else:
+            host_device = backend.find("device") if backend is not None else None
+            path = host_device.get("path") if host_device is not None else None
+            unmovable.append(f"TPM {kind}" + (f" {path}" if path else ""))
+    return tuple(unmovable), tuple(non_file)
+
+
 def _migration_uid(root: ET.Element) -> str | None:
     for element in root.iter(f"{{{METADATA_NS}}}migration"):
         return element.get("uid")
@@ -322,6 +383,7 @@ class LibvirtDriver:
             except libvirt.libvirtError:  # LXC keeps no snapshots
                 snapshots = 0
             storage = disks[0].path if disks else private
+            unmovable, non_file_disks = unmoved_storage(root)
             facts = VEFacts(
                 name=dom.name(),
                 uuid=dom.UUIDString(),
@@ -336,6 +398,8 @@ class LibvirtDriver:
                 disk_paths=tuple(d.path for d in disks),
                 private_area=private,
                 macs=macs,
+                unmovable=unmovable,
+                non_file_disks=non_file_disks,
             )
             return facts, others
 
