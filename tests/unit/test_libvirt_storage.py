@@ -1,12 +1,13 @@
-"""What the libvirt driver reads from a domain about storage a copy cannot move."""
+"""What the libvirt driver reads from a domain about storage a copy cannot move, and about post-copy."""
 
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
+import libvirt
 import pytest
 
-from vemigrate.drivers.libvirt import unmoved_storage
+from vemigrate.drivers.libvirt import _post_copy_failed, unmoved_storage
 
 EVERYTHING = """<domain type='kvm'>
   <name>web1</name>
@@ -85,3 +86,18 @@ def test_tpm_passthrough_is_named_with_its_device() -> None:
     tpm = "<tpm model='tpm-tis'><backend type='passthrough'><device path='/dev/tpm0'/></backend></tpm>"
     root = ET.fromstring(f"<domain><devices>{tpm}</devices></domain>")
     assert unmoved_storage(root) == (("TPM passthrough /dev/tpm0",), ())
+
+
+@pytest.mark.parametrize(
+    ("state", "failed"),
+    [
+        ([libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_POSTCOPY_FAILED], True),  # either host
+        ([libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_RUNNING_POSTCOPY_FAILED], True),  # the target, vCPUs on
+        ([libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_POSTCOPY], False),  # post-copy under way
+        ([libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_RUNNING_POSTCOPY], False),
+        ([libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_USER], False),
+        ([libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_MIGRATED], False),
+    ],
+)
+def test_post_copy_failure_is_read_from_the_state_reason(state: list[int], failed: bool) -> None:
+    assert _post_copy_failed(state) is failed

@@ -346,6 +346,39 @@ CASES = [
         reason="ConnectionLost",
     ),
     Case(
+        "job lost with the VE running on the target and gone from the source: stop, touch nothing",
+        status_in(Phase.SWITCHOVER),
+        spec={"retry": {"maxAttempts": 3}},
+        obs={
+            "job": job(JobState.FAILED, error_reason="JobLost", error_class=ErrorClass.RETRYABLE),
+            "source_ve": None,
+            "target_ve": ve(),
+        },
+        phase=Phase.FAILED,
+        reason="NeedsAttention",
+        message="source 'node-a' has no VE 'web1', target 'node-b' has 'web1' running",
+    ),
+    Case(
+        "job failed after post-copy failed: stop at once, no abort, no rollback",
+        status_in(Phase.SWITCHOVER),
+        obs={
+            "job": job(JobState.FAILED, error_reason="MigrationFailed", error_message="post-copy failed"),
+            "source_ve": ve(state=VEState.PAUSED, post_copy_failed=True),
+            "target_ve": ve(state=VEState.PAUSED, post_copy_failed=True),
+        },
+        phase=Phase.FAILED,
+        reason="NeedsAttention",
+        message="'web1' paused after a failed post-copy",
+    ),
+    Case(
+        "job failed while the target still holds the incoming VE: roll back as usual",
+        status_in(Phase.TRANSFERRING),
+        obs={"job": job(JobState.FAILED, error_reason="MigrationFailed"), "target_ve": ve(state=VEState.MIGRATING)},
+        phase=Phase.ROLLING_BACK,
+        actions=ABORT,
+        reason="MigrationFailed",
+    ),
+    Case(
         "no progress for progressSeconds",
         status_in(
             Phase.TRANSFERRING,
@@ -504,6 +537,57 @@ CASES = [
         reason="RollbackIncomplete",
     ),
     Case(
+        "post-copy failed: target runs, source paused: stop, never clean the target",
+        status_in(Phase.ROLLING_BACK, failure=Failure(phase=Phase.SWITCHOVER, reason="MigrationFailed")),
+        obs={
+            "job": job(JobState.FAILED),
+            "source_ve": ve(state=VEState.PAUSED, post_copy_failed=True),
+            "target_ve": ve(state=VEState.RUNNING),
+            "target_leftovers": True,
+        },
+        phase=Phase.FAILED,
+        reason="NeedsAttention",
+        message="source 'node-a' has 'web1' paused after a failed post-copy, target 'node-b' has 'web1' running",
+    ),
+    Case(
+        "an abort raced completion: the VE runs on the target, the source is shut off: stop",
+        status_in(Phase.ROLLING_BACK, failure=Failure(phase=Phase.TRANSFERRING, reason="Cancelled")),
+        spec={"action": "Cancel"},
+        obs={
+            "job": job(JobState.CANCELLED),
+            "source_ve": ve(state=VEState.STOPPED),
+            "target_ve": ve(state=VEState.RUNNING),
+            "target_leftovers": True,
+        },
+        phase=Phase.FAILED,
+        reason="NeedsAttention",
+        message="Nothing was stopped or removed",
+    ),
+    Case(
+        "the target still holds the paused incoming VE: wait, never clean it",
+        status_in(Phase.ROLLING_BACK, failure=Failure(phase=Phase.TRANSFERRING, reason="X")),
+        obs={"job": job(JobState.FAILED), "target_ve": ve(state=VEState.MIGRATING), "target_leftovers": True},
+        now_after=30,
+        phase=Phase.ROLLING_BACK,
+        message="still paused for the stopped migration",
+    ),
+    Case(
+        "the target's incoming VE stays paused past progressSeconds: stop",
+        status_in(Phase.ROLLING_BACK, failure=Failure(phase=Phase.TRANSFERRING, reason="X")),
+        obs={"job": job(JobState.FAILED), "target_ve": ve(state=VEState.MIGRATING), "target_leftovers": True},
+        now_after=301,
+        phase=Phase.FAILED,
+        reason="NeedsAttention",
+        message="stayed paused for the migration 301 s",
+    ),
+    Case(
+        "failed pre-copy: source runs, target copy defined but inactive: clean it",
+        status_in(Phase.ROLLING_BACK, failure=Failure(phase=Phase.TRANSFERRING, reason="X")),
+        obs={"job": job(JobState.FAILED), "target_ve": ve(state=VEState.STOPPED), "target_leftovers": True},
+        phase=Phase.ROLLING_BACK,
+        actions=(Action(ActionKind.CLEANUP_TARGET),),
+    ),
+    Case(
         "completed before the abort arrived: finish",
         status_in(Phase.ROLLING_BACK, failure=Failure(phase=Phase.TRANSFERRING, reason="X")),
         obs={"job": job(JobState.COMPLETED), "target_verified": True, "source_disposed": False},
@@ -580,6 +664,31 @@ def test_cancel_in_every_non_final_phase(phase: Phase, by: str) -> None:
     if expected == Phase.CANCELLED:
         assert decision.status.failure is not None and decision.status.failure.reason == "Cancelled"
         assert decision.release_finalizer == (by == "deletion")
+
+
+def test_needs_attention_keeps_the_cause_and_is_never_retried() -> None:
+    stored = status_in(
+        Phase.ROLLING_BACK,
+        failure=Failure(phase=Phase.SWITCHOVER, reason="MigrationFailed", message="EOF", retryable=True),
+    )
+    obs = observation(
+        job=job(JobState.FAILED),
+        source_ve=ve(state=VEState.PAUSED, post_copy_failed=True),
+        target_ve=ve(state=VEState.PAUSED, post_copy_failed=True),
+        target_leftovers=True,
+    )
+    decision = decide(spec(retry={"maxAttempts": 3}), stored, obs, later(5))
+    failure = decision.status.failure
+    assert decision.status.phase == Phase.FAILED and decision.actions == ()
+    assert failure is not None and (failure.phase, failure.reason, failure.retryable) == (
+        Phase.SWITCHOVER,
+        "NeedsAttention",
+        False,
+    )
+    assert "Rolling back after MigrationFailed: EOF" in failure.message
+    assert "virsh migrate --postcopy --postcopy-resume" in failure.message
+    assert "docs/runbooks/NeedsAttention.md" in failure.message
+    assert decision.status.next_attempt_time is None
 
 
 @pytest.mark.parametrize("phase", [Phase.SUCCEEDED, Phase.FAILED, Phase.CANCELLED], ids=str)

@@ -18,6 +18,7 @@ from vemigrate.core.observation import (
     JobState,
     JobStats,
     Observation,
+    VEFacts,
     VEState,
 )
 
@@ -42,7 +43,17 @@ jobs = st.none() | st.builds(
     stats=stats,
     error_class=st.none() | st.sampled_from(list(ErrorClass)),
 )
-ves = st.none() | st.builds(lambda state: ve(state=state), st.sampled_from(list(VEState)))
+ves = st.none() | st.builds(
+    lambda state, post_copy_failed: ve(state=state, post_copy_failed=post_copy_failed),
+    st.sampled_from(list(VEState)),
+    st.booleans(),
+)
+# A target copy that a rollback must never remove: running, paused or migrating, or split by a failed post-copy.
+active_ves = st.builds(
+    lambda state, post_copy_failed: ve(state=state, post_copy_failed=post_copy_failed),
+    st.sampled_from([s for s in VEState if s.live]),
+    st.booleans(),
+) | st.builds(lambda state: ve(state=state, post_copy_failed=True), st.sampled_from(list(VEState)))
 tri = st.sampled_from([None, True, False])
 
 observations = st.builds(
@@ -82,6 +93,10 @@ def _safe(obs: Observation, kinds: set[ActionKind]) -> None:
     if obs.job is None:
         # The job's state is unknown (source unreachable): never abort it, never clean the target.
         assert not kinds & {ActionKind.ABORT_JOB, ActionKind.CLEANUP_TARGET}
+    if ActionKind.CLEANUP_TARGET in kinds:
+        target, source = obs.target_ve, obs.source_ve
+        assert target is None or not (target.state.live or target.post_copy_failed), "the target copy is active"
+        assert source is not None and not source.post_copy_failed, "the source copy is split by a failed post-copy"
 
 
 @settings(max_examples=400, deadline=None)
@@ -119,3 +134,28 @@ def test_any_sequence_of_passes(s: MigrationSpec, run: list[tuple[Observation, i
         if status.phase.final:
             final = status.phase
         assert status.attempts <= s.retry.max_attempts
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    s=specs,
+    phase=st.sampled_from([Phase.TRANSFERRING, Phase.SWITCHOVER, Phase.ROLLING_BACK]),
+    job_state=st.sampled_from(list(JobState)),
+    source_ve=ves,
+    target_ve=active_ves,
+    dt=seconds,
+)
+def test_cleanup_target_is_never_decided_while_the_target_ve_is_active(
+    s: MigrationSpec, phase: Phase, job_state: JobState, source_ve: VEFacts | None, target_ve: VEFacts, dt: int
+) -> None:
+    """Both hosts answer and this migration left something on the target, the most tempting case for a
+    cleanup; whatever the job says, two passes in a row never remove an active target copy."""
+    obs = observation(
+        job=JobObservation(state=job_state), source_ve=source_ve, target_ve=target_ve, target_leftovers=True
+    )
+    status: MigrationStatus | None = status_in(phase)
+    for n in range(2):
+        decision = decide(s, status, obs, T0 + timedelta(seconds=dt + n))
+        assert ActionKind.CLEANUP_TARGET not in {a.kind for a in decision.actions}, decision.status.phase
+        _safe(obs, {a.kind for a in decision.actions})
+        status = decision.status

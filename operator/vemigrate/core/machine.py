@@ -7,7 +7,9 @@ the spec and this pass's observation, so any pass may be the first after an oper
 What keeps the VE safe (DESIGN.md invariants):
 - nothing is aborted, cleaned or removed on an unknown observation: the pass waits;
 - DISPOSE_SOURCE is only decided once the target copy is verified;
-- CLEANUP_TARGET is only decided while the complete source copy is observed;
+- CLEANUP_TARGET is only decided while the complete source copy is observed, and never while the
+  target copy is active (running, paused, migrating) or either copy is split by a failed post-copy:
+  then the migration stops with NeedsAttention and touches nothing;
 - a final phase is never left.
 """
 
@@ -45,6 +47,7 @@ from vemigrate.core.observation import (
     JobStats,
     Observation,
     VEFacts,
+    VEState,
 )
 
 # Phases in which a migration holds a slot on its hosts.
@@ -360,6 +363,11 @@ def _transferring(step: _Pass) -> None:
     # FAILED or CANCELLED (an abort we did not ask for counts as a failure).
     reason = job.error_reason or ("Aborted" if job.state == JobState.CANCELLED else "MigrationFailed")
     message = job.error_message or f"The migration job ended {job.state.value.lower()}"
+    if _hands_off(obs):
+        # The job failed (or was lost) after the VE moved, or in the middle of a post-copy: a rollback
+        # would clean up the copy that runs. Nothing is aborted or removed; a person decides.
+        _needs_attention(step, f"The migration job ended {job.state.value.lower()} ({reason}: {message})")
+        return
     if step.cancelling:
         reason, message = "Cancelled", "Cancelled by spec.action or deletion"
     step.roll_back(reason, message, retryable=job.error_class == ErrorClass.RETRYABLE)
@@ -482,6 +490,23 @@ def _rolling_back(step: _Pass) -> None:
     if obs.source is None or obs.source.reachable is not True or obs.target_leftovers is None:
         step.wait("StateUnknown", "Cannot observe both hosts to finish the rollback")
         return
+    failure = status.failure
+    cause = f"Rolling back after {failure.reason}: {failure.message}" if failure else "Rolling back"
+    if _hands_off(obs):
+        _needs_attention(step, cause)
+        return
+    if _settling(obs):
+        waited = step.now - step.entered(Phase.ROLLING_BACK)
+        if waited <= timedelta(seconds=spec.timeouts.progress_seconds):
+            step.wait(
+                "TargetMigrating",
+                f"The VE on {spec.target.host!r} is still paused for the stopped migration; waiting for "
+                "libvirt to remove it before cleaning up",
+            )
+            return
+        seconds = int(waited.total_seconds())
+        _needs_attention(step, f"{cause}; the VE on {spec.target.host!r} stayed paused for the migration {seconds} s")
+        return
     if obs.source_ve is None:
         # No complete source copy observed: never clean the target now, it may be the only copy.
         step.fail(
@@ -494,10 +519,59 @@ def _rolling_back(step: _Pass) -> None:
         step.act(ActionKind.CLEANUP_TARGET)
         step.wait("CleaningUp", f"Removing what this migration left on {spec.target.host!r}", POLL_JOB)
         return
-    failure = status.failure
     if step.cancelling or (failure is not None and failure.reason == "Cancelled"):
         step.cancelled("Cancelled; the VE stays on the source and nothing is left on the target")
         return
+    _conclude_failure(step)
+
+
+def _described(role: str, host: str, name: str, ve: VEFacts | None) -> str:
+    if ve is None:
+        return f"{role} {host!r} has no VE {name!r}"
+    failed = " after a failed post-copy" if ve.post_copy_failed else ""
+    return f"{role} {host!r} has {ve.name!r} {ve.state.value}{failed}"
+
+
+def _settling(obs: Observation) -> bool:
+    """The target holds the VE paused for a migration that has ended (libvirt's incoming domain, which
+    libvirt removes once the migration's connection is closed), and the source copy is there and was
+    not split by a post-copy: worth waiting for, never worth removing."""
+    target, source = obs.target_ve, obs.source_ve
+    return (
+        target is not None
+        and target.state == VEState.MIGRATING
+        and not target.post_copy_failed
+        and source is not None
+        and not source.post_copy_failed
+    )
+
+
+def _hands_off(obs: Observation) -> bool:
+    """A rollback must not touch these copies: the target's copy runs or is paused (the VE may have
+    moved, or run on both hosts), or a post-copy failed on either host (each holds part of the VE)."""
+    target, source = obs.target_ve, obs.source_ve
+    target_active = target is not None and (target.state.live or target.post_copy_failed)
+    split = source is not None and source.post_copy_failed
+    return (target_active or split) and not _settling(obs)
+
+
+def _needs_attention(step: _Pass, cause: str) -> None:
+    """Stop without touching either host: say what each host has and what a person should do."""
+    spec, obs, status = step.spec, step.obs, step.status
+    name = spec.source.name
+    copies = (
+        f"{_described('source', spec.source.host, name, obs.source_ve)}, "
+        f"{_described('target', spec.target.host, name, obs.target_ve)}"
+    )
+    message = (
+        f"{cause}. The copies are not in a state a rollback may touch: {copies}. Nothing was stopped or "
+        "removed on either host. Find out which copy is current (virsh domstate --reason on both hosts); "
+        "resume a failed post-copy (virsh migrate --postcopy --postcopy-resume), or keep the current copy "
+        "and remove the other by hand; then delete this migration (that touches no VE). "
+        "See docs/runbooks/NeedsAttention.md"
+    )
+    phase = status.failure.phase if status.failure is not None else status.phase
+    status.failure = Failure(phase=phase, reason="NeedsAttention", message=message, retryable=False)
     _conclude_failure(step)
 
 

@@ -62,6 +62,9 @@ class VEFacts:
     private_area: str | None = None  # a container's root file system directory on its host
     shared_storage: bool = False  # on Virtuozzo Storage or NFS: nothing to copy
     macs: tuple[str, ...] = ()
+    # After a failed post-copy migration (libvirt: paused or running with reason post-copy failed): the
+    # VE's running state is split between the hosts, so neither copy alone is complete.
+    post_copy_failed: bool = False
     # What the copy does not move, one description each ("NVRAM /var/lib/.../x_VARS.fd", "vTPM state",
     # "hdc: cdrom /srv/x.iso"): it would be lost with the source, so such VEs are refused.
     unmovable: tuple[str, ...] = ()

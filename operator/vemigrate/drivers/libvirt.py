@@ -184,6 +184,15 @@ def _private_area(root: ET.Element) -> str | None:
     return None
 
 
+def _post_copy_failed(state: list[int]) -> bool:
+    """libvirt's `dom.state()` after a failed post-copy migration: paused, or (on the target) still
+    running, with reason post-copy failed. Each host then holds part of the VE's running state."""
+    kind, reason = state[0], state[1]
+    if kind == libvirt.VIR_DOMAIN_PAUSED:
+        return bool(reason == libvirt.VIR_DOMAIN_PAUSED_POSTCOPY_FAILED)
+    return bool(kind == libvirt.VIR_DOMAIN_RUNNING and reason == libvirt.VIR_DOMAIN_RUNNING_POSTCOPY_FAILED)
+
+
 _NON_FILE_DISKS = {
     "block": "block device",
     "volume": "storage pool volume",
@@ -398,6 +407,7 @@ class LibvirtDriver:
                 disk_paths=tuple(d.path for d in disks),
                 private_area=private,
                 macs=macs,
+                post_copy_failed=_post_copy_failed(dom.state()),
                 unmovable=unmovable,
                 non_file_disks=non_file_disks,
             )
