@@ -143,7 +143,7 @@ def through_operator(
     full = {"source": {"host": src, "name": guest.name}, "target": {"host": dst}, "mode": "Live", **spec}
     wall, start = time.time(), time.monotonic()
     uid = migrations.create(name, full)
-    job = lab.host(src).path(f"{JOBS_DIR}/{uid}")
+    job = lab.host(src).path(f"{JOBS_DIR}/{uid}/1")  # attempt 1
     seen_job: dict[str, float] = {}
 
     def watch_job() -> None:

@@ -112,7 +112,7 @@ def through_operator(
     spec = {"source": {"host": src, "name": disk.name}, "target": {"host": dst}, "mode": "Offline"}
     start = time.monotonic()
     uid = migrations.create(name, {**spec, "compression": compression})
-    job = lab.host(src).path(f"{JOBS_DIR}/{uid}")
+    job = lab.host(src).path(f"{JOBS_DIR}/{uid}/1")  # attempt 1
     job_seconds = 0.0
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
@@ -126,7 +126,7 @@ def through_operator(
     if status["phase"] != "Succeeded":
         raise RuntimeError(f"offline migration {name} ended {status['phase']}: {status.get('failure')}")
     migrations.delete(name)
-    disk.path = {dst: f"{POOL}/{disk.uuid}/{Path(disk.path[src]).name}"}
+    disk.path = {dst: f"{POOL}/{disk.uuid}/vda.qcow2"}  # <path>/<UUID>/<device>.<format>
     return job_seconds, seen - start
 
 

@@ -162,7 +162,10 @@ def _plan(
     if src.driver is None or dst.driver is None:
         return None
     mode = stored.mode if stored and stored.mode else (resolve_mode(spec.mode, ve) if ve else Mode.OFFLINE)
-    return MigrationPlan(uid=uid, spec=spec, mode=mode, ve=ve, source=src.driver.access, target=dst.driver.access)
+    attempt = max(stored.attempts, 1) if stored else 1
+    return MigrationPlan(
+        uid=uid, spec=spec, mode=mode, ve=ve, source=src.driver.access, target=dst.driver.access, attempt=attempt
+    )
 
 
 async def _observe(
@@ -295,6 +298,8 @@ async def migration_pass(
     if plan is not None and decision.actions:
         src = world.driver(plan.source)
         dst = world.driver(plan.target)
+        # Actions belong to the attempt this decision is in (a pass that starts one has just counted it).
+        plan = replace(plan, attempt=max(decision.status.attempts, 1))
         for action in decision.actions:
             try:
                 await _act(world, action, plan, src, dst)

@@ -110,6 +110,8 @@ def examine(
     uid = body["metadata"]["uid"]
     if phase in FINAL and _exists("lab1", f"{JOBS_DIR}/{uid}"):
         leftovers.append("the job's files on the source")
+    if phase in FINAL and _exists("lab2", f"{JOBS_DIR}/{uid}"):
+        leftovers.append("the job's record on the target")
     return Outcome(
         scenario=scenario,
         phase=phase,

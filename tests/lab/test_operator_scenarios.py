@@ -52,7 +52,7 @@ def test_offline_migration_of_a_stopped_vm_to_a_custom_path(
     assert status["phase"] == "Succeeded", status
     assert status["mode"] == "Offline"
     moved = _disk_path(hosts, "lab2", "off1")
-    assert moved == f"/var/lib/libvirt/custom/{vm.uuid}/{disk.rsplit('/', 1)[1]}", "lands in <path>/<VE_UUID>/"
+    assert moved == f"/var/lib/libvirt/custom/{vm.uuid}/vda.qcow2", "lands in <path>/<VE_UUID>/<device>.<format>"
     assert _md5("lab2", moved) == before, "the disk arrived bit for bit"
     assert domain(hosts, "lab1", "off1") is None
     assert Lab.exec("lab1", ["test", "-e", disk]).returncode != 0, "the source disk is removed after verification"

@@ -61,7 +61,7 @@ def _md5(host: str, path: str) -> str:
 
 
 def _job_file(uid: str, name: str) -> str:
-    out = Lab.exec("lab1", ["cat", f"{JOBS_DIR}/{uid}/{name}"], capture=True)
+    out = Lab.exec("lab1", ["cat", f"{JOBS_DIR}/{uid}/1/{name}"], capture=True)  # attempt 1
     return out.stdout if out.returncode == 0 else ""
 
 

@@ -1,9 +1,11 @@
-"""hostjob's start script, run with a local sh: one round trip makes the directory, writes the script
-and starts it in a session of its own; a second start leaves the running job alone."""
+"""hostjob's scripts, run with a local sh: one round trip makes the directory, writes the script and
+starts it in a session of its own; a second start leaves the running job alone; whether the job runs
+comes from its lock, and a signal reaches only the process recorded at start."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -19,15 +21,135 @@ def _start(directory: Path, text: str) -> None:
     subprocess.run(["sh", "-c", hostjob._START, "sh", str(directory)], input=text, text=True, check=True, timeout=10)
 
 
-def test_start_writes_and_starts_once_in_its_own_session(tmp_path: Path) -> None:
-    job = tmp_path / "jobs" / "uid-1"
-    _start(job, hostjob.script(["sleep 1", "echo first"]))
-    pid = int((job / "pid").read_text())
-    assert os.getsid(pid) == pid, "the recorded pid leads its own session, so a kill reaches the whole job"
-    _start(job, hostjob.script(["echo second"]))  # already started: nothing is replaced or run again
+def _read(directory: Path) -> dict[str, str]:
+    out = subprocess.run(
+        ["sh", "-c", hostjob._READ, "sh", str(directory), "5"], capture_output=True, text=True, check=True, timeout=10
+    ).stdout
+    head = out.partition("--- log\n")[0]
+    return dict(line.split("=", 1) for line in head.splitlines())
+
+
+def _kill(directory: Path, member: str = "") -> None:
+    subprocess.run(["sh", "-c", hostjob._KILL, "sh", str(directory), member], check=True, timeout=10)
+
+
+def _wait_exit(directory: Path) -> str:
     deadline = time.monotonic() + 10
-    while not (job / "exit").exists() and time.monotonic() < deadline:
+    while not (directory / "exit").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert (job / "exit").read_text().strip() == "0"
+    return (directory / "exit").read_text().strip()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].split()[0] != "Z"
+
+
+def test_start_writes_and_starts_once_in_its_own_session(tmp_path: Path) -> None:
+    job = tmp_path / "jobs" / "uid-1" / "1"
+    _start(job, hostjob.script(["sleep 1", "echo first"]))
+    pid = int((job / "pid").read_text().split()[0])
+    assert os.getsid(pid) == pid, "the recorded pid leads its own session, so a kill reaches the whole job"
+    assert (job / "pid").stat().st_mode & 0o077 == 0 and job.stat().st_mode & 0o077 == 0, "the job's files are private"
+    assert _read(job)["state"] == "running"
+    _start(job, hostjob.script(["echo second"]))  # already started: nothing is replaced or run again
+    assert _wait_exit(job) == "0"
     assert (job / "log").read_text().split() == ["first"]
     assert "echo first" in (job / "job.sh").read_text()
+    assert _read(job) == {"state": "exited", "exit": "0"}
+
+
+def test_each_attempt_has_a_directory_of_its_own() -> None:
+    assert hostjob.job_dir("uid-1", 1) != hostjob.job_dir("uid-1", 2)
+    assert hostjob.job_dir("uid-1", 2).startswith(hostjob.migration_dir("uid-1") + "/")
+
+
+def test_a_job_whose_processes_are_gone_is_lost_even_when_its_pid_lives_again(tmp_path: Path) -> None:
+    """After a reboot or once pids wrap, the recorded pid may name another process: the lock tells."""
+    job = tmp_path / "job"
+    _start(job, hostjob.script(["sleep 30"]))
+    pid, boot, start = (job / "pid").read_text().split()
+    os.killpg(int(pid), signal.SIGKILL)  # the job dies without writing its exit status
+    deadline = time.monotonic() + 5
+    while _alive(int(pid)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stranger = subprocess.Popen(["sleep", "30"], start_new_session=True)  # someone else's process
+    try:
+        (job / "pid").write_text(f"{stranger.pid} {boot} {start}\n")  # as if the pid were reused
+        assert _read(job)["state"] == "lost"
+        _kill(job)
+        time.sleep(0.2)
+        assert stranger.poll() is None, "a process that is not the job's was signalled"
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_a_reused_pid_is_not_signalled_while_the_job_lives(tmp_path: Path) -> None:
+    """The lock is held (the job runs), but the recorded pid now names another process (another
+    start time): no signal at all, rather than one to a stranger."""
+    job = tmp_path / "job"
+    _start(job, hostjob.script(["sleep 30"]))
+    pid, boot, _ = (job / "pid").read_text().split()
+    stranger = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        (job / "pid").write_text(f"{stranger.pid} {boot} 1\n")
+        _kill(job)
+        time.sleep(0.2)
+        assert stranger.poll() is None, "a stranger's process group was signalled"
+        assert _alive(int(pid)), "nothing could be proven, so nothing was signalled"
+        assert _read(job)["state"] == "running"
+    finally:
+        stranger.kill()
+        stranger.wait()
+        os.killpg(int(pid), signal.SIGKILL)
+
+
+def test_kill_stops_the_job_and_a_member_only_when_it_is_the_jobs(tmp_path: Path) -> None:
+    job = tmp_path / "job"
+    _start(job, hostjob.script(["sleep 30 & p=$!; echo $p >member.pid; wait $p"]))
+    deadline = time.monotonic() + 5
+    while not (job / "member.pid").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stranger = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        (job / "stranger.pid").write_text(str(stranger.pid))
+        _kill(job, "stranger.pid")
+        time.sleep(0.2)
+        assert stranger.poll() is None, "a pid file naming a process outside the job was obeyed"
+        member = int((job / "member.pid").read_text())
+        _kill(job, "member.pid")
+        assert _wait_exit(job) != "0", "the job's own member was stopped, and the job failed"
+        assert not _alive(member)
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_a_job_started_before_the_hosts_last_boot_is_reported_as_such(tmp_path: Path) -> None:
+    job = tmp_path / "job"
+    _start(job, hostjob.script(["true"]))
+    _wait_exit(job)
+    fields = (job / "pid").read_text().split()  # a job this short may be gone before its start time is read
+    fields[1] = "00000000-0000-0000-0000-000000000000"
+    (job / "pid").write_text(" ".join(fields) + "\n")
+    assert _read(job)["rebooted"] == "yes"
+
+
+def test_kill_stops_every_process_of_the_job(tmp_path: Path) -> None:
+    """With the host's own sh (dash on Debian, whose kill takes no `--`): the whole group stops."""
+    job = tmp_path / "job"
+    _start(job, hostjob.script(["sleep 30 & p=$!; echo $p >member.pid; wait $p"]))
+    deadline = time.monotonic() + 5
+    while not (job / "member.pid").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    leader, member = int((job / "pid").read_text().split()[0]), int((job / "member.pid").read_text())
+    _kill(job)
+    deadline = time.monotonic() + 5
+    while (_alive(leader) or _alive(member)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(leader) and not _alive(member)
+    assert _read(job)["state"] == "lost", "killed before it could write its exit status"

@@ -14,6 +14,7 @@ from vemigrate.core.observation import VEState
 from vemigrate.drivers import hostjob
 from vemigrate.drivers.errors import PermanentError
 from vemigrate.drivers.libvirt import (
+    _Disk,
     _host_status,
     _offline_script,
     _offline_stats,
@@ -68,9 +69,12 @@ def test_live_argv_uses_the_migration_address_for_a_direct_stream() -> None:
     assert argv[-4:] == [UUID, "qemu+ssh://root@198.51.100.2:22/system", "--migrateuri", "tcp://198.51.100.2"]
 
 
-def test_live_script_checks_target_files_sets_downtime_and_records_stats() -> None:
-    text = live_script(plan(maxDowntimeMs=250), copy_disks=True)
-    assert "already exists on the target" in text
+def test_live_script_creates_target_disks_as_its_own_sets_downtime_and_records_stats() -> None:
+    disk = _Disk("vda", "/var/lib/libvirt/images/web1.qcow2", "qcow2")
+    text = live_script(plan(maxDowntimeMs=250), copy_disks=True, disks=[(disk, 1 << 30)])
+    create = next(line for line in _commands(text) if "qemu-img create" in line)
+    inner = _tokens(create)[_tokens(create).index("--") + 1]
+    assert _tokens(inner)[-4:] == [f"{hostjob.job_dir(plan().uid, 1)}/created", disk.path, "qcow2", str(1 << 30)]
     assert shlex.join(["virsh", "-c", "qemu:///system", "migrate-setmaxdowntime", UUID, "250"]) in text
     assert "domjobinfo --completed" in text
     assert text.rstrip().endswith('echo "$rc" >exit.tmp && mv exit.tmp exit')
@@ -85,6 +89,21 @@ def _tokens(line: str) -> list[str]:
     return list(lexer)
 
 
+def _commands(text: str) -> list[str]:
+    """The script's commands: its lines, with a quoted word that spans lines kept whole."""
+    commands, pending = [], ""
+    for line in text.splitlines():
+        pending = f"{pending}\n{line}" if pending else line
+        try:
+            _tokens(pending)
+        except ValueError:
+            continue  # a quote is still open
+        commands.append(pending)
+        pending = ""
+    assert not pending, f"unclosed quote: {pending}"
+    return commands
+
+
 def test_every_value_reaching_the_shell_is_quoted() -> None:
     """A hostile file name stays one word for the local shell and again for the remote one."""
     hostile = MigrationPlan(
@@ -95,10 +114,11 @@ def test_every_value_reaching_the_shell_is_quoted() -> None:
         source=SOURCE,
         target=TARGET,
     )
-    text = _offline_script(hostile, f"<domain><name>web1</name><uuid>{UUID}</uuid><devices/></domain>")
+    disk = f"<disk type='file' device='disk'><source file='/images/{HOSTILE}.qcow2'/><target dev='vda'/></disk>"
+    text = _offline_script(hostile, f"<domain><name>web1</name><uuid>{UUID}</uuid><devices>{disk}</devices></domain>")
     checked = 0
-    for line in text.splitlines():
-        if "rm -rf" not in line:
+    for line in _commands(text):
+        if HOSTILE not in line:
             continue
         checked += 1
         tokens = _tokens(line)
@@ -108,7 +128,7 @@ def test_every_value_reaching_the_shell_is_quoted() -> None:
             inner = tokens[tokens.index("--") + 1]
             if HOSTILE in inner:
                 assert any(HOSTILE in w for w in _tokens(inner)), f"split by the remote shell: {inner}"
-    assert checked >= 3, "the hostile name reached the copy, checksum and rename lines"
+    assert checked >= 3, "the hostile name reached the size, copy and checksum lines"
 
 
 def test_offline_script_copies_verifies_and_defines() -> None:
@@ -127,12 +147,12 @@ def test_offline_script_copies_verifies_and_defines() -> None:
         target=TARGET,
     )
     text = _offline_script(p, xml)
-    assert f"/srv/ves/{UUID}/web1.qcow2.part" in text
+    assert f"/srv/ves/{UUID}/vda.qcow2" in text
     assert "zstd -q -c" in text and "sha256sum" in text
     assert "checksum mismatch" in text
     assert "define /dev/stdin" in text
     no_compression = _offline_script(MigrationPlan(**{**p.__dict__, "spec": spec(compression=False)}), xml)
-    assert "zstd" not in no_compression
+    assert "zstd -q -c" not in no_compression and "vda.qcow2 cat" in no_compression
 
 
 def test_target_xml_moves_disks_tags_and_clones() -> None:
@@ -143,11 +163,26 @@ def test_target_xml_moves_disks_tags_and_clones() -> None:
         "</devices></domain>"
     )
     moved = _target_xml(plan(Mode.OFFLINE), xml, "/srv/x")
-    assert "/srv/x/web1.qcow2" in moved and UUID in moved and "52:54:00:00:00:01" in moved
+    assert "/srv/x/vda.raw" in moved, "named by device and format (raw: no driver type)"
+    assert UUID in moved and "52:54:00:00:00:01" in moved
     assert "vemigrate:migration" in moved and 'uid="0b7c9f6e' in moved
     cloned = _target_xml(plan(Mode.OFFLINE, clone=True), xml, "/srv/x")
     assert UUID not in cloned and "52:54:00" not in cloned
     assert _target_xml(plan(Mode.OFFLINE, clone=True), xml, "/srv/x") == cloned, "the clone's UUID is stable"
+
+
+def test_two_disks_of_one_base_name_land_in_two_files() -> None:
+    disks = "".join(
+        f"<disk type='file' device='disk'><driver type='qcow2'/><source file='/{d}/disk.qcow2'/>"
+        f"<target dev='{dev}'/></disk>"
+        for d, dev in (("a", "vda"), ("b", "vdb"))
+    )
+    xml = f"<domain><name>web1</name><uuid>{UUID}</uuid><devices>{disks}</devices></domain>"
+    moved = _target_xml(plan(Mode.OFFLINE), xml, "/srv/x")
+    assert "/srv/x/vda.qcow2" in moved and "/srv/x/vdb.qcow2" in moved
+    text = _offline_script(plan(Mode.OFFLINE), xml)
+    assert text.count("dd if=/a/disk.qcow2") == 1 and text.count("dd if=/b/disk.qcow2") == 1
+    assert f"/{UUID}/vda.qcow2" in text and f"/{UUID}/vdb.qcow2" in text
 
 
 def test_offline_refusals_are_specific() -> None:
@@ -175,7 +210,7 @@ def test_host_facts_from_the_shell() -> None:
         "lib_version": 9000000,
     }
     shell = (
-        "df /var/lib/libvirt/images /var/lib/libvirt/images 1000 5000\n"
+        "df    1000 5000 /var/lib/libvirt/images\n"
         "bridge vmbr0\naddr eth0 192.0.2.1/24\nspeed eth0 10000\nclock 1000000500000000\nkernel 6.1.0\ntls no\n"
     )
     status = _host_status(facts, shell, ["/var/lib/libvirt/images"], 1000000000000000, SOURCE)
@@ -192,7 +227,7 @@ def test_job_script_records_exit_status_and_job_dirs_refuse_odd_uids() -> None:
     text = hostjob.script(["false"])
     assert "( run ); rc=$?" in text
     with pytest.raises(PermanentError):
-        hostjob.job_dir("../../etc")
+        hostjob.job_dir("../../etc", 1)
 
 
 def test_completed_job_figures() -> None:

@@ -1,8 +1,16 @@
-"""A job that runs detached on a host, keyed by the migration's UID, and outlives the operator.
+"""A job that runs detached on a host, keyed by the migration's UID and attempt, and outlives the operator.
 
-Layout on the host, under JOBS_DIR/<uid>/: `job.sh` (the script), `pid` (its process group),
-`log` (its output), `exit` (its exit status, written last). A restarted operator reads these to
-re-attach; nothing about a job lives only in the operator's memory.
+Layout on the host, under JOBS_DIR/<uid>/<attempt>/ (mode 0700: the script may hold a domain's
+secrets): `job.sh` (the script), `pid` (its process group, the host's boot id and the process's start
+time), `lock` (held by the job's processes for as long as any of them lives), `log` (its output),
+`exit` (its exit status, written last). A restarted operator reads these to re-attach; nothing about
+a job lives only in the operator's memory. Each attempt has a directory of its own, so a retry runs a
+new job instead of adopting the last attempt's outcome.
+
+Whether the job runs is read from its lock, not from `kill -0 <pid>`: after a reboot or once the pid is
+reused, a pid names some other process, while the lock is free as soon as the job's last process is
+gone. A signal goes only to the process group recorded at start, and only while the lock is held and
+that process is still the one started then (same boot, same start time).
 """
 
 from __future__ import annotations
@@ -19,34 +27,67 @@ JOBS_DIR = "/var/lib/libvirt/vemigrate/jobs"
 _UID = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 LOG_TAIL_LINES = 40
 
+# A process's start time in clock ticks since boot: field 22 of /proc/<pid>/stat, counted after the
+# command name, which is in parentheses and may itself hold spaces.
+_STARTTIME = "sed 's/.*) //' \"/proc/$1/stat\" 2>/dev/null | cut -d' ' -f20"
+_IDENTITY = f"started() {{ {_STARTTIME}; }}\nboot() {{ cat /proc/sys/kernel/random/boot_id; }}\n"
+
 # In one round trip: makes the job directory, writes job.sh from stdin and starts it in its own
-# session (so a kill reaches every process it started), records the pid, and returns at once; a job
-# that started already (pid exists) is left alone. $1 is the job directory; nothing else is
-# interpolated. Only `setsid` goes to the background, so the pid is its session's.
+# session (so a kill reaches every process it started), records the pid with the boot id and the
+# process's start time, and returns at once; a job that started already (pid exists, or its lock is
+# held) is left alone. The lock is taken here, before the job starts, and the job inherits it, so it is
+# held without a gap from now until the job's last process ends. $1 is the job directory; nothing else
+# is interpolated. Only `setsid` goes to the background, so the pid is its session's.
 _START = (
+    _IDENTITY + "umask 077\n"
     'mkdir -p "$1" && cd "$1" || exit 1\n'
     "[ -e pid ] && exit 0\n"
+    "exec 9>>lock && flock -n 9 || exit 0\n"
     "cat >job.sh.tmp && mv job.sh.tmp job.sh || exit 1\n"
     "setsid sh ./job.sh >log 2>&1 </dev/null &\n"
-    "echo $! >pid.tmp && mv pid.tmp pid\n"
+    'echo "$! $(boot) $(started $!)" >pid.tmp && mv pid.tmp pid\n'
 )
 
-# Prints what a reader needs in one round trip: exit status, whether the pid lives, the log's tail.
+# Prints what a reader needs in one round trip: exit status, whether the job's lock is held, whether
+# the host restarted since the job started, the log's tail.
 _READ = (
-    'cd "$1" 2>/dev/null || { echo state=none; exit 0; }; '
-    "[ -e pid ] || { echo state=none; exit 0; }; "
-    'if [ -e exit ]; then echo "state=exited"; echo "exit=$(cat exit)"; '
-    'elif kill -0 "$(cat pid)" 2>/dev/null; then echo state=running; '
-    "else echo state=lost; fi; "
-    'echo "--- log"; tail -n "$2" log 2>/dev/null'
+    _IDENTITY + 'cd "$1" 2>/dev/null || { echo state=none; exit 0; }\n'
+    "[ -e pid ] || { echo state=none; exit 0; }\n"
+    "read -r pid booted rest <pid\n"
+    '[ "$booted" = "$(boot)" ] || echo rebooted=yes\n'
+    'if [ -e exit ]; then echo "state=exited"; echo "exit=$(cat exit)"\n'
+    "elif ! flock -n lock true 2>/dev/null; then echo state=running\n"
+    "else echo state=lost; fi\n"
+    'echo "--- log"; tail -n "$2" log 2>/dev/null\n'
+)
+
+# SIGTERM to the job's process group ($2 empty), or to the one process whose pid the job wrote into the
+# file $2 once it is checked to belong to the job: in the job's session (field 6 of /proc/<pid>/stat), or
+# a child of a process that is (a command the job runs on a terminal of its own). Only while the job
+# lives (its lock is held) and the recorded pid is still the process started then; otherwise nothing is
+# signalled.
+_KILL = (
+    _IDENTITY + 'cd "$1" 2>/dev/null || exit 0\n'
+    "[ -e exit ] && exit 0\n"
+    "read -r pid booted start <pid 2>/dev/null || exit 0\n"
+    "flock -n lock true 2>/dev/null && exit 0\n"
+    '[ -n "$start" ] && [ "$booted" = "$(boot)" ] && [ "$(started "$pid")" = "$start" ] || exit 0\n'
+    # Not `kill -TERM -- -<pgid>`: dash's kill takes no `--` and signalled nothing.
+    'if [ -z "$2" ]; then kill -TERM "-$pid" 2>/dev/null; exit 0; fi\n'
+    'member=$(cat "$2" 2>/dev/null) || exit 0\n'
+    "case $member in ''|*[!0-9]*) exit 0;; esac\n"
+    "field() { sed 's/.*) //' \"/proc/$1/stat\" 2>/dev/null | cut -d' ' -f$2; }\n"
+    '[ "$(field "$member" 4)" = "$pid" ] || [ "$(field "$(field "$member" 2)" 4)" = "$pid" ] || exit 0\n'
+    'kill -TERM "$member" 2>/dev/null; exit 0\n'
 )
 
 
 @dataclass(frozen=True)
 class JobRecord:
-    state: str  # none | running | exited | lost (the process is gone without an exit status)
+    state: str  # none | running | exited | lost (the job's processes are gone without an exit status)
     exit_status: int | None
     log_tail: str
+    rebooted: bool = False  # the host's boot id changed since the job started
 
     def error_line(self) -> str:
         """The last line that reads like an error, else the last line."""
@@ -55,10 +96,17 @@ class JobRecord:
         return (errors or lines or ["(no output)"])[-1]
 
 
-def job_dir(uid: str) -> str:
+def migration_dir(uid: str) -> str:
+    """Every attempt's job of one migration lives under this directory."""
     if not _UID.match(uid):
         raise PermanentError("InvalidUID", f"migration UID {uid!r} cannot name a job directory")
     return f"{JOBS_DIR}/{uid}"
+
+
+def job_dir(uid: str, attempt: int) -> str:
+    if attempt < 1:
+        raise PermanentError("InvalidAttempt", f"attempt {attempt} cannot name a job directory")
+    return f"{migration_dir(uid)}/{attempt}"
 
 
 def script(lines: Sequence[str]) -> str:
@@ -83,13 +131,13 @@ def command(argv: Sequence[str]) -> str:
     return shlex.join(argv)
 
 
-async def start(ssh: SSHHost, uid: str, text: str) -> None:
+async def start(ssh: SSHHost, uid: str, attempt: int, text: str) -> None:
     """Upload the script and start it detached; a no-op when this job already started."""
-    await ssh.run(["sh", "-c", _START, "sh", job_dir(uid)], input=text)
+    await ssh.run(["sh", "-c", _START, "sh", job_dir(uid, attempt)], input=text)
 
 
-async def read(ssh: SSHHost, uid: str) -> JobRecord:
-    out = (await ssh.run(["sh", "-c", _READ, "sh", job_dir(uid), str(LOG_TAIL_LINES)])).stdout
+async def read(ssh: SSHHost, uid: str, attempt: int) -> JobRecord:
+    out = (await ssh.run(["sh", "-c", _READ, "sh", job_dir(uid, attempt), str(LOG_TAIL_LINES)])).stdout
     head, _, tail = out.partition("--- log\n")
     fields = dict(line.split("=", 1) for line in head.splitlines() if "=" in line)
     exit_text = fields.get("exit", "").strip()
@@ -97,15 +145,16 @@ async def read(ssh: SSHHost, uid: str) -> JobRecord:
         state=fields.get("state", "none").strip(),
         exit_status=int(exit_text) if exit_text.lstrip("-").isdigit() else None,
         log_tail=tail,
+        rebooted=fields.get("rebooted", "").strip() == "yes",
     )
 
 
-async def kill(ssh: SSHHost, uid: str) -> None:
-    """Stop every process of the job (its session), if it still runs."""
-    await ssh.run(
-        ["sh", "-c", 'p=$(cat "$1/pid" 2>/dev/null) && kill -TERM -- "-$p" 2>/dev/null; true', "sh", job_dir(uid)]
-    )
+async def kill(ssh: SSHHost, uid: str, attempt: int, member: str = "") -> None:
+    """SIGTERM to every process of the job (its session), or with `member` to the one process whose pid
+    the job wrote into that file of its directory; only when the job provably still runs."""
+    await ssh.run(["sh", "-c", _KILL, "sh", job_dir(uid, attempt), member])
 
 
 async def forget(ssh: SSHHost, uid: str) -> None:
-    await ssh.run(["rm", "-rf", "--", job_dir(uid)])
+    """Remove the records of every attempt of this migration."""
+    await ssh.run(["rm", "-rf", "--", migration_dir(uid)])

@@ -28,6 +28,7 @@ recognisably this migration's.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import ipaddress
 import json
@@ -37,7 +38,7 @@ import tempfile
 import time
 import uuid as uuidlib
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -88,7 +89,7 @@ _TRANSIENT = re.compile(
 # Facts from the shell, in one round trip: df of the given paths, bridges, addresses, link speeds,
 # clock, kernel, and whether QEMU migration TLS certificates are in place.
 _FACTS = r"""
-for p in "$@"; do df -B1 --output=target,avail,size "$p" 2>/dev/null | tail -n 1 | sed "s|^|df $p |"; done
+for p in "$@"; do s=$(df -B1 --output=avail,size -- "$p" 2>/dev/null | tail -n 1) && printf 'df %s %s\n' "$s" "$p"; done
 for b in /sys/class/net/*/bridge; do [ -d "$b" ] && echo "bridge $(basename "$(dirname "$b")")"; done
 ip -o -4 addr show scope global 2>/dev/null | awk '{print "addr", $2, $4}'
 for d in /sys/class/net/*; do s=$(cat "$d/speed" 2>/dev/null) && echo "speed $(basename "$d") $s"; done
@@ -157,22 +158,25 @@ def _state(dom: Any) -> VEState:
     return VEState.OTHER
 
 
+def _disk_elements(root: ET.Element) -> list[ET.Element]:
+    """The disks with a file on the host: those a migration copies."""
+    return [
+        disk
+        for disk in root.findall("./devices/disk[@device='disk']")
+        if disk.find("target") is not None and (s := disk.find("source")) is not None and s.get("file") is not None
+    ]
+
+
+def _disk_of(disk: ET.Element) -> _Disk:
+    source, target, driver = disk.find("source"), disk.find("target"), disk.find("driver")
+    assert source is not None and target is not None
+    return _Disk(
+        target.get("dev", ""), str(source.get("file")), driver.get("type", "raw") if driver is not None else "raw"
+    )
+
+
 def _disks(root: ET.Element) -> list[_Disk]:
-    found = []
-    for disk in root.findall("./devices/disk[@device='disk']"):
-        source = disk.find("source")
-        target = disk.find("target")
-        driver = disk.find("driver")
-        if source is None or target is None or source.get("file") is None:
-            continue
-        found.append(
-            _Disk(
-                target.get("dev", ""),
-                str(source.get("file")),
-                driver.get("type", "raw") if driver is not None else "raw",
-            )
-        )
-    return found
+    return [_disk_of(disk) for disk in _disk_elements(root)]
 
 
 def _private_area(root: ET.Element) -> str | None:
@@ -464,11 +468,16 @@ class LibvirtDriver:
                     "libvirt cannot clone a running VM live: stop it and migrate offline with clone, "
                     "or migrate without clone",
                 )
-            text = live_script(plan, copy_disks=not plan.ve.shared_storage and bool(_disks(ET.fromstring(xml))))
+            disks = [] if plan.ve.shared_storage else _disks(ET.fromstring(xml))
+            sizes = await self._call(
+                "reading disk sizes",
+                lambda c: [self._lookup(c, plan.ve.uuid).blockInfo(d.path)[0] for d in disks],  # type: ignore[union-attr]
+            )
+            text = live_script(plan, copy_disks=bool(disks), disks=list(zip(disks, sizes, strict=True)))
         else:
             text = _offline_script(plan, xml)
         await self._mark(plan)
-        await hostjob.start(self.ssh, plan.uid, text)
+        await hostjob.start(self.ssh, plan.uid, plan.attempt, text)
 
     async def _mark(self, plan: MigrationPlan) -> None:
         """Tag the domain with the migration UID; live migration carries the tag to the target."""
@@ -485,7 +494,7 @@ class LibvirtDriver:
         await self._call("tagging the domain", tag)
 
     async def job(self, plan: MigrationPlan) -> JobObservation:
-        record = await hostjob.read(self.ssh, plan.uid)
+        record = await hostjob.read(self.ssh, plan.uid, plan.attempt)
         if record.state == "none":
             return JobObservation(state=JobState.NONE)
         if record.state == "running":
@@ -493,16 +502,22 @@ class LibvirtDriver:
                 return await self._live_progress(plan)
             return JobObservation(state=JobState.RUNNING, stats=_offline_stats(record.log_tail))
         if record.state == "lost":
+            why = "the host restarted since it started" if record.rebooted else "its processes are gone"
             return JobObservation(
                 state=JobState.FAILED,
                 error_reason="JobLost",
-                error_message=f"the migration job on {self.access.name} ended without an exit status (host restarted?)",
+                error_message=f"the migration job on {self.access.name} ended without an exit status: {why}",
                 error_class=ErrorClass.RETRYABLE,
             )
         if record.exit_status == 0:
-            stats = await self.ssh.run(["cat", f"{hostjob.job_dir(plan.uid)}/stats"], check=False)
+            stats = await self.ssh.run(["cat", f"{hostjob.job_dir(plan.uid, plan.attempt)}/stats"], check=False)
             return JobObservation(state=JobState.COMPLETED, stats=completed_stats(stats.stdout, record.log_tail))
         line = record.error_line()
+        if record.exit_status in _JOB_EXITS:
+            reason, error_class = _JOB_EXITS[record.exit_status]
+            return JobObservation(
+                state=JobState.FAILED, error_reason=reason, error_message=line[:1000], error_class=error_class
+            )
         aborted = "operation aborted" in line.lower() or "migration job: canceled" in line.lower()
         return JobObservation(
             state=JobState.CANCELLED if aborted else JobState.FAILED,
@@ -544,7 +559,7 @@ class LibvirtDriver:
 
             with contextlib.suppress(PermanentError):
                 await self._call("aborting the migration", abort)
-        await hostjob.kill(self.ssh, plan.uid)
+        await hostjob.kill(self.ssh, plan.uid, plan.attempt)
 
     async def force_complete(self, plan: MigrationPlan) -> None:
         if plan.mode != Mode.LIVE or plan.ve is None:
@@ -581,6 +596,14 @@ class LibvirtDriver:
                 raise PermanentError("SourceStillRunning", f"{dom.name()} still runs on {self.access.name}")
             root = ET.fromstring(dom.XMLDesc(0))
             files = [] if plan.ve is not None and plan.ve.shared_storage else [d.path for d in _disks(root)]
+            # A disk another domain here also uses is that domain's too: it stays.
+            shared = {
+                d.path
+                for other in conn.listAllDomains(0)
+                if other.UUIDString() != dom.UUIDString()
+                for d in _disks(ET.fromstring(other.XMLDesc(0)))
+            }
+            files = [f for f in files if f not in shared]
             flags = libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
             dom.undefineFlags(flags | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
             return files
@@ -644,8 +667,10 @@ class LibvirtDriver:
             if dom is None:
                 return None
             root = ET.fromstring(dom.XMLDesc(0))
-            if _migration_uid(root) != plan.uid:
+            if _migration_uid(root) != plan.uid or not dom.isPersistent():
                 return None
+            # Paused here means paused by a person (a paused VE moves live and stays paused); a domain
+            # still paused by the migration itself reads MIGRATING, and is not a finished copy.
             if plan.mode == Mode.LIVE and _state(dom) not in (VEState.RUNNING, VEState.PAUSED):
                 return None
             private = _private_area(root)
@@ -667,32 +692,21 @@ class LibvirtDriver:
 
         if await self._call("looking for leftovers", ours):
             return True
-        if plan.mode == Mode.OFFLINE and plan.ve is not None:
-            claimed = await self.ssh.run(["test", "-e", _claim_marker(plan)], check=False)
-            if claimed.ok:
-                return True
-        files = await self._unused(_planned_target_files(plan))
-        return bool(files)
-
-    async def _unused(self, files: list[str]) -> list[str]:
-        """Those of `files` that exist here and that no domain here uses."""
-        if not files:
-            return []
-
-        def used(conn: Any) -> set[str]:
-            return {d.path for dom in conn.listAllDomains(0) for d in _disks(ET.fromstring(dom.XMLDesc(0)))}
-
-        in_use = await self._call("listing disks in use", used)
-        found = await self.ssh.run(["sh", "-c", 'for f in "$@"; do [ -e "$f" ] && echo "$f"; done; true', "sh", *files])
-        return [f for f in found.stdout.splitlines() if f and f not in in_use]
+        owned = await self.ssh.run(["sh", "-c", _OWNED, "sh", _record(plan)])
+        return bool(owned.stdout.strip())
 
     async def cleanup_target(self, plan: MigrationPlan) -> None:
+        """Remove this migration's half-built copy: its domain (only an inactive one tagged with this
+        migration's UID) and exactly the files and directories the job recorded as it created them,
+        each only while the path still holds the very file recorded."""
+
         def remove(conn: Any) -> None:
             dom = self._lookup(conn, _target_name(plan))
             if dom is None or _migration_uid(ET.fromstring(dom.XMLDesc(0))) != plan.uid:
                 return  # not this migration's: never touched
             if dom.isActive():
-                dom.destroy()
+                # It may be the only running copy (post-copy, or a job that finished unseen): never stopped here.
+                raise PermanentError("TargetActive", f"{dom.name()} runs on {self.access.name}; left as it is")
             if dom.isPersistent():
                 if conn.getType() == "LXC":  # takes no undefine flags: it has no saved state or NVRAM
                     dom.undefine()
@@ -700,15 +714,17 @@ class LibvirtDriver:
                     dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
 
         await self._call("removing the half-built target", remove)
-        files = await self._unused(_planned_target_files(plan))
-        if files:
-            await self.ssh.run(["rm", "-f", "--", *files])
-            await self._refresh_pools(files)
-        if plan.mode == Mode.OFFLINE and plan.ve is not None:
-            # Only a directory this job made (its marker beside it says so) is removed, with the marker.
-            script = 'if [ -e "$2" ]; then rm -rf -- "$1" && rm -f -- "$2"; fi'
-            directory = _target_dir(plan, _copy_uuid(plan))
-            await self.ssh.run(["sh", "-c", script, "sh", directory, _claim_marker(plan)])
+        out = (await self.ssh.run(["sh", "-c", _REMOVE_OWNED, "sh", _record(plan)])).stdout
+        removed = [line[len("removed ") :] for line in out.splitlines() if line.startswith("removed ")]
+        kept = [line[len("kept ") :] for line in out.splitlines() if line.startswith("kept ")]
+        if removed:
+            await self._refresh_pools(removed)
+        if kept:
+            raise PermanentError(
+                "TargetNotEmpty",
+                f"left on {self.access.name}: {', '.join(kept)[:500]} (created by this migration, but it holds "
+                "files this migration did not make)",
+            )
 
 
 # -- pure helpers -----------------------------------------------------------------------------
@@ -730,37 +746,126 @@ def _copy_uuid(plan: MigrationPlan) -> str:
     return plan.ve.uuid
 
 
-def _claim_marker(plan: MigrationPlan) -> str:
-    """Beside <path>/<UUID>: says this migration created the directory, so a rollback may remove it."""
-    return f"{_target_dir(plan, _copy_uuid(plan))}.vemigrate-{plan.uid}"
+def _record(plan: MigrationPlan) -> str:
+    """On the target: what this attempt's job created there, one `<kind> <identity> <path>` line each
+    (kind: file, dir, or tree for a container's private area), appended the moment it is created."""
+    return f"{hostjob.job_dir(plan.uid, plan.attempt)}/created"
 
 
-def _claim(plan: MigrationPlan, directory: str) -> list[str]:
-    """Script lines that create the target directory, failing when it exists (someone else's), then
-    mark it as this migration's."""
-    return [
-        _on_target(plan, ["mkdir", "-p", "--", str(PurePosixPath(directory).parent)]),
-        _on_target(plan, ["mkdir", "--", directory]),
-        _on_target(plan, ["touch", "--", _claim_marker(plan)]),
-    ]
+# A file's identity: device, inode and birth time (a freed inode number is soon given to a new file).
+_IDENT = 'ident() { stat -c %d:%i:%.9W -- "$1"; }\n'
+
+
+# On the target, $1 the record, then (path, format, virtual size) per disk: each disk file is created
+# for the live copy (libvirt copies into a file that exists, as OpenStack Nova pre-creates them) under a
+# name of its own (mktemp), then linked to its path, which fails when anything is already there: that
+# file is not this migration's, and stays as it is. Both names go into the record as they appear.
+_CREATE_DISKS = (
+    _IDENT
+    + r"""
+umask 077
+rec=$1; shift
+mkdir -p -- "$(dirname -- "$rec")" || exit 1
+while [ $# -ge 3 ]; do
+    path=$1 fmt=$2 size=$3; shift 3
+    dir=$(dirname -- "$path")
+    mkdir -p -- "$dir" && tmp=$(mktemp "$dir/.vemigrate-XXXXXXXX") || exit 1
+    printf 'file %s %s\n' "$(ident "$tmp")" "$tmp" >>"$rec"
+    chmod 600 -- "$tmp" && qemu-img create -q -f "$fmt" "$tmp" "$size" || exit 1
+    if ! ln -T -- "$tmp" "$path" 2>/dev/null; then
+        rm -f -- "$tmp"
+        echo "error: $path already exists on the target; it is not this migration's and stays as it is" >&2
+        exit 3
+    fi
+    printf 'file %s %s\n' "$(ident "$path")" "$path" >>"$rec"
+    rm -f -- "$tmp"
+done
+"""
+)
+
+# On the target, $1 the record, $2 the directory, $3 its kind: the directory is made, failing when
+# anything is already there, and recorded.
+_CREATE_DIR = (
+    _IDENT
+    + r"""
+umask 077
+mkdir -p -- "$(dirname -- "$1")" "$(dirname -- "$2")" || exit 1
+if ! mkdir -- "$2" 2>/dev/null; then
+    echo "error: $2 already exists on the target; it is not this migration's and stays as it is" >&2
+    exit 3
+fi
+printf '%s %s %s\n' "$3" "$(ident "$2")" "$2" >>"$1"
+"""
+)
+
+# On the target, $1 the record, $2 the file, $3 zstd or cat: receives one file as `<file>.part` (both
+# names recorded: the rename keeps the inode), printing its sha256 and size as written.
+_RECEIVE = (
+    _IDENT
+    + r"""
+part=$2.part
+if ! (set -C; : >"$part") 2>/dev/null; then
+    echo "error: $part already exists on the target; it is not this migration's and stays as it is" >&2
+    exit 3
+fi
+id=$(ident "$part")
+printf 'file %s %s\nfile %s %s\n' "$id" "$part" "$id" "$2" >>"$1"
+if [ "$3" = zstd ]; then zstd -q -d -c; else cat; fi | tee -- "$part" | sha256sum | cut -d' ' -f1
+stat -c %s -- "$part"
+"""
+)
+
+_SAME = _IDENT + 'same() { [ -e "$2" ] && [ "$(ident "$2")" = "$1" ]; }\n'
+
+# On the target, $1 the record: prints `<kind> <path>` for every entry still there as recorded.
+_OWNED = (
+    _SAME
+    + r"""
+[ -r "$1" ] || exit 0
+while read -r kind id path; do same "$id" "$path" && printf '%s %s\n' "$kind" "$path"; done <"$1"
+exit 0
+"""
+)
+
+# On the target, $1 the record: removes exactly what it lists, files first, then directories newest
+# first (a directory that still holds something else is kept and named), then the record itself.
+_REMOVE_OWNED = (
+    _SAME
+    + r"""
+[ -r "$1" ] || exit 0
+while read -r kind id path; do
+    [ "$kind" = file ] && same "$id" "$path" && rm -f -- "$path" && printf 'removed %s\n' "$path"
+done <"$1"
+tac -- "$1" | while read -r kind id path; do
+    case $kind in
+    dir) same "$id" "$path" && { rmdir -- "$path" 2>/dev/null || printf 'kept %s\n' "$path"; } ;;
+    tree) same "$id" "$path" && rm -rf -- "$path" ;;
+    esac
+done
+rm -f -- "$1"
+rmdir -- "$(dirname -- "$1")" "$(dirname -- "$(dirname -- "$1")")" 2>/dev/null
+exit 0
+"""
+)
+
+
+def _create_dir(plan: MigrationPlan, directory: str, kind: str) -> str:
+    return _on_target(plan, ["sh", "-c", _CREATE_DIR, "sh", _record(plan), directory, kind])
+
+
+def _forget_record(plan: MigrationPlan) -> str:
+    """The job's last line: the copy is complete, so nothing on the target is a leftover any more."""
+    job, parent = hostjob.job_dir(plan.uid, plan.attempt), hostjob.migration_dir(plan.uid)
+    return _on_target(plan, ["sh", "-c", 'rm -rf -- "$1" && { rmdir -- "$2" 2>/dev/null; true; }', "sh", job, parent])
 
 
 def _define_on_target(plan: MigrationPlan, xml: str, uri: str) -> list[str]:
+    # base64: no text of the domain (names, descriptions) is ever read by the shell.
+    encoded = base64.b64encode(xml.encode()).decode()
     return [
-        f"cat >domain.xml <<'VEMIGRATE_XML_END'\n{xml}\nVEMIGRATE_XML_END",
+        f"printf %s {encoded} | base64 -d >domain.xml",
         _on_target(plan, ["virsh", "-c", uri, "define", "/dev/stdin"]) + " <domain.xml",
     ]
-
-
-def _planned_target_files(plan: MigrationPlan) -> list[str]:
-    """Disk files this migration creates on the target; only these are ever removed there. Live
-    migration (copy-storage) creates them at the source's paths; offline puts them in <path>/<UUID>/."""
-    if plan.ve is None:
-        return []
-    if plan.mode == Mode.LIVE:
-        return list(plan.ve.disk_paths)
-    directory = _target_dir(plan, _copy_uuid(plan))
-    return [f"{directory}/{PurePosixPath(p).name}" for p in plan.ve.disk_paths]
 
 
 def live_argv(plan: MigrationPlan, *, copy_disks: bool) -> list[str]:
@@ -796,10 +901,14 @@ def _destination(plan: MigrationPlan) -> str:
     return f"qemu+ssh://{t.user}@{t.data_address}:{t.port}/system"
 
 
-def live_script(plan: MigrationPlan, *, copy_disks: bool) -> str:
+def live_script(plan: MigrationPlan, *, copy_disks: bool, disks: Sequence[tuple[_Disk, int]] = ()) -> str:
+    """`disks`: (disk, virtual size) of each disk the live copy creates on the target."""
     ve = plan.ve
     assert ve is not None
-    lines = [_refuse_existing(plan, list(ve.disk_paths))] if copy_disks and ve.disk_paths else []
+    lines = []
+    if copy_disks and disks:
+        created = [word for disk, size in disks for word in (disk.path, disk.format, str(size))]
+        lines.append(_on_target(plan, ["sh", "-c", _CREATE_DISKS, "sh", _record(plan), *created]))
     if plan.spec.max_downtime_ms:
         setting = ["virsh", "-c", "qemu:///system", "migrate-setmaxdowntime", ve.uuid, str(plan.spec.max_downtime_ms)]
         lines.append(hostjob.command(setting))
@@ -807,8 +916,17 @@ def live_script(plan: MigrationPlan, *, copy_disks: bool) -> str:
     # The completed job's statistics (downtime) are kept by the target's libvirtd.
     stats = ["virsh", "-c", _destination(plan), "domjobinfo", "--completed", ve.uuid]
     lines.append(hostjob.command(stats) + " >stats 2>&1 || true")
+    lines.append(_forget_record(plan))
     return hostjob.script(lines)
 
+
+# The job scripts' own exit statuses: why the job stopped before or after libvirt's part.
+EXIT_IN_THE_WAY = 3
+EXIT_CHECKSUM = 4
+_JOB_EXITS = {
+    EXIT_IN_THE_WAY: ("TargetPathInUse", ErrorClass.PERMANENT),
+    EXIT_CHECKSUM: ("ChecksumMismatch", ErrorClass.PERMANENT),
+}
 
 _UNITS = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4}
 _DATA = re.compile(r"Data (processed|total):\s+([\d.]+)\s+(\w+)")
@@ -863,39 +981,40 @@ def _on_target(plan: MigrationPlan, argv: list[str]) -> str:
     return shlex.join([*ssh, "--", shlex.join(argv)])
 
 
-def _refuse_existing(plan: MigrationPlan, files: list[str]) -> str:
-    """Fail the job before it starts when a file it would create already exists on the target: so every
-    such file found after a failure is this migration's, and safe to remove."""
-    check = 'for f in "$@"; do if [ -e "$f" ]; then echo "error: $f already exists on the target" >&2; exit 3; fi; done'
-    return _on_target(plan, ["sh", "-c", check, "sh", *files])
-
-
 def _copy_lines(plan: MigrationPlan, src: str, dst: str) -> list[str]:
-    """Stream one file to the target, compressed unless told not to, and compare sha256 sums."""
+    """Stream one file to the target, compressed unless told not to; its sha256 is taken from the stream
+    on both ends as it passes (no second read of either file), and compared with its size."""
     q = shlex.quote
     part = f"{dst}.part"
-    unpack = (
-        ["sh", "-c", 'zstd -q -d -c >"$1"', "sh", part]
-        if plan.spec.compression
-        else ["sh", "-c", 'cat >"$1"', "sh", part]
-    )
+    receive = ["sh", "-c", _RECEIVE, "sh", _record(plan), dst, "zstd" if plan.spec.compression else "cat"]
     pack = " | zstd -q -c -T0" if plan.spec.compression else ""
     return [
-        f"sum=$(sha256sum <{q(src)} | cut -d' ' -f1)",
-        f"dd if={q(src)} bs=4M status=progress{pack} | {_on_target(plan, unpack)}",
-        f"remote=$({_on_target(plan, ['sha256sum', part])} | cut -d' ' -f1)",
-        f'[ "$sum" = "$remote" ] || {{ echo "error: checksum mismatch for" {q(src)} >&2; exit 4; }}',
+        "rm -f hash.fifo hash.local && mkfifo hash.fifo",
+        "sha256sum <hash.fifo >hash.local &",
+        f"got=$(dd if={q(src)} bs=4M status=progress | tee hash.fifo{pack} | {_on_target(plan, receive)})",
+        "wait $!",
+        f'want=$(printf "%s\\n%s" "$(cut -d" " -f1 hash.local)" "$(stat -c %s {q(src)})")',
+        f'[ "$got" = "$want" ] || {{ echo "error: checksum mismatch for" {q(src)} >&2; exit {EXIT_CHECKSUM}; }}',
         _on_target(plan, ["mv", "--", part, dst]),
         f"echo done $(stat -c %s {q(src)})",
     ]
+
+
+def _disk_file(disk: _Disk) -> str:
+    """A disk's file name in <path>/<UUID>/: by its device, so two disks of one base name cannot meet."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", disk.target) or not re.fullmatch(r"[a-z0-9]{1,16}", disk.format):
+        raise PermanentError("UnsupportedDisk", f"disk {disk.target!r} ({disk.format}) cannot name a file")
+    return f"{disk.target}.{disk.format}"
 
 
 def _target_xml(plan: MigrationPlan, xml: str, directory: str) -> str:
     """The domain as the target defines it: disks in <path>/<UUID>/, this migration's tag, and for a
     clone a new UUID and no MAC addresses (libvirt assigns new ones)."""
     root = ET.fromstring(xml)
-    for disk in root.findall("./devices/disk[@device='disk']/source[@file]"):
-        disk.set("file", f"{directory}/{PurePosixPath(str(disk.get('file'))).name}")
+    for disk in _disk_elements(root):
+        source = disk.find("source")
+        assert source is not None
+        source.set("file", f"{directory}/{_disk_file(_disk_of(disk))}")
     for fs in root.findall("./devices/filesystem[@type='mount']"):
         source, target = fs.find("source"), fs.find("target")
         if source is not None and target is not None and target.get("dir") == "/":
@@ -929,17 +1048,19 @@ def _offline_script(plan: MigrationPlan, xml: str) -> str:
             "CloneOfSuspendedVM", "a suspended VM's saved memory cannot take a new UUID: resume or stop it first"
         )
     directory = _target_dir(plan, _copy_uuid(plan))
-    files = list(ve.disk_paths) + ([_save_image(ve.name)] if suspended else [])
+    saved = f"{directory}/memory.save"
+    copies = [(d.path, f"{directory}/{_disk_file(d)}") for d in _disks(ET.fromstring(xml))]
+    if suspended:
+        copies.append((_save_image(ve.name), saved))
     q = shlex.quote
     lines = [
-        "echo total $(stat -c %s " + " ".join(q(f) for f in files) + " | awk '{s+=$1} END {print s+0}')",
-        *_claim(plan, directory),
+        "echo total $(stat -c %s " + " ".join(q(src) for src, _ in copies) + " | awk '{s+=$1} END {print s+0}')",
+        _create_dir(plan, directory, "dir"),
     ]
-    for src in files:
-        lines += _copy_lines(plan, src, f"{directory}/{PurePosixPath(src).name}")
+    for src, dst in copies:
+        lines += _copy_lines(plan, src, dst)
     lines += _define_on_target(plan, _target_xml(plan, xml, directory), "qemu:///system")
     if suspended:
-        saved = f"{directory}/{PurePosixPath(_save_image(ve.name)).name}"
         lines.append(_on_target(plan, ["sh", "-c", 'cat >"$1"', "sh", f"{directory}/domain.xml"]) + " <domain.xml")
         # Restore paused into the defined domain, then save it the managed way: suspended, as it was.
         lines.append(
@@ -948,9 +1069,9 @@ def _offline_script(plan: MigrationPlan, xml: str) -> str:
                 ["virsh", "-c", "qemu:///system", "restore", saved, "--xml", f"{directory}/domain.xml", "--paused"],
             )
         )
-        lines.append(_on_target(plan, ["virsh", "-c", "qemu:///system", "managedsave", "--running", ve.name]))
+        lines.append(_on_target(plan, ["virsh", "-c", "qemu:///system", "managedsave", "--running", "--", ve.name]))
         lines.append(_on_target(plan, ["rm", "-f", "--", saved, f"{directory}/domain.xml"]))
-    lines.append(_on_target(plan, ["rm", "-f", "--", _claim_marker(plan)]))
+    lines.append(_forget_record(plan))
     return hostjob.script(lines)
 
 
@@ -978,7 +1099,7 @@ def _container_script(plan: MigrationPlan, xml: str) -> str:
     manifest = ["sh", "-c", 'cd "$1" && ' + _MANIFEST, "sh", directory]
     lines = [
         f"echo total $(du -sb -- {q(private)} | cut -f1)",
-        *_claim(plan, directory),
+        _create_dir(plan, directory, "tree"),
         f"sum=$(cd {q(private)} && {_MANIFEST})",
         f"tar -C {q(private)} --numeric-owner -cpf - . | dd bs=4M status=progress{pack} | {_on_target(plan, unpack)}",
         f"remote=$({_on_target(plan, manifest)})",
@@ -986,7 +1107,7 @@ def _container_script(plan: MigrationPlan, xml: str) -> str:
         "exit 4; }",
         f"echo done $(du -sb -- {q(private)} | cut -f1)",
         *_define_on_target(plan, _target_xml(plan, xml, directory), "lxc:///system"),
-        _on_target(plan, ["rm", "-f", "--", _claim_marker(plan)]),
+        _forget_record(plan),
     ]
     return hostjob.script(lines)
 
@@ -1021,8 +1142,9 @@ def _host_status(facts: dict[str, Any], shell: str, paths: list[str], sent_ns: i
     for line in shell.splitlines():
         word, _, rest = line.partition(" ")
         parts = rest.split()
-        if word == "df" and len(parts) >= 4:
-            storage.append(StorageFacts(path=parts[0], free_bytes=int(parts[2]), total_bytes=int(parts[3])))
+        if word == "df" and len(parts) >= 3 and parts[0].isdigit() and parts[1].isdigit():
+            path = rest.split(None, 2)[2]  # the path asked about, spaces and all
+            storage.append(StorageFacts(path=path, free_bytes=int(parts[0]), total_bytes=int(parts[1])))
         elif word == "bridge" and parts:
             bridges.append(parts[0])
         elif word == "addr" and len(parts) >= 2:

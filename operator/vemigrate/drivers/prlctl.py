@@ -7,7 +7,7 @@ net list -j`, `prlctl list -a -i -j`, `prlctl snapshot-list`, `/proc/vz/cpuid_ov
 `/proc/meminfo`, `df`, `ip` and the clock (drivers/prlctl_output.py reads them).
 
 How it migrates: `prlctl migrate` itself is the engine, run on the source node as a detached job
-(drivers/hostjob.py: `<jobs dir>/<migration UID>/` with `job.sh`, `pid`, `log`, `exit`), under a
+(drivers/hostjob.py: `<jobs dir>/<migration UID>/<attempt>/` with `job.sh`, `pid`, `log`, `exit`), under a
 pseudo-terminal so prlctl prints its progress, with its own PID in `migrate.pid`. A restarted
 operator reads those files and re-attaches; it never starts a second job. Progress is prlctl's
 percentage, scaled to the VE's size. Cancel sends SIGTERM to prlctl, which (PrlCleanup.cpp) asks the
@@ -189,7 +189,7 @@ class PrlctlDriver:
         if ve is None:
             raise PermanentError("VENotFound", f"VE {plan.spec.source.name!r} is not on {self.access.name}")
         argv = migrate_argv(request_for(plan, target_ve_id=await self._target_ve_id(plan, ve)))
-        where = hostjob.job_dir(plan.uid)
+        where = hostjob.job_dir(plan.uid, plan.attempt)
         entry = await self._lookup(ve.uuid)
         record = {
             "uuid": ve.uuid,
@@ -202,7 +202,7 @@ class PrlctlDriver:
         await self.ssh.run(
             ["sh", "-c", '[ -e "$1/pid" ] || cat >"$1/$2"', "sh", where, VE_RECORD], input=json.dumps(record) + "\n"
         )
-        await hostjob.start(self.ssh, plan.uid, job_script(argv))
+        await hostjob.start(self.ssh, plan.uid, plan.attempt, job_script(argv))
 
     async def _target_ve_id(self, plan: MigrationPlan, ve: VEFacts) -> str | None:
         """The seed: a Virtuozzo 6 container going to a Virtuozzo Storage cluster is named by its UUID
@@ -221,7 +221,7 @@ class PrlctlDriver:
         return ve.uuid if fstype.stdout.strip().startswith(("fuse.vstorage", "fuse.pstorage")) else None
 
     async def job(self, plan: MigrationPlan) -> JobObservation:
-        record = await hostjob.read(self.ssh, plan.uid)
+        record = await hostjob.read(self.ssh, plan.uid, plan.attempt)
         if record.state == "none":
             return JobObservation(state=JobState.NONE)
         if record.state == "running":
@@ -246,19 +246,17 @@ class PrlctlDriver:
     async def abort_job(self, plan: MigrationPlan) -> None:
         """SIGTERM to prlctl: it asks the dispatcher to cancel, then exits with an error. Before prlctl
         started (no migrate.pid yet) the job's process group gets the SIGTERM instead."""
-        script = (
-            'd=$1; [ -e "$d/exit" ] && exit 0; '
-            'if [ -s "$d/$2" ]; then kill -TERM "$(cat "$d/$2")" 2>/dev/null; '
-            'elif [ -s "$d/pid" ]; then kill -TERM -- "-$(cat "$d/pid")" 2>/dev/null; fi; true'
+        started = await self.ssh.run(
+            ["test", "-s", f"{hostjob.job_dir(plan.uid, plan.attempt)}/{MIGRATE_PID}"], check=False
         )
-        await self.ssh.run(["sh", "-c", script, "sh", hostjob.job_dir(plan.uid), MIGRATE_PID])
+        await hostjob.kill(self.ssh, plan.uid, plan.attempt, MIGRATE_PID if started.ok else "")
 
     async def force_complete(self, plan: MigrationPlan) -> None:
         """prlctl has no such control: its dispatcher decides when to switch over. Nothing to do."""
         return None
 
     async def _recorded(self, plan: MigrationPlan) -> dict[str, str]:
-        done = await self.ssh.run(["cat", f"{hostjob.job_dir(plan.uid)}/{VE_RECORD}"], check=False)
+        done = await self.ssh.run(["cat", f"{hostjob.job_dir(plan.uid, plan.attempt)}/{VE_RECORD}"], check=False)
         try:
             data = json.loads(done.stdout) if done.ok else {}
         except json.JSONDecodeError:

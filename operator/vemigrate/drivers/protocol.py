@@ -4,7 +4,7 @@ A driver instance serves one host. Every method has a deadline (the driver enfor
 `DriverError` subclasses: `StateUnknownError` when the host did not answer in time, which the
 reconcile pass turns into "not observed" (None) rather than a failure.
 
-Jobs are keyed by the migration's UID and live on the source host, not in the operator: a restarted
+Jobs are keyed by the migration's UID and attempt and live on the source host, not in the operator: a restarted
 operator finds a running job with `job()`, and a finished job's outcome (exit status and error)
 stays readable there until `forget_job()`. So `job()` returning JobState.NONE means the job was
 never started.
@@ -31,6 +31,7 @@ class MigrationPlan:
     ve: VEFacts | None  # the VE as seen on the source this pass (None once it was removed)
     source: HostAccess
     target: HostAccess
+    attempt: int = 1  # status.attempts: each attempt runs a job of its own
 
 
 class HypervisorDriver(Protocol):

@@ -1,0 +1,82 @@
+"""The target-side scripts that create, list and remove what a migration made, run with a local sh on
+a real file system: whatever was in the way, or is not the very file recorded, comes through byte for
+byte."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from vemigrate.drivers.libvirt import _CREATE_DIR, _CREATE_DISKS, _OWNED, _RECEIVE, _REMOVE_OWNED, EXIT_IN_THE_WAY
+
+pytestmark = pytest.mark.unit
+FOREIGN = b"someone else's disk\x00\xff" * 1000
+
+
+def _sh(script: str, *args: object, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(["sh", "-c", script, "sh", *map(str, args)], input=input, capture_output=True, timeout=30)
+
+
+def _owned(record: Path) -> list[str]:
+    return _sh(_OWNED, record).stdout.decode().splitlines()
+
+
+def test_a_disk_in_the_way_is_refused_and_nothing_of_it_is_removed(tmp_path: Path) -> None:
+    record, images = tmp_path / "job" / "created", tmp_path / "images"
+    images.mkdir()
+    ours, theirs = images / "a.qcow2", images / "b.qcow2"
+    theirs.write_bytes(FOREIGN)
+    out = _sh(_CREATE_DISKS, record, ours, "qcow2", 1 << 20, theirs, "qcow2", 1 << 20)
+    assert out.returncode == EXIT_IN_THE_WAY and b"already exists on the target" in out.stderr
+    assert ours.read_bytes()[:4] == b"QFI\xfb", "the first disk was created as a qcow2 of its own"
+    assert _owned(record) == [f"file {ours}"], "only what this job created is listed as its own"
+    removed = _sh(_REMOVE_OWNED, record).stdout.decode()
+    assert removed.splitlines() == [f"removed {ours}"]
+    assert theirs.read_bytes() == FOREIGN
+    assert sorted(p.name for p in images.iterdir()) == ["b.qcow2"], "no temporary file left either"
+    assert not record.exists()
+
+
+def test_a_recorded_path_that_now_holds_another_file_stays(tmp_path: Path) -> None:
+    """Storage both hosts see, or a file replaced after the record: the path is the same, the file is not."""
+    record, disk = tmp_path / "created", tmp_path / "vm.raw"
+    assert _sh(_CREATE_DISKS, record, disk, "raw", 4096).returncode == 0
+    disk.unlink()
+    disk.write_bytes(FOREIGN)  # a new inode at the recorded path
+    assert _owned(record) == []
+    _sh(_REMOVE_OWNED, record)
+    assert disk.read_bytes() == FOREIGN
+
+
+def test_a_directory_in_the_way_is_refused_and_an_own_one_keeps_what_others_put_in_it(tmp_path: Path) -> None:
+    record, target = tmp_path / "created", tmp_path / "ves" / "uuid-1"
+    target.mkdir(parents=True)
+    (target / "data").write_bytes(FOREIGN)
+    out = _sh(_CREATE_DIR, record, target, "dir")
+    assert out.returncode == EXIT_IN_THE_WAY and _owned(record) == []
+    _sh(_REMOVE_OWNED, record)
+    assert (target / "data").read_bytes() == FOREIGN
+
+    mine = tmp_path / "ves" / "uuid-2"
+    assert _sh(_CREATE_DIR, record, mine, "dir").returncode == 0
+    received = _sh(_RECEIVE, record, mine / "vda.raw", "cat", input=b"disk bytes")
+    assert received.returncode == 0
+    (mine / "someone-elses").write_bytes(FOREIGN)  # put there after this migration made the directory
+    out = _sh(_REMOVE_OWNED, record).stdout.decode().splitlines()
+    assert f"removed {mine}/vda.raw.part" in out and f"kept {mine}" in out
+    assert (mine / "someone-elses").read_bytes() == FOREIGN
+    assert not (mine / "vda.raw.part").exists()
+
+
+def test_receive_reports_the_streams_hash_and_size_and_refuses_a_part_in_the_way(tmp_path: Path) -> None:
+    record, dst = tmp_path / "created", tmp_path / "vda.raw"
+    payload = b"x" * 100_000
+    out = _sh(_RECEIVE, record, dst, "cat", input=payload)
+    digest = subprocess.run(["sha256sum"], input=payload, capture_output=True, check=True).stdout.split()[0]
+    assert out.stdout.split() == [digest, b"100000"]
+    assert (tmp_path / "vda.raw.part").read_bytes() == payload
+    again = _sh(_RECEIVE, record, dst, "cat", input=b"other")
+    assert again.returncode == EXIT_IN_THE_WAY
+    assert (tmp_path / "vda.raw.part").read_bytes() == payload, "a part file in the way is not overwritten"
