@@ -89,12 +89,6 @@ class JobRecord:
     log_tail: str
     rebooted: bool = False  # the host's boot id changed since the job started
 
-    def error_line(self) -> str:
-        """The last line that reads like an error, else the last line."""
-        lines = [line.strip() for line in self.log_tail.splitlines() if line.strip()]
-        errors = [line for line in lines if "error" in line.lower()]
-        return (errors or lines or ["(no output)"])[-1]
-
 
 def migration_dir(uid: str) -> str:
     """Every attempt's job of one migration lives under this directory."""

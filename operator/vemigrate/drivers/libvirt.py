@@ -60,8 +60,9 @@ from vemigrate.api.host import (
 from vemigrate.api.migration import Mode, SourceDisposition
 from vemigrate.core.access import HostAccess
 from vemigrate.core.observation import ErrorClass, JobObservation, JobState, JobStats, VEFacts, VEState
-from vemigrate.drivers import hostjob
+from vemigrate.drivers import hostjob, jobfailure
 from vemigrate.drivers.errors import DriverError, PermanentError, RetryableError, StateUnknownError
+from vemigrate.drivers.jobfailure import EXIT_CHECKSUM
 from vemigrate.drivers.protocol import MigrationPlan
 from vemigrate.drivers.ssh import SSHHost
 
@@ -80,11 +81,6 @@ libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 _UNKNOWN_CODES = {libvirt.VIR_ERR_RPC, libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_ERR_NO_CONNECT}
 _PROGRESS = re.compile(r"^(\d+) bytes")
 _DOWNTIME = re.compile(r"Total downtime:\s+(\d+)\s*ms")
-_TRANSIENT = re.compile(
-    r"unable to connect|connection reset|end of file|timed out|timeout|no route|broken pipe|cannot recv|"
-    r"cannot send|connection refused|resource temporarily",
-    re.IGNORECASE,
-)
 
 # Facts from the shell, in one round trip: df of the given paths, bridges, addresses, link speeds,
 # clock, kernel, and whether QEMU migration TLS certificates are in place.
@@ -512,18 +508,12 @@ class LibvirtDriver:
         if record.exit_status == 0:
             stats = await self.ssh.run(["cat", f"{hostjob.job_dir(plan.uid, plan.attempt)}/stats"], check=False)
             return JobObservation(state=JobState.COMPLETED, stats=completed_stats(stats.stdout, record.log_tail))
-        line = record.error_line()
-        if record.exit_status in _JOB_EXITS:
-            reason, error_class = _JOB_EXITS[record.exit_status]
-            return JobObservation(
-                state=JobState.FAILED, error_reason=reason, error_message=line[:1000], error_class=error_class
-            )
-        aborted = "operation aborted" in line.lower() or "migration job: canceled" in line.lower()
+        failure = jobfailure.classify(record.exit_status, record.log_tail)
         return JobObservation(
-            state=JobState.CANCELLED if aborted else JobState.FAILED,
-            error_reason="Aborted" if aborted else "MigrationFailed",
-            error_message=line[:1000],
-            error_class=ErrorClass.RETRYABLE if _TRANSIENT.search(line) else ErrorClass.PERMANENT,
+            state=JobState.CANCELLED if failure.aborted else JobState.FAILED,
+            error_reason=failure.reason,
+            error_message=failure.message,
+            error_class=failure.error_class,
         )
 
     async def _live_progress(self, plan: MigrationPlan) -> JobObservation:
@@ -919,14 +909,6 @@ def live_script(plan: MigrationPlan, *, copy_disks: bool, disks: Sequence[tuple[
     lines.append(_forget_record(plan))
     return hostjob.script(lines)
 
-
-# The job scripts' own exit statuses: why the job stopped before or after libvirt's part.
-EXIT_IN_THE_WAY = 3
-EXIT_CHECKSUM = 4
-_JOB_EXITS = {
-    EXIT_IN_THE_WAY: ("TargetPathInUse", ErrorClass.PERMANENT),
-    EXIT_CHECKSUM: ("ChecksumMismatch", ErrorClass.PERMANENT),
-}
 
 _UNITS = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4}
 _DATA = re.compile(r"Data (processed|total):\s+([\d.]+)\s+(\w+)")
