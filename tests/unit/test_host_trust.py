@@ -16,9 +16,9 @@ from kubernetes.client import V1ObjectMeta, V1Secret
 from vemigrate.api.common import SecretKeyRef
 from vemigrate.api.host import SECRET_MARK_LABEL, HostSpec, HypervisorHost
 from vemigrate.core.access import HostAccess
-from vemigrate.drivers import libvirt as libvirt_driver
 from vemigrate.drivers.errors import PermanentError
-from vemigrate.drivers.libvirt import LibvirtDriver, _connection_plan
+from vemigrate.drivers.libvirt import LibvirtDriver, connection
+from vemigrate.drivers.libvirt.connection import _connection_plan
 from vemigrate.drivers.ssh import SSHHost, _client_keys, known_hosts_for
 from vemigrate.kube import hosts
 
@@ -76,7 +76,7 @@ def test_other_uris_are_refused_with_a_reason_naming_the_field(uri: str, named: 
 
 async def test_a_refused_uri_is_never_opened_nor_any_connection_made(monkeypatch: pytest.MonkeyPatch) -> None:
     opened: list[Any] = []
-    monkeypatch.setattr(libvirt_driver.libvirt, "open", lambda uri: opened.append(uri))
+    monkeypatch.setattr(connection.libvirt, "open", lambda uri: opened.append(uri))
 
     async def forward(self: SSHHost, local: str, remote: str) -> None:
         opened.append(("forward", remote))

@@ -13,9 +13,8 @@ from vemigrate.core.access import HostAccess
 from vemigrate.core.observation import VEState
 from vemigrate.drivers import hostjob
 from vemigrate.drivers.errors import PermanentError
-from vemigrate.drivers.libvirt import (
-    _Disk,
-    _host_status,
+from vemigrate.drivers.libvirt.facts import _Disk, _host_status
+from vemigrate.drivers.libvirt.jobs import (
     _offline_script,
     _offline_stats,
     _target_xml,

@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 import libvirt
 import pytest
 
-from vemigrate.drivers.libvirt import _post_copy_failed, unmoved_storage
+from vemigrate.drivers.libvirt.facts import _post_copy_failed, unmoved_storage
 
 EVERYTHING = """<domain type='kvm'>
   <name>web1</name>

@@ -226,7 +226,7 @@ def test_exit_codes_are_classified(
     exit_status: int, log: str, reason: str, error_class: ErrorClass, cancelled: bool, says: str
 ) -> None:
     outcome = out.classify_exit(exit_status, fixture(log))
-    assert (outcome.reason, outcome.error_class, outcome.cancelled) == (reason, error_class, cancelled)
+    assert (outcome.reason, outcome.error_class, outcome.aborted) == (reason, error_class, cancelled)
     assert says in outcome.message
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from vemigrate.drivers.jobfailure import EXIT_IN_THE_WAY
-from vemigrate.drivers.libvirt import _CREATE_DIR, _CREATE_DISKS, _OWNED, _RECEIVE, _REMOVE_OWNED
+from vemigrate.drivers.libvirt.jobs import _CREATE_DIR, _CREATE_DISKS, _OWNED, _RECEIVE, _REMOVE_OWNED
 
 pytestmark = pytest.mark.unit
 FOREIGN = b"someone else's disk\x00\xff" * 1000

@@ -11,16 +11,21 @@ Whether the job runs is read from its lock, not from `kill -0 <pid>`: after a re
 reused, a pid names some other process, while the lock is free as soon as the job's last process is
 gone. A signal goes only to the process group recorded at start, and only while the lock is held and
 that process is still the one started then (same boot, same start time).
+
+What a record says without a driver's help (not started, lost, failed or cancelled) is read the same way
+for every driver (`observe`); only a running job's progress and a finished job's figures are the driver's.
 """
 
 from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from vemigrate.core.observation import ErrorClass, JobObservation, JobState
 from vemigrate.drivers.errors import PermanentError
+from vemigrate.drivers.jobfailure import JobFailure
 from vemigrate.drivers.ssh import SSHHost
 
 JOBS_DIR = "/var/lib/libvirt/vemigrate/jobs"
@@ -140,6 +145,34 @@ async def read(ssh: SSHHost, uid: str, attempt: int) -> JobRecord:
         exit_status=int(exit_text) if exit_text.lstrip("-").isdigit() else None,
         log_tail=tail,
         rebooted=fields.get("rebooted", "").strip() == "yes",
+    )
+
+
+def observe(record: JobRecord, job: str, classify: Callable[[int | None, str], JobFailure]) -> JobObservation | None:
+    """What a job's record says by itself: not started; lost (its processes are gone without an exit
+    status: retried, and the message says whether the host restarted); or failed or cancelled, as
+    `classify` reads its exit status and log. None while it runs and once it succeeded: how far it got is
+    the driver's to read. `job` names it in the message ("prlctl migrate on node-a")."""
+    if record.state == "none":
+        return JobObservation(state=JobState.NONE)
+    if record.state == "running":
+        return None
+    if record.state == "lost":
+        why = "the host restarted since it started" if record.rebooted else "its processes are gone"
+        return JobObservation(
+            state=JobState.FAILED,
+            error_reason="JobLost",
+            error_message=f"{job} ended without an exit status: {why}",
+            error_class=ErrorClass.RETRYABLE,
+        )
+    if record.exit_status == 0:
+        return None
+    failure = classify(record.exit_status, record.log_tail)
+    return JobObservation(
+        state=JobState.CANCELLED if failure.aborted else JobState.FAILED,
+        error_reason=failure.reason,
+        error_message=failure.message,
+        error_class=failure.error_class,
     )
 
 

@@ -6,6 +6,9 @@ text, whose prefixes are fixed per error (`internal error: client socket is clos
 losing its peer, `Cannot recv data` a system error on the socket, `unsupported configuration` a
 refusal); those are matched next, most specific first. Anything else is `MigrationFailed`, not
 retried, with the tool's own message kept.
+
+`JobFailure` is what either driver makes of a failed job (the prlctl driver reads `prlctl migrate`'s
+exit codes and words in drivers/prlctl_output.py); drivers/hostjob.py `observe` reports it.
 """
 
 from __future__ import annotations

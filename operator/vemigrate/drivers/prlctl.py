@@ -4,7 +4,8 @@
 How it reaches a node: one asyncssh connection with the host key verified (drivers/ssh.py); every
 command is an argv, each word shell-quoted. Facts come from `prlsrvctl info --full -j`, `prlsrvctl
 net list -j`, `prlctl list -a -i -j`, `prlctl snapshot-list`, `/proc/vz/cpuid_override`,
-`/proc/meminfo`, `df`, `ip` and the clock (drivers/prlctl_output.py reads them).
+`/proc/meminfo`, `df`, `ip` and the clock (drivers/prlctl_output.py reads prlctl's and prlsrvctl's
+output; drivers/hostfacts.py the addresses, link speeds and clock lines, as for libvirt hosts).
 
 How it migrates: `prlctl migrate` itself is the engine, run on the source node as a detached job
 (drivers/hostjob.py: `<jobs dir>/<migration UID>/<attempt>/` with `job.sh`, `pid`, `log`, `exit`), under a
@@ -18,21 +19,19 @@ removed, containers' private area and config renamed `.migrated`, clones kept); 
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import re
 import shlex
-import time
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
 
-from vemigrate.api.host import CPUFacts, HostStatus, NetworkFacts, StorageFacts, VEKind, VersionFacts
+from vemigrate.api.host import CPUFacts, HostStatus, StorageFacts, VEKind, VersionFacts
 from vemigrate.api.migration import Mode, SourceDisposition
 from vemigrate.core.access import HostAccess
 from vemigrate.core.checks import is_virtuozzo6
-from vemigrate.core.observation import ErrorClass, JobObservation, JobState, JobStats, VEFacts, VEState
-from vemigrate.drivers import hostjob
+from vemigrate.core.observation import JobObservation, JobState, JobStats, VEFacts, VEState
+from vemigrate.drivers import hostfacts, hostjob
 from vemigrate.drivers import prlctl_output as out
 from vemigrate.drivers.errors import PermanentError, RetryableError
 from vemigrate.drivers.prlctl_command import PRLCTL, PRLSRVCTL, migrate_argv, request_for, under_pty
@@ -44,8 +43,10 @@ LIST_TIMEOUT = 60.0
 MIGRATE_PID = "migrate.pid"
 VE_RECORD = "ve.json"  # the VE as it was when the job started: disposition is checked against it
 
-# One round trip of facts that prlsrvctl does not give. $@: storage paths to measure.
-_FACTS = r"""
+# One round trip of facts that prlsrvctl does not give (with hostfacts.SHELL: addresses, link speeds,
+# clock, kernel). $@: storage paths to measure.
+_FACTS = (
+    r"""
 [ -e /proc/vz/cpuid_override ] && echo "cpuid_override yes" || echo "cpuid_override no"
 grep -qw hypervisor /proc/cpuinfo && echo "nested yes" || echo "nested no"
 awk -F': *' '/^vendor_id/ {print "vendor", $2; exit}' /proc/cpuinfo
@@ -55,13 +56,12 @@ awk '/^MemTotal:/ {printf "memtotal %.0f\n", $2 * 1024}
 for p in "$@"; do
   [ -d "$p" ] && df -B1 --output=target,avail,size,fstype "$p" 2>/dev/null | tail -n 1 | sed "s|^|df $p |"
 done
-ip -o -4 addr show scope global 2>/dev/null | awk '{print "addr", $2, $4}'
-for d in /sys/class/net/*; do s=$(cat "$d/speed" 2>/dev/null) && echo "speed $(basename "$d") $s"; done
-echo "clock $(date +%s%N)"
-echo "kernel $(uname -r)"
-[ -r /etc/virtuozzo-release ] && echo "release $(head -n 1 /etc/virtuozzo-release)"
+"""
+    + hostfacts.SHELL
+    + r"""[ -r /etc/virtuozzo-release ] && echo "release $(head -n 1 /etc/virtuozzo-release)"
 true
 """
+)
 
 # Per VE: its snapshots, the bytes its disks (or private area) hold, its file system type, and the
 # process list (open `prlctl enter` / `vzctl enter` sessions). $1: UUID, $2: home, $3...: what to measure.
@@ -146,10 +146,8 @@ class PrlctlDriver:
         except ValueError as exc:
             raise PermanentError("PrlctlOutput", f"{self.access.name}: {exc}") from exc
         paths = list(dict.fromkeys(p for p in (info.vm_home, CT_PRIVATE, "/") if p))
-        sent = time.time_ns()
-        shell = await self.ssh.run(["sh", "-c", _FACTS, "sh", *paths])
-        received = time.time_ns()
-        return host_status(info, networks, shell.stdout, (sent + received) // 2, self.access)
+        shell, sent_ns = await hostfacts.run(self.ssh, _FACTS, paths)
+        return host_status(info, networks, shell, sent_ns, self.access)
 
     async def find_ve(self, name: str) -> VEFacts | None:
         entry = await self._lookup(name)
@@ -222,26 +220,12 @@ class PrlctlDriver:
 
     async def job(self, plan: MigrationPlan) -> JobObservation:
         record = await hostjob.read(self.ssh, plan.uid, plan.attempt)
-        if record.state == "none":
-            return JobObservation(state=JobState.NONE)
+        observed = hostjob.observe(record, f"prlctl migrate on {self.access.name}", out.classify_exit)
+        if observed is not None:
+            return observed
         if record.state == "running":
             return JobObservation(state=JobState.RUNNING, stats=progress_stats(plan, record.log_tail))
-        if record.state == "lost":
-            return JobObservation(
-                state=JobState.FAILED,
-                error_reason="JobLost",
-                error_message=f"prlctl migrate on {self.access.name} ended without an exit status (node restarted?)",
-                error_class=ErrorClass.RETRYABLE,
-            )
-        if record.exit_status == 0:
-            return JobObservation(state=JobState.COMPLETED, stats=progress_stats(plan, record.log_tail, done=True))
-        outcome = out.classify_exit(record.exit_status if record.exit_status is not None else -1, record.log_tail)
-        return JobObservation(
-            state=JobState.CANCELLED if outcome.cancelled else JobState.FAILED,
-            error_reason=outcome.reason,
-            error_message=outcome.message,
-            error_class=outcome.error_class,
-        )
+        return JobObservation(state=JobState.COMPLETED, stats=progress_stats(plan, record.log_tail, done=True))
 
     async def abort_job(self, plan: MigrationPlan) -> None:
         """SIGTERM to prlctl: it asks the dispatcher to cancel, then exits with an error. Before prlctl
@@ -403,26 +387,15 @@ _RELEASE = re.compile(r"(virtuozzo|parallels)", re.IGNORECASE)
 def host_status(info: out.ServerInfo, networks: list[str], shell: str, sent_ns: int, access: HostAccess) -> HostStatus:
     facts: dict[str, str] = {}
     storage: list[StorageFacts] = []
-    subnets: list[str] = []
-    addr_dev: dict[str, str] = {}
-    speeds: dict[str, int] = {}
-    for line in shell.splitlines():
-        word, _, rest = line.partition(" ")
-        parts = rest.split()
+    links = hostfacts.Links()
+    for word, rest, parts in links.read(shell):
         if word == "df" and len(parts) >= 5:
             shared = parts[4].startswith(_SHARED_FS)
             storage.append(
                 StorageFacts(path=parts[0], free_bytes=int(parts[2]), total_bytes=int(parts[3]), shared=shared)
             )
-        elif word == "addr" and len(parts) >= 2:
-            subnets.append(str(ipaddress.ip_interface(parts[1]).network))
-            addr_dev[parts[1].split("/")[0]] = parts[0]
-        elif word == "speed" and len(parts) >= 2 and parts[1].lstrip("-").isdigit():
-            speeds[parts[0]] = int(parts[1])
         elif parts:
             facts[word] = rest.strip()
-    device = addr_dev.get(access.data_address)
-    speed = speeds.get(device) if device else None
     release = facts.get("release")
     product = (
         release if release and _RELEASE.search(release) else (f"prlsrvctl {info.version}" if info.version else None)
@@ -438,11 +411,7 @@ def host_status(info: out.ServerInfo, networks: list[str], shell: str, sent_ns: 
         memory_total_bytes=int(facts["memtotal"]) if facts.get("memtotal", "").isdigit() else None,
         memory_free_bytes=int(facts["memfree"]) if facts.get("memfree", "").isdigit() else None,
         storage=storage,
-        network=NetworkFacts(
-            bridges=sorted(set(networks)),
-            subnets=sorted(set(subnets)),
-            link_speed_mbps=speed if speed and speed > 0 else None,
-        ),
+        network=links.network(networks, access.data_address),
         time_offset_ms=offset,
         cpuid_override=facts.get("cpuid_override") == "yes",
         nested=facts.get("nested") == "yes",

@@ -17,6 +17,7 @@ from typing import Any
 
 from vemigrate.api.host import VEKind
 from vemigrate.core.observation import ErrorClass, NFSFacts, VEFacts, VEState
+from vemigrate.drivers.jobfailure import JobFailure
 
 MIB = 1024 * 1024
 
@@ -268,37 +269,30 @@ def error_lines(log: str) -> list[str]:
     return [line for line in lines[start:] if not line.lower().startswith("operation progress")]
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """A finished `prlctl migrate`: cancelled or failed, why, and whether another attempt may pass."""
-
-    cancelled: bool
-    reason: str
-    message: str
-    error_class: ErrorClass
-
-
-def classify_exit(exit_status: int, log: str) -> Outcome:
-    """Exit code and output of a failed `prlctl migrate` -> what the operator reports."""
+def classify_exit(exit_status: int | None, log: str) -> JobFailure:
+    """Exit code and output of a failed `prlctl migrate` -> what the operator reports: failed or
+    cancelled (`aborted`), why, and whether another attempt may pass. No exit status reads as -1."""
+    if exit_status is None:
+        exit_status = -1
     detail = " ".join(error_lines(log))[:1000] or f"prlctl migrate exited {exit_status} without a message"
     if exit_status == EXIT_USAGE:
-        return Outcome(False, "InvalidArguments", f"prlctl refused the command line: {detail}", ErrorClass.PERMANENT)
+        return JobFailure("InvalidArguments", ErrorClass.PERMANENT, f"prlctl refused the command line: {detail}")
     if exit_status == EXIT_NO_DISPATCHER:
-        return Outcome(
-            False, "DispatcherUnavailable", f"prlctl could not reach the dispatcher: {detail}", ErrorClass.RETRYABLE
+        return JobFailure(
+            "DispatcherUnavailable", ErrorClass.RETRYABLE, f"prlctl could not reach the dispatcher: {detail}"
         )
     if exit_status == EXIT_FROZEN:
-        return Outcome(False, "VEFrozen", f"the VE is frozen: {detail}", ErrorClass.RETRYABLE)
+        return JobFailure("VEFrozen", ErrorClass.RETRYABLE, f"the VE is frozen: {detail}")
     if exit_status > 128 and exit_status != EXIT_ERROR:
-        return Outcome(
-            False, "JobKilled", f"prlctl was killed by signal {exit_status - 128}: {detail}", ErrorClass.RETRYABLE
+        return JobFailure(
+            "JobKilled", ErrorClass.RETRYABLE, f"prlctl was killed by signal {exit_status - 128}: {detail}"
         )
     if any(line.lower().startswith("canceling the migration") for line in output_lines(log)) or (
         _CANCELLED.search(detail) is not None
     ):
-        return Outcome(True, "Aborted", detail, ErrorClass.PERMANENT)
+        return JobFailure("Aborted", ErrorClass.PERMANENT, detail, aborted=True)
     transient = _TRANSIENT.search(detail) is not None
-    return Outcome(False, "MigrationFailed", detail, ErrorClass.RETRYABLE if transient else ErrorClass.PERMANENT)
+    return JobFailure("MigrationFailed", ErrorClass.RETRYABLE if transient else ErrorClass.PERMANENT, detail)
 
 
 def succeeded(log: str) -> bool:

@@ -1,0 +1,448 @@
+"""The libvirt driver itself: `LibvirtDriver`, one host's facts, its VEs, the migration job on the source
+and the copy on the target, through libvirtd (connection.py) and SSH. The package docstring says how
+it migrates; the jobs' text is built in jobs.py, and what it reads is parsed in facts.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import xml.etree.ElementTree as ET
+from dataclasses import replace
+from pathlib import PurePosixPath
+from typing import Any
+
+import libvirt
+
+from vemigrate.api.host import HostStatus, VEKind
+from vemigrate.api.migration import Mode, SourceDisposition
+from vemigrate.core.access import HostAccess
+from vemigrate.core.observation import JobObservation, JobState, JobStats, VEFacts, VEState
+from vemigrate.drivers import hostfacts, hostjob, jobfailure
+from vemigrate.drivers.errors import PermanentError
+from vemigrate.drivers.libvirt.connection import Libvirtd
+from vemigrate.drivers.libvirt.facts import (
+    _FACTS,
+    DEFAULT_POOL_PATH,
+    METADATA_KEY,
+    METADATA_NS,
+    _disks,
+    _host_status,
+    _migration_uid,
+    _post_copy_failed,
+    _private_area,
+    _state,
+    unmoved_storage,
+)
+from vemigrate.drivers.libvirt.jobs import (
+    _OWNED,
+    _REMOVE_OWNED,
+    _container_script,
+    _dirty_rate,
+    _offline_script,
+    _offline_stats,
+    _record,
+    _target_name,
+    completed_stats,
+    live_script,
+)
+from vemigrate.drivers.protocol import MigrationPlan
+from vemigrate.drivers.ssh import SSHHost
+
+LXC_CONFIG_DIR = "/etc/libvirt/lxc"  # where the system libvirtd keeps container definitions
+
+
+class LibvirtDriver:
+    """One host reached through libvirt. See the package docstring for how."""
+
+    def __init__(self, access: HostAccess) -> None:
+        self.access = access
+        self.ssh = SSHHost(access)
+        self.libvirtd = Libvirtd(access, self.ssh)
+
+    # -- plumbing ---------------------------------------------------------------------------
+    async def close(self) -> None:
+        await self.libvirtd.close()
+        await self.ssh.close()
+
+    @staticmethod
+    def _lookup(conn: Any, name: str) -> Any:
+        for lookup in (conn.lookupByName, conn.lookupByUUIDString):
+            try:
+                return lookup(name)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() not in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_INVALID_ARG):
+                    raise
+        return None
+
+    # -- facts ------------------------------------------------------------------------------
+    async def probe(self) -> HostStatus:
+        def read(conn: Any) -> dict[str, Any]:
+            info = conn.getInfo()
+            caps = ET.fromstring(conn.getCapabilities())
+            pools = []
+            for pool in conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE):
+                path = ET.fromstring(pool.XMLDesc()).findtext("./target/path")
+                if path:
+                    pools.append((pool.name(), path))
+            return {
+                "cpus": info[2],
+                "free": conn.getFreeMemory(),
+                "total": info[1] * 1024 * 1024,
+                "vendor": caps.findtext("./host/cpu/vendor"),
+                "model": caps.findtext("./host/cpu/model"),
+                "features": sorted(f.get("name", "") for f in caps.findall("./host/cpu/feature")),
+                "hypervisor": conn.getType(),
+                "hv_version": conn.getVersion(),
+                "lib_version": conn.getLibVersion(),
+                "pools": pools,
+            }
+
+        facts = await self.libvirtd.call("reading host facts", read)
+        paths = [p for _, p in facts["pools"]] or [DEFAULT_POOL_PATH]
+        shell, sent_ns = await hostfacts.run(self.ssh, _FACTS, [*paths, "/"])
+        return _host_status(facts, shell, paths, sent_ns, self.access)
+
+    async def find_ve(self, name: str) -> VEFacts | None:
+        def read(conn: Any) -> tuple[VEFacts, list[str]] | None:
+            dom = self._lookup(conn, name)
+            if dom is None:
+                return None
+            root = ET.fromstring(dom.XMLDesc(0))
+            disks = _disks(root)
+            sizes = []
+            for disk in disks:
+                try:
+                    sizes.append(dom.blockInfo(disk.path)[2])
+                except libvirt.libvirtError:
+                    sizes.append(0)
+            # Every disk on the host, ours first: their backing files tell linked clones apart.
+            others = [
+                d.path
+                for other in conn.listAllDomains(0)
+                if other.UUIDString() != dom.UUIDString()
+                for d in _disks(ET.fromstring(other.XMLDesc(0)))
+            ]
+            bridges = tuple(
+                str(i.find("source").get("bridge"))  # type: ignore[union-attr]
+                for i in root.findall("./devices/interface[@type='bridge']")
+                if i.find("source") is not None
+            )
+            macs = tuple(str(m.get("address")) for m in root.findall("./devices/interface/mac"))
+            private = _private_area(root)
+            try:
+                snapshots = dom.snapshotNum(0)
+            except libvirt.libvirtError:  # LXC keeps no snapshots
+                snapshots = 0
+            storage = disks[0].path if disks else private
+            unmovable, non_file_disks = unmoved_storage(root)
+            facts = VEFacts(
+                name=dom.name(),
+                uuid=dom.UUIDString(),
+                type=VEKind.CONTAINER if conn.getType() == "LXC" else VEKind.VM,
+                state=_state(dom),
+                memory_bytes=dom.maxMemory() * 1024,
+                vcpus=dom.info()[3],
+                disk_bytes=sum(sizes),
+                bridges=bridges,
+                snapshots=snapshots,
+                storage_path=str(PurePosixPath(storage).parent) if storage else None,
+                disk_paths=tuple(d.path for d in disks),
+                private_area=private,
+                macs=macs,
+                post_copy_failed=_post_copy_failed(dom.state()),
+                unmovable=unmovable,
+                non_file_disks=non_file_disks,
+            )
+            return facts, others
+
+        found = await self.libvirtd.call(f"looking up {name!r}", read)
+        if found is None:
+            return None
+        facts, others = found
+        if facts.private_area is not None:
+            du = await self.ssh.run(["du", "-sb", "--", facts.private_area], check=False)
+            size = du.stdout.split()[0] if du.ok and du.stdout.split() else ""
+            facts = replace(facts, disk_bytes=int(size) if size.isdigit() else None)
+        return replace(facts, linked_clone=await self._linked(list(facts.disk_paths), others))
+
+    async def _linked(self, ours: list[str], others: list[str]) -> bool:
+        """A linked clone (one of our disks has a backing file) or the base of one (another domain's
+        disk is backed by ours). Read with qemu-img: libvirt shows backing chains of running domains only."""
+        if not ours:
+            return False
+        script = 'for f in "$@"; do printf "%s\\t" "$f"; qemu-img info -U --output=json "$f" | tr -d "\\n"; echo; done'
+        out = await self.ssh.run(["sh", "-c", script, "sh", *ours, *others])
+        backing: dict[str, str | None] = {}
+        for line in out.stdout.splitlines():
+            path, _, info = line.partition("\t")
+            with contextlib.suppress(ValueError):
+                details = json.loads(info)
+                backing[path] = details.get("full-backing-filename") or details.get("backing-filename")
+        if any(backing.get(p) for p in ours):
+            return True
+        return any(backing.get(p) in ours for p in others)
+
+    async def reaches(self, other: HostAccess) -> bool:
+        return await self.ssh.reaches(other)
+
+    # -- the job on the source --------------------------------------------------------------
+    async def start_job(self, plan: MigrationPlan) -> None:
+        if plan.ve is None:
+            raise PermanentError("VENotFound", f"VE {plan.spec.source.name!r} is not on {self.access.name}")
+        flags = libvirt.VIR_DOMAIN_XML_SECURE | libvirt.VIR_DOMAIN_XML_INACTIVE
+        xml = await self.libvirtd.call("reading the domain", lambda c: self._lookup(c, plan.ve.uuid).XMLDesc(flags))  # type: ignore[union-attr]
+        if plan.ve.type == VEKind.CONTAINER:
+            if plan.mode == Mode.LIVE:
+                raise PermanentError(
+                    "LiveContainerUnsupported",
+                    "libvirt's LXC driver cannot move a running container: stop it and migrate offline, "
+                    "or migrate it live between Virtuozzo nodes (driver: prlctl)",
+                )
+            text = _container_script(plan, xml)
+        elif plan.mode == Mode.LIVE:
+            if plan.spec.clone:
+                raise PermanentError(
+                    "CloneNeedsStoppedVM",
+                    "libvirt cannot clone a running VM live: stop it and migrate offline with clone, "
+                    "or migrate without clone",
+                )
+            disks = [] if plan.ve.shared_storage else _disks(ET.fromstring(xml))
+            sizes = await self.libvirtd.call(
+                "reading disk sizes",
+                lambda c: [self._lookup(c, plan.ve.uuid).blockInfo(d.path)[0] for d in disks],  # type: ignore[union-attr]
+            )
+            text = live_script(plan, copy_disks=bool(disks), disks=list(zip(disks, sizes, strict=True)))
+        else:
+            text = _offline_script(plan, xml)
+        await self._mark(plan)
+        await hostjob.start(self.ssh, plan.uid, plan.attempt, text)
+
+    async def _mark(self, plan: MigrationPlan) -> None:
+        """Tag the domain with the migration UID; live migration carries the tag to the target."""
+        assert plan.ve is not None
+        element = f"<migration uid='{plan.uid}'/>"
+
+        def tag(conn: Any) -> None:
+            dom = self._lookup(conn, plan.ve.uuid)  # type: ignore[union-attr]
+            flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG
+            if dom.isActive():
+                flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
+            dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, element, METADATA_KEY, METADATA_NS, flags)
+
+        await self.libvirtd.call("tagging the domain", tag)
+
+    async def job(self, plan: MigrationPlan) -> JobObservation:
+        record = await hostjob.read(self.ssh, plan.uid, plan.attempt)
+        observed = hostjob.observe(record, f"the migration job on {self.access.name}", jobfailure.classify)
+        if observed is not None:
+            return observed
+        if record.state == "running":
+            if plan.mode == Mode.LIVE:
+                return await self._live_progress(plan)
+            return JobObservation(state=JobState.RUNNING, stats=_offline_stats(record.log_tail))
+        stats = await self.ssh.run(["cat", f"{hostjob.job_dir(plan.uid, plan.attempt)}/stats"], check=False)
+        return JobObservation(state=JobState.COMPLETED, stats=completed_stats(stats.stdout, record.log_tail))
+
+    async def _live_progress(self, plan: MigrationPlan) -> JobObservation:
+        assert plan.ve is not None
+
+        def read(conn: Any) -> tuple[dict[str, int], VEState]:
+            dom = self._lookup(conn, plan.ve.uuid)  # type: ignore[union-attr]
+            return dom.jobStats(0), _state(dom)
+
+        stats, state = await self.libvirtd.call("reading job statistics", read)
+        job_state = JobState.RUNNING
+        if state == VEState.MIGRATING:
+            reason = await self.libvirtd.call(
+                "reading the domain state",
+                lambda c: self._lookup(c, plan.ve.uuid).state()[1],  # type: ignore[union-attr]
+            )
+            job_state = JobState.POST_COPY if reason == libvirt.VIR_DOMAIN_PAUSED_POSTCOPY else JobState.SWITCHOVER
+        return JobObservation(
+            state=job_state,
+            stats=JobStats(
+                bytes_processed=stats.get("data_processed"),
+                bytes_remaining=stats.get("data_remaining"),
+                bytes_total=stats.get("data_total"),
+                dirty_rate_bytes_per_second=_dirty_rate(stats),
+                iteration=stats.get("memory_iteration"),
+            ),
+        )
+
+    async def abort_job(self, plan: MigrationPlan) -> None:
+        if plan.mode == Mode.LIVE and plan.ve is not None:
+
+            def abort(conn: Any) -> None:
+                dom = self._lookup(conn, plan.ve.uuid)  # type: ignore[union-attr]
+                if dom is not None and dom.jobInfo()[0] != libvirt.VIR_DOMAIN_JOB_NONE:
+                    dom.abortJob()
+
+            with contextlib.suppress(PermanentError):
+                await self.libvirtd.call("aborting the migration", abort)
+        await hostjob.kill(self.ssh, plan.uid, plan.attempt)
+
+    async def force_complete(self, plan: MigrationPlan) -> None:
+        if plan.mode != Mode.LIVE or plan.ve is None:
+            return
+
+        def finish(conn: Any) -> None:
+            dom = self._lookup(conn, plan.ve.uuid)  # type: ignore[union-attr]
+            if plan.spec.post_copy:
+                dom.migrateStartPostCopy(0)
+            elif _state(dom) == VEState.RUNNING:
+                dom.suspend()  # nothing left dirty: the next iteration converges; resumed on the target
+
+        await self.libvirtd.call("forcing completion", finish)
+
+    async def source_disposed(self, plan: MigrationPlan, disposition: SourceDisposition) -> bool:
+        if disposition == SourceDisposition.KEPT:
+            return True
+        dom = await self.libvirtd.call("looking up the source", lambda c: self._lookup(c, plan.spec.source.name))
+        return dom is None
+
+    async def dispose_source(self, plan: MigrationPlan, disposition: SourceDisposition) -> None:
+        if disposition == SourceDisposition.RENAMED_MIGRATED:
+            await self._rename_migrated(plan)
+            return
+        if disposition != SourceDisposition.REMOVED:
+            raise PermanentError("UnsupportedDisposition", f"libvirt VMs are removed, not {disposition.value}")
+
+        def remove(conn: Any) -> list[str]:
+            dom = self._lookup(conn, plan.spec.source.name)
+            if dom is None:
+                return []
+            if dom.isActive():
+                # Never remove a running copy: the target copy is verified, but this one still runs.
+                raise PermanentError("SourceStillRunning", f"{dom.name()} still runs on {self.access.name}")
+            root = ET.fromstring(dom.XMLDesc(0))
+            files = [] if plan.ve is not None and plan.ve.shared_storage else [d.path for d in _disks(root)]
+            # A disk another domain here also uses is that domain's too: it stays.
+            shared = {
+                d.path
+                for other in conn.listAllDomains(0)
+                if other.UUIDString() != dom.UUIDString()
+                for d in _disks(ET.fromstring(other.XMLDesc(0)))
+            }
+            files = [f for f in files if f not in shared]
+            flags = libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+            dom.undefineFlags(flags | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+            return files
+
+        files = await self.libvirtd.call("removing the source domain", remove)
+        if files:
+            await self.ssh.run(["rm", "-f", "--", *files])
+            await self._refresh_pools(files)
+            # An earlier offline migration put them in <path>/<UUID>/: that directory goes too, once empty.
+            own = {str(PurePosixPath(f).parent) for f in files if PurePosixPath(f).parent.name == plan.ve.uuid}  # type: ignore[union-attr]
+            if own:
+                await self.ssh.run(["rmdir", "--ignore-fail-on-non-empty", "--", *own], check=False)
+
+    async def _refresh_pools(self, removed: list[str]) -> None:
+        """Tell libvirt's storage pools that files are gone. A directory pool keeps its list of volumes,
+        and a disk-copying migration into this host later skips creating a disk the pool still lists
+        (qemuMigrationDstPrecreateDisk), so QEMU fails to open it: moving a VM back here would fail."""
+
+        def refresh(conn: Any) -> None:
+            for directory in sorted({str(PurePosixPath(f).parent) for f in removed}):
+                try:
+                    conn.storagePoolLookupByTargetPath(directory).refresh(0)
+                except libvirt.libvirtError:
+                    continue  # no pool there (or an inactive one): nothing listed the file
+
+        await self.libvirtd.call("refreshing storage pools", refresh)
+
+    async def _rename_migrated(self, plan: MigrationPlan) -> None:
+        """A container's source, as prlctl leaves it: the private area renamed `<dir>.migrated`, the
+        configuration kept as `<name>.xml.migrated` in libvirt's configuration directory, and the domain
+        undefined. Each step may be repeated, so a pass interrupted half-way is finished by the next."""
+
+        def read(conn: Any) -> tuple[str, str | None] | None:
+            dom = self._lookup(conn, plan.spec.source.name)
+            if dom is None:
+                return None
+            if dom.isActive():
+                raise PermanentError("SourceStillRunning", f"{dom.name()} still runs on {self.access.name}")
+            xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE | libvirt.VIR_DOMAIN_XML_INACTIVE)
+            return xml, _private_area(ET.fromstring(xml))
+
+        found = await self.libvirtd.call("reading the source container", read)
+        if found is None:
+            return
+        xml, private = found
+        name = ET.fromstring(xml).findtext("name") or plan.spec.source.name
+        # mv -T refuses to move into an existing <dir>.migrated (an earlier migration's): nothing is merged.
+        rename = 'if [ -e "$1" ]; then mv -T -- "$1" "$1.migrated"; fi; cat >"$2.tmp" && mv -- "$2.tmp" "$2"'
+        config = f"{LXC_CONFIG_DIR}/{name}.xml.migrated"
+        await self.ssh.run(["sh", "-c", rename, "sh", private or "", config], input=xml)
+        await self.libvirtd.call("undefining the source container", lambda c: self._lookup(c, name).undefine())
+
+    async def forget_job(self, plan: MigrationPlan) -> None:
+        await hostjob.forget(self.ssh, plan.uid)
+
+    # -- the target -------------------------------------------------------------------------
+    async def verify_target(self, plan: MigrationPlan) -> bool:
+        def ours(conn: Any) -> list[str] | None:
+            """The copy's disk paths when the domain is this migration's and in the right state."""
+            dom = self._lookup(conn, _target_name(plan))
+            if dom is None:
+                return None
+            root = ET.fromstring(dom.XMLDesc(0))
+            if _migration_uid(root) != plan.uid or not dom.isPersistent():
+                return None
+            # Paused here means paused by a person (a paused VE moves live and stays paused); a domain
+            # still paused by the migration itself reads MIGRATING, and is not a finished copy.
+            if plan.mode == Mode.LIVE and _state(dom) not in (VEState.RUNNING, VEState.PAUSED):
+                return None
+            private = _private_area(root)
+            return [d.path for d in _disks(root)] + ([private] if private else [])
+
+        paths = await self.libvirtd.call("verifying the target copy", ours)
+        if paths is None:
+            return False
+        # The job compared sha256 sums on both ends before defining the domain; the files must be there.
+        present = await self.ssh.run(
+            ["sh", "-c", 'for f in "$@"; do [ -e "$f" ] || exit 1; done', "sh", *paths], check=False
+        )
+        return present.ok
+
+    async def target_leftovers(self, plan: MigrationPlan) -> bool:
+        def ours(conn: Any) -> bool:
+            dom = self._lookup(conn, _target_name(plan))
+            return dom is not None and _migration_uid(ET.fromstring(dom.XMLDesc(0))) == plan.uid
+
+        if await self.libvirtd.call("looking for leftovers", ours):
+            return True
+        owned = await self.ssh.run(["sh", "-c", _OWNED, "sh", _record(plan)])
+        return bool(owned.stdout.strip())
+
+    async def cleanup_target(self, plan: MigrationPlan) -> None:
+        """Remove this migration's half-built copy: its domain (only an inactive one tagged with this
+        migration's UID) and exactly the files and directories the job recorded as it created them,
+        each only while the path still holds the very file recorded."""
+
+        def remove(conn: Any) -> None:
+            dom = self._lookup(conn, _target_name(plan))
+            if dom is None or _migration_uid(ET.fromstring(dom.XMLDesc(0))) != plan.uid:
+                return  # not this migration's: never touched
+            if dom.isActive():
+                # It may be the only running copy (post-copy, or a job that finished unseen): never stopped here.
+                raise PermanentError("TargetActive", f"{dom.name()} runs on {self.access.name}; left as it is")
+            if dom.isPersistent():
+                if conn.getType() == "LXC":  # takes no undefine flags: it has no saved state or NVRAM
+                    dom.undefine()
+                else:
+                    dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+
+        await self.libvirtd.call("removing the half-built target", remove)
+        out = (await self.ssh.run(["sh", "-c", _REMOVE_OWNED, "sh", _record(plan)])).stdout
+        removed = [line[len("removed ") :] for line in out.splitlines() if line.startswith("removed ")]
+        kept = [line[len("kept ") :] for line in out.splitlines() if line.startswith("kept ")]
+        if removed:
+            await self._refresh_pools(removed)
+        if kept:
+            raise PermanentError(
+                "TargetNotEmpty",
+                f"left on {self.access.name}: {', '.join(kept)[:500]} (created by this migration, but it holds "
+                "files this migration did not make)",
+            )

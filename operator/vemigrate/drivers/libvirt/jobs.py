@@ -1,0 +1,428 @@
+"""The libvirt driver's jobs, as text: the script each migration runs detached on the source host
+(drivers/hostjob.py) and the shell scripts it runs on the target over the source node's own SSH.
+
+- live: `virsh migrate` (`live_argv`, `live_script`), after the disks a live copy needs are created on
+  the target (`_CREATE_DISKS`);
+- offline: each disk streamed and checked by sha256 (`_copy_lines`, `_RECEIVE`), then defined on the
+  target (`_offline_script`, `_target_xml`);
+- containers: the private area streamed with tar, checked by a manifest (`_container_script`).
+
+Whatever a job creates on the target is recorded as it is created (`_record`), so that a cleanup removes
+exactly that and nothing else (`_OWNED`, `_REMOVE_OWNED`). And the figures read back from a job: its
+log (`_offline_stats`) and libvirt's statistics (`completed_stats`, `_dirty_rate`). Pure functions: no
+I/O here.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import shlex
+import uuid as uuidlib
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+
+from vemigrate.core.observation import JobStats, VEState
+from vemigrate.drivers import hostjob
+from vemigrate.drivers.errors import PermanentError
+from vemigrate.drivers.jobfailure import EXIT_CHECKSUM
+from vemigrate.drivers.libvirt.facts import (
+    DEFAULT_POOL_PATH,
+    METADATA_NS,
+    _Disk,
+    _disk_elements,
+    _disk_of,
+    _disks,
+)
+from vemigrate.drivers.protocol import MigrationPlan
+
+_PROGRESS = re.compile(r"^(\d+) bytes")
+_DOWNTIME = re.compile(r"Total downtime:\s+(\d+)\s*ms")
+
+
+def _target_name(plan: MigrationPlan) -> str:
+    return plan.ve.name if plan.ve is not None else plan.spec.source.name
+
+
+def _target_dir(plan: MigrationPlan, ve_uuid: str) -> str:
+    base = plan.spec.target.path or DEFAULT_POOL_PATH
+    return f"{base.rstrip('/')}/{ve_uuid}"
+
+
+def _copy_uuid(plan: MigrationPlan) -> str:
+    """The copy's UUID: the VE's own, or for a clone a new one derived from the migration UID, so every
+    pass (and a restarted operator) computes the same."""
+    assert plan.ve is not None
+    if plan.spec.clone:
+        return str(uuidlib.uuid5(uuidlib.NAMESPACE_URL, f"vemigrate:{plan.uid}"))
+    return plan.ve.uuid
+
+
+def _record(plan: MigrationPlan) -> str:
+    """On the target: what this attempt's job created there, one `<kind> <identity> <path>` line each
+    (kind: file, dir, or tree for a container's private area), appended the moment it is created."""
+    return f"{hostjob.job_dir(plan.uid, plan.attempt)}/created"
+
+
+# A file's identity: device, inode and birth time (a freed inode number is soon given to a new file).
+_IDENT = 'ident() { stat -c %d:%i:%.9W -- "$1"; }\n'
+
+
+# On the target, $1 the record, then (path, format, virtual size) per disk: each disk file is created
+# for the live copy (libvirt copies into a file that exists, as OpenStack Nova pre-creates them) under a
+# name of its own (mktemp), then linked to its path, which fails when anything is already there: that
+# file is not this migration's, and stays as it is. Both names go into the record as they appear.
+_CREATE_DISKS = (
+    _IDENT
+    + r"""
+umask 077
+rec=$1; shift
+mkdir -p -- "$(dirname -- "$rec")" || exit 1
+while [ $# -ge 3 ]; do
+    path=$1 fmt=$2 size=$3; shift 3
+    dir=$(dirname -- "$path")
+    mkdir -p -- "$dir" && tmp=$(mktemp "$dir/.vemigrate-XXXXXXXX") || exit 1
+    printf 'file %s %s\n' "$(ident "$tmp")" "$tmp" >>"$rec"
+    chmod 600 -- "$tmp" && qemu-img create -q -f "$fmt" "$tmp" "$size" || exit 1
+    if ! ln -T -- "$tmp" "$path" 2>/dev/null; then
+        rm -f -- "$tmp"
+        echo "error: $path already exists on the target; it is not this migration's and stays as it is" >&2
+        exit 3
+    fi
+    printf 'file %s %s\n' "$(ident "$path")" "$path" >>"$rec"
+    rm -f -- "$tmp"
+done
+"""
+)
+
+# On the target, $1 the record, $2 the directory, $3 its kind: the directory is made, failing when
+# anything is already there, and recorded.
+_CREATE_DIR = (
+    _IDENT
+    + r"""
+umask 077
+mkdir -p -- "$(dirname -- "$1")" "$(dirname -- "$2")" || exit 1
+if ! mkdir -- "$2" 2>/dev/null; then
+    echo "error: $2 already exists on the target; it is not this migration's and stays as it is" >&2
+    exit 3
+fi
+printf '%s %s %s\n' "$3" "$(ident "$2")" "$2" >>"$1"
+"""
+)
+
+# On the target, $1 the record, $2 the file, $3 zstd or cat: receives one file as `<file>.part` (both
+# names recorded: the rename keeps the inode), printing its sha256 and size as written.
+_RECEIVE = (
+    _IDENT
+    + r"""
+part=$2.part
+if ! (set -C; : >"$part") 2>/dev/null; then
+    echo "error: $part already exists on the target; it is not this migration's and stays as it is" >&2
+    exit 3
+fi
+id=$(ident "$part")
+printf 'file %s %s\nfile %s %s\n' "$id" "$part" "$id" "$2" >>"$1"
+if [ "$3" = zstd ]; then zstd -q -d -c; else cat; fi | tee -- "$part" | sha256sum | cut -d' ' -f1
+stat -c %s -- "$part"
+"""
+)
+
+_SAME = _IDENT + 'same() { [ -e "$2" ] && [ "$(ident "$2")" = "$1" ]; }\n'
+
+# On the target, $1 the record: prints `<kind> <path>` for every entry still there as recorded.
+_OWNED = (
+    _SAME
+    + r"""
+[ -r "$1" ] || exit 0
+while read -r kind id path; do same "$id" "$path" && printf '%s %s\n' "$kind" "$path"; done <"$1"
+exit 0
+"""
+)
+
+# On the target, $1 the record: removes exactly what it lists, files first, then directories newest
+# first (a directory that still holds something else is kept and named), then the record itself.
+_REMOVE_OWNED = (
+    _SAME
+    + r"""
+[ -r "$1" ] || exit 0
+while read -r kind id path; do
+    [ "$kind" = file ] && same "$id" "$path" && rm -f -- "$path" && printf 'removed %s\n' "$path"
+done <"$1"
+tac -- "$1" | while read -r kind id path; do
+    case $kind in
+    dir) same "$id" "$path" && { rmdir -- "$path" 2>/dev/null || printf 'kept %s\n' "$path"; } ;;
+    tree) same "$id" "$path" && rm -rf -- "$path" ;;
+    esac
+done
+rm -f -- "$1"
+rmdir -- "$(dirname -- "$1")" "$(dirname -- "$(dirname -- "$1")")" 2>/dev/null
+exit 0
+"""
+)
+
+
+def _create_dir(plan: MigrationPlan, directory: str, kind: str) -> str:
+    return _on_target(plan, ["sh", "-c", _CREATE_DIR, "sh", _record(plan), directory, kind])
+
+
+def _forget_record(plan: MigrationPlan) -> str:
+    """The job's last line: the copy is complete, so nothing on the target is a leftover any more."""
+    job, parent = hostjob.job_dir(plan.uid, plan.attempt), hostjob.migration_dir(plan.uid)
+    return _on_target(plan, ["sh", "-c", 'rm -rf -- "$1" && { rmdir -- "$2" 2>/dev/null; true; }', "sh", job, parent])
+
+
+def _define_on_target(plan: MigrationPlan, xml: str, uri: str) -> list[str]:
+    # base64: no text of the domain (names, descriptions) is ever read by the shell.
+    encoded = base64.b64encode(xml.encode()).decode()
+    return [
+        f"printf %s {encoded} | base64 -d >domain.xml",
+        _on_target(plan, ["virsh", "-c", uri, "define", "/dev/stdin"]) + " <domain.xml",
+    ]
+
+
+def live_argv(plan: MigrationPlan, *, copy_disks: bool) -> list[str]:
+    """The `virsh migrate` command for a live migration, one spec option at a time."""
+    spec, ve = plan.spec, plan.ve
+    assert ve is not None
+    argv = ["virsh", "-c", "qemu:///system", "migrate", "--live", "--p2p", "--persistent", "--verbose"]
+    argv.append("--abort-on-error")
+    if spec.tunnel and copy_disks:
+        # libvirt cannot tunnel a disk copy; QEMU's migration TLS encrypts memory and disks alike. The
+        # EncryptedDiskCopy pre-flight check made sure both hosts have it.
+        argv.append("--tls")
+    elif spec.tunnel:
+        argv.append("--tunnelled")
+    if copy_disks:
+        argv.append("--copy-storage-all")
+    if spec.compression:
+        argv.append("--compressed")
+    if spec.bandwidth_mib_ps:
+        argv += ["--bandwidth", str(spec.bandwidth_mib_ps)]
+    if spec.auto_converge:
+        argv.append("--auto-converge")
+    if spec.post_copy:
+        argv.append("--postcopy")
+    argv += [ve.uuid, _destination(plan)]
+    if not spec.tunnel and plan.target.migration_address:
+        argv += ["--migrateuri", f"tcp://{plan.target.migration_address}"]
+    return argv
+
+
+def _destination(plan: MigrationPlan) -> str:
+    t = plan.target
+    return f"qemu+ssh://{t.user}@{t.data_address}:{t.port}/system"
+
+
+def live_script(plan: MigrationPlan, *, copy_disks: bool, disks: Sequence[tuple[_Disk, int]] = ()) -> str:
+    """`disks`: (disk, virtual size) of each disk the live copy creates on the target."""
+    ve = plan.ve
+    assert ve is not None
+    lines = []
+    if copy_disks and disks:
+        created = [word for disk, size in disks for word in (disk.path, disk.format, str(size))]
+        lines.append(_on_target(plan, ["sh", "-c", _CREATE_DISKS, "sh", _record(plan), *created]))
+    if plan.spec.max_downtime_ms:
+        setting = ["virsh", "-c", "qemu:///system", "migrate-setmaxdowntime", ve.uuid, str(plan.spec.max_downtime_ms)]
+        lines.append(hostjob.command(setting))
+    lines.append(hostjob.command(live_argv(plan, copy_disks=copy_disks)))
+    # The completed job's statistics (downtime) are kept by the target's libvirtd.
+    stats = ["virsh", "-c", _destination(plan), "domjobinfo", "--completed", ve.uuid]
+    lines.append(hostjob.command(stats) + " >stats 2>&1 || true")
+    lines.append(_forget_record(plan))
+    return hostjob.script(lines)
+
+
+_UNITS = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4}
+_DATA = re.compile(r"Data (processed|total):\s+([\d.]+)\s+(\w+)")
+
+
+def completed_stats(domjobinfo: str, log: str) -> JobStats:
+    """A finished job's figures: `virsh domjobinfo --completed` for live jobs, the job log for offline."""
+    downtime = _DOWNTIME.search(domjobinfo)
+    data = {kind: int(float(value) * _UNITS.get(unit, 1)) for kind, value, unit in _DATA.findall(domjobinfo)}
+    offline = _offline_stats(log)
+    return JobStats(
+        bytes_processed=data.get("processed", offline.bytes_processed or None),
+        bytes_total=data.get("total", offline.bytes_total),
+        downtime_ms=int(downtime.group(1)) if downtime else None,
+    )
+
+
+def _dirty_rate(stats: dict[str, int]) -> int | None:
+    rate = stats.get("memory_dirty_rate")  # pages per second
+    page = stats.get("memory_page_size", 4096)
+    return rate * page if rate is not None else None
+
+
+def _offline_stats(log: str) -> JobStats:
+    """Bytes copied so far: finished disks (`done N`) plus dd's last progress line on the current one."""
+    total = finished = current = 0
+    for raw in log.splitlines():
+        line = raw.split("\r")[-1].strip()
+        if line.startswith("total "):
+            total = int(line.split()[1])
+        elif line.startswith("done "):
+            finished += int(line.split()[1])
+            current = 0
+        elif match := _PROGRESS.match(line):
+            current = int(match.group(1))
+    return JobStats(bytes_processed=finished + current, bytes_total=total or None)
+
+
+def _on_target(plan: MigrationPlan, argv: list[str]) -> str:
+    """A script line that runs argv on the target over the source node's own SSH (host key checked)."""
+    t = plan.target
+    ssh = [
+        "ssh",
+        "-p",
+        str(t.port),
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        f"{t.user}@{t.data_address}",
+    ]
+    return shlex.join([*ssh, "--", shlex.join(argv)])
+
+
+def _copy_lines(plan: MigrationPlan, src: str, dst: str) -> list[str]:
+    """Stream one file to the target, compressed unless told not to; its sha256 is taken from the stream
+    on both ends as it passes (no second read of either file), and compared with its size."""
+    q = shlex.quote
+    part = f"{dst}.part"
+    receive = ["sh", "-c", _RECEIVE, "sh", _record(plan), dst, "zstd" if plan.spec.compression else "cat"]
+    pack = " | zstd -q -c -T0" if plan.spec.compression else ""
+    return [
+        "rm -f hash.fifo hash.local && mkfifo hash.fifo",
+        "sha256sum <hash.fifo >hash.local &",
+        f"got=$(dd if={q(src)} bs=4M status=progress | tee hash.fifo{pack} | {_on_target(plan, receive)})",
+        "wait $!",
+        f'want=$(printf "%s\\n%s" "$(cut -d" " -f1 hash.local)" "$(stat -c %s {q(src)})")',
+        f'[ "$got" = "$want" ] || {{ echo "error: checksum mismatch for" {q(src)} >&2; exit {EXIT_CHECKSUM}; }}',
+        _on_target(plan, ["mv", "--", part, dst]),
+        f"echo done $(stat -c %s {q(src)})",
+    ]
+
+
+def _disk_file(disk: _Disk) -> str:
+    """A disk's file name in <path>/<UUID>/: by its device, so two disks of one base name cannot meet."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", disk.target) or not re.fullmatch(r"[a-z0-9]{1,16}", disk.format):
+        raise PermanentError("UnsupportedDisk", f"disk {disk.target!r} ({disk.format}) cannot name a file")
+    return f"{disk.target}.{disk.format}"
+
+
+def _target_xml(plan: MigrationPlan, xml: str, directory: str) -> str:
+    """The domain as the target defines it: disks in <path>/<UUID>/, this migration's tag, and for a
+    clone a new UUID and no MAC addresses (libvirt assigns new ones)."""
+    root = ET.fromstring(xml)
+    for disk in _disk_elements(root):
+        source = disk.find("source")
+        assert source is not None
+        source.set("file", f"{directory}/{_disk_file(_disk_of(disk))}")
+    for fs in root.findall("./devices/filesystem[@type='mount']"):
+        source, target = fs.find("source"), fs.find("target")
+        if source is not None and target is not None and target.get("dir") == "/":
+            source.set("dir", directory)  # a container's private area is the directory itself
+    if plan.spec.clone:
+        uuid_el = root.find("uuid")
+        if uuid_el is not None:
+            uuid_el.text = _copy_uuid(plan)
+        for interface in root.findall("./devices/interface"):
+            mac = interface.find("mac")
+            if mac is not None:
+                interface.remove(mac)
+    metadata = root.find("metadata")
+    if metadata is None:
+        metadata = ET.SubElement(root, "metadata")
+    for old in metadata.findall(f"{{{METADATA_NS}}}migration"):
+        metadata.remove(old)
+    ET.SubElement(metadata, f"{{{METADATA_NS}}}migration", {"uid": plan.uid})
+    return ET.tostring(root, encoding="unicode")
+
+
+def _offline_script(plan: MigrationPlan, xml: str) -> str:
+    """Copy every disk (and a suspended VM's saved memory) into <path>/<UUID>/ on the target, verify
+    each by sha256, then define the VM there (and restore its saved state as a managed save)."""
+    ve = plan.ve
+    assert ve is not None
+    _refuse_change_sid(plan)
+    suspended = ve.state == VEState.SUSPENDED
+    if suspended and plan.spec.clone:
+        raise PermanentError(
+            "CloneOfSuspendedVM", "a suspended VM's saved memory cannot take a new UUID: resume or stop it first"
+        )
+    directory = _target_dir(plan, _copy_uuid(plan))
+    saved = f"{directory}/memory.save"
+    copies = [(d.path, f"{directory}/{_disk_file(d)}") for d in _disks(ET.fromstring(xml))]
+    if suspended:
+        copies.append((_save_image(ve.name), saved))
+    q = shlex.quote
+    lines = [
+        "echo total $(stat -c %s " + " ".join(q(src) for src, _ in copies) + " | awk '{s+=$1} END {print s+0}')",
+        _create_dir(plan, directory, "dir"),
+    ]
+    for src, dst in copies:
+        lines += _copy_lines(plan, src, dst)
+    lines += _define_on_target(plan, _target_xml(plan, xml, directory), "qemu:///system")
+    if suspended:
+        lines.append(_on_target(plan, ["sh", "-c", 'cat >"$1"', "sh", f"{directory}/domain.xml"]) + " <domain.xml")
+        # Restore paused into the defined domain, then save it the managed way: suspended, as it was.
+        lines.append(
+            _on_target(
+                plan,
+                ["virsh", "-c", "qemu:///system", "restore", saved, "--xml", f"{directory}/domain.xml", "--paused"],
+            )
+        )
+        lines.append(_on_target(plan, ["virsh", "-c", "qemu:///system", "managedsave", "--running", "--", ve.name]))
+        lines.append(_on_target(plan, ["rm", "-f", "--", saved, f"{directory}/domain.xml"]))
+    lines.append(_forget_record(plan))
+    return hostjob.script(lines)
+
+
+# Names and sha256 of every file, and every symlink's target (never followed: a container's links
+# point into its own root), sorted the same way on both hosts.
+_MANIFEST = (
+    "export LC_ALL=C; { find . -type f -print0 | sort -z | xargs -0 -r sha256sum --; "
+    "find . -type l -printf '%p -> %l\\n' | sort; } | sha256sum | cut -d' ' -f1"
+)
+
+
+def _container_script(plan: MigrationPlan, xml: str) -> str:
+    """Stream a stopped container's private area with tar into <path>/<UUID> on the target, compare
+    manifests of both trees, then define the container there."""
+    ve = plan.ve
+    assert ve is not None
+    _refuse_change_sid(plan)
+    if ve.private_area is None:
+        raise PermanentError("NoPrivateArea", f"container {ve.name} has no root file system directory to copy")
+    q = shlex.quote
+    private, directory = ve.private_area, _target_dir(plan, _copy_uuid(plan))
+    unpack_tar = 'tar -C "$1" --numeric-owner -xpf -'
+    unpack = ["sh", "-c", ("zstd -q -d -c | " if plan.spec.compression else "") + unpack_tar, "sh", directory]
+    pack = " | zstd -q -c -T0" if plan.spec.compression else ""
+    manifest = ["sh", "-c", 'cd "$1" && ' + _MANIFEST, "sh", directory]
+    lines = [
+        f"echo total $(du -sb -- {q(private)} | cut -f1)",
+        _create_dir(plan, directory, "tree"),
+        f"sum=$(cd {q(private)} && {_MANIFEST})",
+        f"tar -C {q(private)} --numeric-owner -cpf - . | dd bs=4M status=progress{pack} | {_on_target(plan, unpack)}",
+        f"remote=$({_on_target(plan, manifest)})",
+        f'[ "$sum" = "$remote" ] || {{ echo "error: the private area of" {q(ve.name)} "differs on the target" >&2; '
+        "exit 4; }",
+        f"echo done $(du -sb -- {q(private)} | cut -f1)",
+        *_define_on_target(plan, _target_xml(plan, xml, directory), "lxc:///system"),
+        _forget_record(plan),
+    ]
+    return hostjob.script(lines)
+
+
+def _refuse_change_sid(plan: MigrationPlan) -> None:
+    if plan.spec.change_sid:
+        raise PermanentError(
+            "ChangeSidUnsupported",
+            "libvirt has no --changesid: run Sysprep in the clone instead, and migrate without changeSid",
+        )
+
+
+def _save_image(name: str) -> str:
+    return f"/var/lib/libvirt/qemu/save/{name}.save"
