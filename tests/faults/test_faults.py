@@ -1,24 +1,39 @@
 """Faults injected into real migrations between lab hosts, each run checked against DESIGN.md's
-invariants from outside the operator (tests/faults/invariants.py): no VE lost, never two copies
-running, a running VE running again afterwards, nothing left on the target unless the migration
-succeeded, a final phase with a specific reason, and the outcome counted in the metrics.
+invariants from outside the operator (tests/faults/invariants.py, tests/faults/watch.py): no VE lost
+and never two copies running at any sampled instant, a running VE running again afterwards, nothing
+left on the target unless the migration succeeded, no file that is not the VE's changed or removed on
+either host, a successful copy equal to its source, a final phase with a specific reason, and the
+outcome counted in the metrics.
+
+Every scenario also proves its fault landed: the status phase read from the API right before and
+right after the injection is the one the scenario names, and the job on the source still ran right
+after it (no `exit` file, its `lock` held). A run whose fault did not land is run once more with a new
+VE; if that one misses as well, the scenario fails saying so.
 
 Guests: a "slow" migration (4 MiB/s while the guest dirties 1 MiB/s: some 20 s, then it converges)
 leaves time to hit it mid-transfer; a "stuck" one (1 MiB/s against 4 MiB/s dirtied) never converges
-on its own."""
+on its own; a stopped VM's offline copy through a link slowed to 2 Mbit/s takes some 20 s."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
 from tests.faults.conftest import RUNS
 from tests.faults.invariants import FINAL, Outcome, examine, md5
+from tests.faults.watch import (
+    Foreign,
+    Sampler,
+    copies_differ,
+    domain_disks,
+    file_md5,
+    job_state,
+)
 from tests.fixtures.operator import Migrations, OperatorProcess
 from vemigrate.devenv.controlplane import ControlPlane, ControlPlaneInfo
 from vemigrate.devenv.lab import Lab, LabInfo, VMState
@@ -40,18 +55,27 @@ def _stuck(name: str, **extra: Any) -> dict[str, Any]:
     return _spec(name, bandwidthMiBps=1, **extra)
 
 
+def _offline(name: str, **extra: Any) -> dict[str, Any]:
+    """A stopped VM's copy; with the target's link at 2 Mbit/s (`_throttled`) it takes some 20 s."""
+    return _spec(name, **extra)
+
+
 def _phase(body: dict[str, Any]) -> str:
     return str((body.get("status") or {}).get("phase", ""))
 
 
-def _transferring(migrations: Migrations, name: str) -> None:
-    migrations.wait(
-        name,
-        lambda b: (
-            _phase(b) == "Transferring" and (((b["status"].get("progress") or {}).get("bytesProcessed") or 0) > 0)
-        ),
-        timeout=120,
-    )
+def _status(body: dict[str, Any]) -> dict[str, Any]:
+    return dict(body.get("status") or {})
+
+
+def _copied(migrations: Migrations, name: str, percent: int = 0) -> dict[str, Any]:
+    """Once Transferring has moved bytes (and reached `percent`)."""
+
+    def far(b: dict[str, Any]) -> bool:
+        got = (b.get("status") or {}).get("progress") or {}
+        return _phase(b) == "Transferring" and (got.get("bytesProcessed") or 0) > 0 and got.get("percent", 0) >= percent
+
+    return migrations.wait(name, far, timeout=120)
 
 
 def _final(migrations: Migrations, name: str, timeout: float = 300) -> dict[str, Any]:
@@ -87,6 +111,34 @@ def _restored(undo: Callable[[], object]) -> Iterator[None]:
         undo()
 
 
+@contextmanager
+def _throttled(rate: str = "2mbit") -> Iterator[None]:
+    """The target's link slowed (a few MiB take some 20 s: time to hit an offline copy mid-way)."""
+    with _restored(lambda: Lab.netem("lab2")):
+        Lab.netem("lab2", rate=rate)
+        yield
+
+
+@dataclass
+class Try:
+    """One go at a scenario: its VE, what was read before the migration started, and what was seen
+    when the fault was injected."""
+
+    vm: VMInfo
+    uid: str
+    counted: Counted
+    sampler: Sampler
+    foreign: Foreign
+    own: dict[str, list[str]]  # the VE's own files per host, never foreign
+    sums: dict[str, str]  # a stopped VE's disks: {device: md5}
+    hits: list[str] = field(default_factory=list)  # what was seen at each injection
+    missed: list[str] = field(default_factory=list)  # the injections that did not land
+
+    def close(self) -> None:
+        self.sampler.stop()
+        self.foreign.remove()
+
+
 @dataclass
 class Scene:
     """One scenario's run: the lab, the operator and its migrations, and where the outcome goes."""
@@ -96,18 +148,110 @@ class Scene:
     operator: OperatorProcess
     cleanup: Cleanup
     record: list[Outcome]
+    title: str = ""
+    current: Try | None = None
+    names: list[str] = field(default_factory=list)  # VMs made by the current go
 
-    def vm(self, name: str, *, state: VMState = VMState.RUNNING, dirty_mib: int = 1) -> VMInfo:
-        return Lab.create_vm("lab1", self.cleanup(name), state=state, dirty_mib=dirty_mib)
+    def vm(self, name: str, *, state: VMState = VMState.RUNNING, dirty_mib: int = 1, host: str = "lab1") -> VMInfo:
+        self.names.append(name)
+        return Lab.create_vm(host, self.cleanup(name), state=state, dirty_mib=dirty_mib)
+
+    def migrate(self, vm: VMInfo, name: str, spec: dict[str, Any]) -> str:
+        """The start of the run proper: files that are not the VE's planted and checksummed on both
+        hosts, a stopped VE's disks checksummed, the metrics read, the sampler started; then the
+        migration is created. Returns its UID."""
+        disks = domain_disks(self.lab, "lab1", vm.uuid) or {}
+        own = {"lab1": list(disks.values())}
+        sums = {}
+        if vm.state == VMState.STOPPED:
+            sums = {dev: file_md5(self.lab, "lab1", path) or "missing" for dev, path in disks.items()}
+        foreign = Foreign.plant(self.lab, name, own)
+        counted = Counted(self.operator)
+        sampler = Sampler(self.lab, vm.uuid)
+        self.current = Try(vm, "", counted, sampler, foreign, own, sums)
+        self.current.uid = self.migrations.create(name, spec)["metadata"]["uid"]
+        return self.current.uid
+
+    @property
+    def now(self) -> Try:
+        assert self.current is not None, "scene.migrate() first"
+        return self.current
+
+    def landed(self, landed: bool, seen: str) -> bool:
+        """Records whether a fault landed, and what was seen."""
+        self.now.hits.append(seen)
+        if not landed:
+            self.now.missed.append(seen)
+        return landed
+
+    def inject(
+        self,
+        name: str,
+        phase: str | tuple[str, ...],
+        fault: Callable[[], object],
+        *,
+        job: str | None = "running",
+        what: str = "",
+        read_before: bool = True,
+    ) -> bool:
+        """Injects the fault; it landed when the status phase read from the API right before and right
+        after it was `phase` (one of them, when the fault itself moves it on: a Cancel), and the
+        source's job was in state `job` right after it (running: no exit file, its lock held).
+        `read_before=False` when even one API read would delay the fault too long: then the phase read
+        after it must be `phase`, and the fault must stop the operator's writes (a SIGKILL of it)."""
+        phases = (phase,) if isinstance(phase, str) else phase
+        before = _phase(self.migrations.get(name)) if read_before else None
+        fault()
+        state = job_state(self.now.uid) if job is not None else None
+        after = _phase(self.migrations.get(name))
+        landed = before in (None, *phases) and after in phases and state == job
+        seen = f"{what or 'fault'} in {before or '?'} -> {after}" + (f", job {state}" if state is not None else "")
+        return self.landed(landed, seen)
 
     def outcome(
-        self, scenario: str, vm: VMInfo, name: str, counted: Counted, *, restarted: bool = False, **kwargs: Any
+        self, vm: VMInfo, name: str, *, restarted: bool = False, timeout: float = 300, **kwargs: Any
     ) -> Outcome:
-        """Waits for the final phase, checks the invariants, records the row, then asserts on it."""
-        body = _final(self.migrations, name, timeout=kwargs.pop("timeout", 300))
-        outcome = examine(self.lab, scenario, vm, body, counted=counted(_phase(body), restarted=restarted), **kwargs)
+        """Waits for the final phase, stops the sampler and checks everything; the caller returns it
+        to `run`, which records it."""
+        body = _final(self.migrations, name, timeout=timeout)
+        now = self.now
+        counted = now.counted(_phase(body), restarted=restarted)
+        outcome = examine(self.lab, self.title, vm, body, counted=counted, samples=now.sampler.stop(), **kwargs)
+        outcome.foreign = now.foreign.touched(now.own)
+        if outcome.phase == "Succeeded":
+            payload = vm.payload_md5 if vm.state != VMState.STOPPED else None
+            outcome.differs = copies_differ(self.lab, vm.uuid, now.sums, payload)
+        return outcome
+
+    def run(self, title: str, name: str, attempt: Callable[[str], Outcome]) -> Outcome:
+        """Runs attempt(name); when its fault did not land, removes its VEs and runs attempt(name + 'r')
+        once more. Records the outcome and asserts on it: a fault that never landed fails the test."""
+        self.title = title
+        outcome = self._go(attempt, name)
+        if not outcome.landed:
+            if not outcome.sound:  # a broken invariant counts even when the fault missed
+                self.record.append(outcome)
+                raise AssertionError(outcome.explain())
+            for vm in self.names:
+                for host in ("lab1", "lab2"):
+                    Lab.remove_vm(host, vm)
+            outcome = self._go(attempt, name + "r")
+            outcome.retried = True
         self.record.append(outcome)
+        assert outcome.landed, f"the fault did not land, in two runs: {outcome.landing}; {outcome.explain()}"
         assert outcome.ok, outcome.explain()
+        return outcome
+
+    def _go(self, attempt: Callable[[str], Outcome], name: str) -> Outcome:
+        self.names, self.current = [], None
+        try:
+            outcome = attempt(name)
+        finally:
+            if self.current is not None:
+                self.current.close()
+        now = self.now
+        outcome.landed = bool(now.hits) and not now.missed
+        outcome.landing = "; ".join(now.hits)
         return outcome
 
 
@@ -118,171 +262,189 @@ def scene(
     return Scene(hosts, migrations, operator, vm_cleanup, record)
 
 
+def outcome_name(outcome: Outcome, name: str) -> str:
+    """The migration a recorded outcome belongs to: the retry's when the first go missed."""
+    return name + "r" if outcome.retried else name
+
+
+# -- scenarios ------------------------------------------------------------------------------------------
 @runs
 def test_operator_killed_in_every_phase_it_is_seen_in(run: int, scene: Scene) -> None:
-    name = f"fkill{run}"
-    vm = scene.vm(name)
-    counted = Counted(scene.operator)
-    scene.migrations.create(name, _slow(name))
-    killed: list[str] = []
-    deadline = time.monotonic() + 300
-    body = scene.migrations.get(name)
-    while _phase(body) not in FINAL and time.monotonic() < deadline:
-        phase = _phase(body)
-        if phase in ("Validating", "Transferring", "Switchover", "Finalizing") and phase not in killed:
-            scene.operator.kill()
-            killed.append(phase)
-            time.sleep(1)
-            scene.operator.start()
-        time.sleep(0.05)
+    def attempt(name: str) -> Outcome:
+        vm = scene.vm(name)
+        scene.migrate(vm, name, _slow(name))
+        killed: list[str] = []
+        deadline = time.monotonic() + 300
         body = scene.migrations.get(name)
-    assert killed, "the operator was killed at least once"
-    outcome = scene.outcome("operator SIGKILLed in each phase seen", vm, name, counted, restarted=True,
-                            was_running=True, note="killed in " + ", ".join(sorted(set(killed))))  # fmt: skip
-    assert outcome.phase == "Succeeded", "a restarted operator finishes the migration it was doing"
-    transitions = scene.migrations.get(name)["status"]["phaseTransitions"]
+        while _phase(body) not in FINAL and time.monotonic() < deadline:
+            phase = _phase(body)
+            if phase in ("Validating", "Transferring", "Switchover", "Finalizing") and phase not in killed:
+                job = "running" if phase in ("Transferring", "Switchover") else None
+                scene.inject(name, phase, scene.operator.kill, job=job, what="SIGKILL")
+                killed.append(phase)
+                time.sleep(1)
+                scene.operator.start()
+            time.sleep(0.05)
+            body = scene.migrations.get(name)
+        scene.landed("Transferring" in killed, f"killed in {', '.join(killed) or 'no phase'}")
+        return scene.outcome(vm, name, restarted=True, was_running=True, expected=("Succeeded",),
+                             note="killed in " + ", ".join(sorted(set(killed))))  # fmt: skip
+
+    outcome = scene.run("operator SIGKILLed in each phase seen", f"fkill{run}", attempt)
+    transitions = scene.migrations.get(outcome_name(outcome, f"fkill{run}"))["status"]["phaseTransitions"]
     assert [t["phase"] for t in transitions].count("Transferring") == 1, "one job only"
 
 
 @runs
 def test_operator_killed_right_after_cancel(run: int, scene: Scene) -> None:
-    name = f"fcanc{run}"
-    vm = scene.vm(name, dirty_mib=4)
-    counted = Counted(scene.operator)
-    scene.migrations.create(name, _stuck(name))
-    _transferring(scene.migrations, name)
-    scene.migrations.patch_spec(name, {"action": "Cancel"})
-    time.sleep(0.3)
-    scene.operator.kill()
-    time.sleep(1)
-    scene.operator.start()
-    outcome = scene.outcome("operator SIGKILLed while cancelling", vm, name, counted, restarted=True, was_running=True)
-    assert outcome.phase == "Cancelled"
+    def attempt(name: str) -> Outcome:
+        vm = scene.vm(name, dirty_mib=4)
+        scene.migrate(vm, name, _stuck(name))
+        _copied(scene.migrations, name)
+        cancel = lambda: scene.migrations.patch_spec(name, {"action": "Cancel"})  # noqa: E731
+        scene.inject(name, ("Transferring", "RollingBack"), cancel, what="Cancel")
+        time.sleep(0.3)
+        # What it targets is the cancellation: not final yet, whether the job is stopped already or not.
+        scene.inject(name, ("Transferring", "RollingBack"), scene.operator.kill, job=None, what="SIGKILL")
+        time.sleep(1)
+        scene.operator.start()
+        return scene.outcome(vm, name, restarted=True, was_running=True, expected=("Cancelled",))
+
+    scene.run("operator SIGKILLed while cancelling", f"fcanc{run}", attempt)
 
 
 @runs
 def test_link_cut_and_restored_during_transfer(run: int, scene: Scene) -> None:
-    name = f"flink{run}"
-    vm = scene.vm(name)
-    counted = Counted(scene.operator)
-    scene.migrations.create(name, _slow(name))
-    _transferring(scene.migrations, name)
-    with _restored(lambda: Lab.link("lab2", True)):
-        Lab.link("lab2", False)
-        time.sleep(10)
-    scene.outcome("link cut for 10 s during transfer", vm, name, counted, was_running=True)
+    def attempt(name: str) -> Outcome:
+        vm = scene.vm(name)
+        scene.migrate(vm, name, _slow(name))
+        _copied(scene.migrations, name)
+        with _restored(lambda: Lab.link("lab2", True)):
+            scene.inject(name, "Transferring", lambda: Lab.link("lab2", False), what="link cut")
+            time.sleep(10)
+        return scene.outcome(vm, name, was_running=True)
+
+    scene.run("link cut for 10 s during transfer", f"flink{run}", attempt)
 
 
 @runs
 def test_link_cut_and_restored_during_switchover(run: int, scene: Scene) -> None:
-    name = f"fswit{run}"
-    vm = scene.vm(name, dirty_mib=4)
-    counted = Counted(scene.operator)
-    scene.migrations.create(name, _stuck(name))
-    _transferring(scene.migrations, name)
-    scene.migrations.patch_spec(name, {"action": "ForceComplete"})
-    scene.migrations.wait_phase(name, "Switchover", *FINAL, timeout=60)
-    with _restored(lambda: Lab.link("lab2", True)):
-        Lab.link("lab2", False)
-        time.sleep(10)
-    scene.outcome("link cut for 10 s during switchover (ForceComplete)", vm, name, counted, was_running=True)
+    def attempt(name: str) -> Outcome:
+        vm = scene.vm(name, dirty_mib=4)
+        scene.migrate(vm, name, _stuck(name))
+        _copied(scene.migrations, name)
+        scene.migrations.patch_spec(name, {"action": "ForceComplete"})
+        scene.migrations.wait_phase(name, "Switchover", *FINAL, timeout=60)
+        with _restored(lambda: Lab.link("lab2", True)):
+            scene.inject(name, "Switchover", lambda: Lab.link("lab2", False), what="link cut")
+            time.sleep(10)
+        return scene.outcome(vm, name, was_running=True)
+
+    scene.run("link cut for 10 s during switchover (ForceComplete)", f"fswit{run}", attempt)
 
 
 @runs
 def test_target_libvirtd_killed_during_transfer(run: int, scene: Scene) -> None:
-    name = f"flvd{run}"
-    vm = scene.vm(name)
-    counted = Counted(scene.operator)
-    scene.migrations.create(name, _slow(name))
-    _transferring(scene.migrations, name)
-    with _restored(lambda: Lab.start("lab2", "libvirtd")):
-        Lab.kill("lab2", "libvirtd")
-        time.sleep(5)
-    scene.outcome("target libvirtd killed during transfer, restarted after 5 s", vm, name, counted, was_running=True)
+    def attempt(name: str) -> Outcome:
+        vm = scene.vm(name)
+        scene.migrate(vm, name, _slow(name))
+        _copied(scene.migrations, name)
+        with _restored(lambda: Lab.start("lab2", "libvirtd")):
+            scene.inject(name, "Transferring", lambda: Lab.kill("lab2", "libvirtd"), what="SIGKILL of libvirtd")
+            time.sleep(5)
+        return scene.outcome(vm, name, was_running=True)
+
+    scene.run("target libvirtd killed during transfer, restarted after 5 s", f"flvd{run}", attempt)
 
 
 @runs
 def test_source_sshd_killed_during_transfer(run: int, scene: Scene) -> None:
-    name = f"fssh{run}"
-    vm = scene.vm(name)
-    counted = Counted(scene.operator)
-    scene.migrations.create(name, _slow(name))
-    _transferring(scene.migrations, name)
-    with _restored(lambda: Lab.start("lab1", "sshd")):
-        Lab.kill("lab1", "sshd")
-        time.sleep(10)
-    scene.outcome("source sshd killed during transfer, restarted after 10 s", vm, name, counted, was_running=True)
+    def attempt(name: str) -> Outcome:
+        vm = scene.vm(name)
+        scene.migrate(vm, name, _slow(name))
+        _copied(scene.migrations, name)
+        with _restored(lambda: Lab.start("lab1", "sshd")):
+            scene.inject(name, "Transferring", lambda: Lab.kill("lab1", "sshd"), what="SIGKILL of sshd")
+            time.sleep(10)
+        return scene.outcome(vm, name, was_running=True)
+
+    scene.run("source sshd killed during transfer, restarted after 10 s", f"fssh{run}", attempt)
 
 
 @runs
 def test_target_disk_full_during_offline_copy(run: int, scene: Scene) -> None:
-    name = f"ffull{run}"
-    vm = scene.vm(name, state=VMState.STOPPED)
-    before = md5("lab1", vm.disk)
-    counted = Counted(scene.operator)
-    with _restored(lambda: (Lab.netem("lab2"), Lab.free_disk("lab2"))):
-        Lab.netem("lab2", rate="2mbit")  # a few MiB take some 20 s: time to fill the disk under it
-        scene.migrations.create(name, {**_spec(name), "tunnel": True})
-        _transferring(scene.migrations, name)
-        Lab.fill_disk("lab2", leave_mib=0)
-        outcome = scene.outcome("target disk filled during an offline copy", vm, name, counted,
-                                was_running=False, source_md5=before)  # fmt: skip
-    assert outcome.phase == "Failed"
+    def attempt(name: str) -> Outcome:
+        vm = scene.vm(name, state=VMState.STOPPED)
+        before = md5("lab1", vm.disk)
+        with _restored(lambda: Lab.free_disk("lab2")), _throttled():
+            scene.migrate(vm, name, {**_offline(name), "tunnel": True})
+            _copied(scene.migrations, name)
+            scene.inject(name, "Transferring", lambda: Lab.fill_disk("lab2", leave_mib=0), what="disk filled")
+            return scene.outcome(vm, name, was_running=False, source_md5=before, expected=("Failed",))
+
+    scene.run("target disk filled during an offline copy", f"ffull{run}", attempt)
 
 
 @runs
 def test_very_slow_link_times_out(run: int, scene: Scene) -> None:
-    name = f"fslow{run}"
-    vm = scene.vm(name)
-    counted = Counted(scene.operator)
-    # Bytes still trickle through at 64 kbit/s, so it is the completion deadline (90 s: one GiB's worth)
-    # that ends it, unless nothing moves for progressSeconds first.
-    timeouts = {"progressSeconds": 10, "completionPerGiBSeconds": 90}
-    with _restored(lambda: Lab.netem("lab2")):
-        scene.migrations.create(name, _slow(name, timeouts=timeouts))
-        _transferring(scene.migrations, name)
-        Lab.netem("lab2", rate="64kbit")
-        outcome = scene.outcome("link slowed to 64 kbit/s mid-transfer", vm, name, counted, was_running=True,
-                                timeout=240)  # fmt: skip
-    assert outcome.phase == "Failed" and outcome.reason in ("ProgressTimeout", "CompletionTimeout")
+    def attempt(name: str) -> Outcome:
+        vm = scene.vm(name)
+        # Bytes still trickle through at 64 kbit/s, so it is the completion deadline (90 s: one GiB's
+        # worth) that ends it, unless nothing moves for progressSeconds first.
+        timeouts = {"progressSeconds": 10, "completionPerGiBSeconds": 90}
+        with _restored(lambda: Lab.netem("lab2")):
+            scene.migrate(vm, name, _slow(name, timeouts=timeouts))
+            _copied(scene.migrations, name)
+            scene.inject(name, "Transferring", lambda: Lab.netem("lab2", rate="64kbit"), what="link slowed")
+            return scene.outcome(vm, name, was_running=True, timeout=240, expected=("Failed",))
+
+    outcome = scene.run("link slowed to 64 kbit/s mid-transfer", f"fslow{run}", attempt)
+    assert outcome.reason in ("ProgressTimeout", "CompletionTimeout")
 
 
 @runs
 def test_api_server_restarted_mid_migration(run: int, scene: Scene, control_plane: ControlPlaneInfo) -> None:
-    name = f"fapi{run}"
-    vm = scene.vm(name)
-    counted = Counted(scene.operator)
-    scene.migrations.create(name, _slow(name))
-    _transferring(scene.migrations, name)
-    ControlPlane(control_plane.state_dir).restart_apiserver()
-    outcome = scene.outcome("kube-apiserver restarted mid-transfer", vm, name, counted, was_running=True)
-    assert outcome.phase == "Succeeded"
+    def attempt(name: str) -> Outcome:
+        vm = scene.vm(name)
+        scene.migrate(vm, name, _slow(name))
+        _copied(scene.migrations, name)
+        restart = ControlPlane(control_plane.state_dir).restart_apiserver
+        scene.inject(name, "Transferring", restart, what="kube-apiserver restarted")
+        return scene.outcome(vm, name, was_running=True, expected=("Succeeded",))
+
+    scene.run("kube-apiserver restarted mid-transfer", f"fapi{run}", attempt)
 
 
 @runs
 def test_two_migrations_of_one_ve_at_once(run: int, scene: Scene) -> None:
-    name = f"ftwin{run}"
-    vm = scene.vm(name)
-    counted = Counted(scene.operator)
-    scene.migrations.create(f"{name}-a", _spec(name))
-    scene.migrations.create(f"{name}-b", _spec(name))
-    finals = {n: _final(scene.migrations, n) for n in (f"{name}-a", f"{name}-b")}
-    winner = next((n for n, b in finals.items() if _phase(b) == "Succeeded"), f"{name}-a")
-    loser = finals[f"{name}-b" if winner == f"{name}-a" else f"{name}-a"]["status"]
-    assert loser["phase"] == "Failed" and loser["failure"]["reason"] == "DuplicateMigration", loser
-    scene.outcome("two migrations of one VE created at once", vm, winner, counted, was_running=True,
-                  note="the other: Failed DuplicateMigration")  # fmt: skip
+    def attempt(name: str) -> Outcome:
+        vm = scene.vm(name)
+        first = scene.migrate(vm, f"{name}-a", _spec(name))
+        scene.migrations.create(f"{name}-b", _spec(name))
+        # At once: the second exists before the first started its job.
+        phase, job = _phase(scene.migrations.get(f"{name}-a")), job_state(first)
+        scene.landed(phase in ("", "Pending", "Queued", "Validating") and job == "none",
+                     f"the second created while the first was {phase or 'new'}, its job {job}")  # fmt: skip
+        finals = {n: _final(scene.migrations, n) for n in (f"{name}-a", f"{name}-b")}
+        winner = next((n for n, b in finals.items() if _phase(b) == "Succeeded"), f"{name}-a")
+        loser = finals[f"{name}-b" if winner == f"{name}-a" else f"{name}-a"]["status"]
+        assert loser["phase"] == "Failed" and loser["failure"]["reason"] == "DuplicateMigration", loser
+        return scene.outcome(vm, winner, was_running=True, note="the other: Failed DuplicateMigration")
+
+    scene.run("two migrations of one VE created at once", f"ftwin{run}", attempt)
 
 
 @runs
 def test_target_name_already_taken(run: int, scene: Scene) -> None:
-    name = f"fname{run}"
-    vm = scene.vm(name, state=VMState.STOPPED)
-    other = Lab.create_vm("lab2", name, state=VMState.STOPPED)  # same name, another VE
-    before, theirs = md5("lab1", vm.disk), md5("lab2", other.disk)
-    counted = Counted(scene.operator)
-    scene.migrations.create(name, _spec(name))
-    outcome = scene.outcome("the VE's name already taken on the target", vm, name, counted, was_running=False,
-                            source_md5=before, foreign=(other.disk,))  # fmt: skip
-    assert outcome.phase == "Failed"
-    assert md5("lab2", other.disk) == theirs, "the VE already on the target is untouched"
+    def attempt(name: str) -> Outcome:
+        vm = scene.vm(name, state=VMState.STOPPED)
+        other = scene.vm(name, state=VMState.STOPPED, host="lab2")  # same name, another VE
+        before = md5("lab1", vm.disk)
+        scene.migrate(vm, name, _spec(name))
+        outcome = scene.outcome(vm, name, was_running=False, source_md5=before, foreign=(other.disk,),
+                                expected=("Failed",))  # fmt: skip
+        checks = {c["name"]: c["result"] for c in _status(scene.migrations.get(name)).get("checks", [])}
+        scene.landed(checks.get("TargetNameFree") == "Failed", f"TargetNameFree {checks.get('TargetNameFree')}")
+        return outcome
+
+    scene.run("the VE's name already taken on the target", f"fname{run}", attempt)
