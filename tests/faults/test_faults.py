@@ -16,22 +16,28 @@ on its own; a stopped VM's offline copy through a link slowed to 2 Mbit/s takes 
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import libvirt
 import pytest
 
 from tests.faults.conftest import RUNS
 from tests.faults.invariants import FINAL, Outcome, examine, md5
 from tests.faults.watch import (
+    JOBS_DIR,
+    POOL,
     Foreign,
     Sampler,
     copies_differ,
     domain_disks,
     file_md5,
+    freeze,
+    job_attempts,
     job_state,
 )
 from tests.fixtures.operator import Migrations, OperatorProcess
@@ -262,6 +268,16 @@ def scene(
     return Scene(hosts, migrations, operator, vm_cleanup, record)
 
 
+def _kill_job(uid: str, attempt: int = 1) -> Callable[[], object]:
+    """Freezes the job's process group, checks it had not finished, then kills it (prints early); a job
+    that had finished is let go (prints late)."""
+    stop = (
+        'read -r pid rest <"$1/pid" && kill -STOP "-$pid" && '
+        'if [ -e "$1/exit" ]; then kill -CONT "-$pid"; echo late; else kill -KILL "-$pid"; echo early; fi'
+    )
+    return lambda: Lab.exec("lab1", ["sh", "-c", stop, "sh", f"{JOBS_DIR}/{uid}/{attempt}"], capture=True)
+
+
 def outcome_name(outcome: Outcome, name: str) -> str:
     """The migration a recorded outcome belongs to: the retry's when the first go missed."""
     return name + "r" if outcome.retried else name
@@ -314,6 +330,33 @@ def test_operator_killed_right_after_cancel(run: int, scene: Scene) -> None:
 
 
 @runs
+def test_operator_killed_between_job_start_and_status(run: int, scene: Scene) -> None:
+    """SIGKILL the moment the job's pid file appears on the source, before the status says Transferring;
+    the restarted operator must adopt that job, never start a second one."""
+
+    def attempt(name: str) -> Outcome:
+        vm = scene.vm(name, state=VMState.STOPPED)
+        with _throttled():
+            uid = scene.migrate(vm, name, _offline(name))
+            pid = scene.lab.host("lab1").path(f"{JOBS_DIR}/{uid}/1/pid")
+            deadline = time.monotonic() + 120
+            while not pid.exists():
+                assert time.monotonic() < deadline, f"no job started on lab1 in 120 s: {scene.migrations.get(name)}"
+                time.sleep(0.001)
+            scene.inject(name, "Validating", scene.operator.kill, what="SIGKILL after the pid file", read_before=False)
+            time.sleep(1)
+            scene.operator.start()
+            _copied(scene.migrations, name)
+            scene.landed(job_attempts(uid) == ["1"], f"jobs after the restart: {job_attempts(uid)}")
+        return scene.outcome(vm, name, restarted=True, was_running=False, expected=("Succeeded",))
+
+    outcome = scene.run("operator SIGKILLed after the job started, before its status", f"fjob{run}", attempt)
+    status = scene.migrations.get(outcome_name(outcome, f"fjob{run}"))["status"]
+    assert status["attempts"] == 1, status
+    assert [t["phase"] for t in status["phaseTransitions"]].count("Transferring") == 1, "one job only"
+
+
+@runs
 def test_link_cut_and_restored_during_transfer(run: int, scene: Scene) -> None:
     def attempt(name: str) -> Outcome:
         vm = scene.vm(name)
@@ -355,6 +398,20 @@ def test_target_libvirtd_killed_during_transfer(run: int, scene: Scene) -> None:
         return scene.outcome(vm, name, was_running=True)
 
     scene.run("target libvirtd killed during transfer, restarted after 5 s", f"flvd{run}", attempt)
+
+
+@runs
+def test_target_libvirtd_frozen_during_transfer(run: int, scene: Scene) -> None:
+    def attempt(name: str) -> Outcome:
+        vm = scene.vm(name)
+        scene.migrate(vm, name, _slow(name))
+        _copied(scene.migrations, name)
+        with _restored(lambda: freeze("lab2", "libvirtd", False)):
+            scene.inject(name, "Transferring", lambda: freeze("lab2", "libvirtd", True), what="SIGSTOP of libvirtd")
+            time.sleep(10)
+        return scene.outcome(vm, name, was_running=True)
+
+    scene.run("target libvirtd frozen (SIGSTOP) during transfer, SIGCONT after 10 s", f"ffrz{run}", attempt)
 
 
 @runs
@@ -448,3 +505,105 @@ def test_target_name_already_taken(run: int, scene: Scene) -> None:
         return outcome
 
     scene.run("the VE's name already taken on the target", f"fname{run}", attempt)
+
+
+@runs
+def test_file_in_the_way_at_the_target_path(run: int, scene: Scene) -> None:
+    """Someone else's file at the exact path the live copy's disk would take on the target: refused
+    with TargetPathInUse, and the file stays byte for byte (it is one of the foreign files checked)."""
+
+    def attempt(name: str) -> Outcome:
+        vm = scene.vm(name)
+        scene.lab.host("lab2").path(vm.disk).write_bytes(b"someone else's disk, not the migration's\n" * 2000)
+        scene.migrate(vm, name, _spec(name))
+        outcome = scene.outcome(vm, name, was_running=True, foreign=(vm.disk,), expected=("Failed",))
+        status = _status(scene.migrations.get(name))
+        failure, phases = status.get("failure") or {}, [t["phase"] for t in status.get("phaseTransitions", [])]
+        said = f"{failure.get('reason')}: {failure.get('message', '')[:160]}; phases {phases}"
+        scene.landed(failure.get("reason") == "TargetPathInUse" and vm.disk in failure.get("message", "")
+                     and "Transferring" in phases, said)  # fmt: skip
+        return outcome
+
+    scene.run("a file already at the target path (TargetPathInUse)", f"fway{run}", attempt)
+
+
+def _add_disk(lab: LabInfo, name: str, path: str, dev: str, pattern: int) -> None:
+    """A 16 MiB qcow2 disk with a pattern of its own, attached to the stopped VM's definition on lab1."""
+    make = (
+        'mkdir -p "$(dirname "$1")" && qemu-img create -q -f qcow2 "$1" 16M && '
+        'qemu-io -f qcow2 -c "write -P $2 0 4M" "$1" >/dev/null'
+    )
+    done = Lab.exec("lab1", ["sh", "-c", make, "sh", path, str(pattern)], capture=True)
+    assert done.returncode == 0, done.stderr
+    conn = lab.host("lab1").connect()
+    try:
+        xml = (
+            f"<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{path}'/>"
+            f"<target dev='{dev}' bus='virtio'/></disk>"
+        )
+        conn.lookupByName(name).attachDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+    finally:
+        conn.close()
+
+
+@runs
+def test_two_disks_of_one_base_name(run: int, scene: Scene) -> None:
+    """Two disks named data.qcow2 in two directories: each arrives as a file of its own, equal to its
+    own source (the target disk check compares every device)."""
+    made: list[str] = []
+
+    def attempt(name: str) -> Outcome:
+        vm = scene.vm(name, state=VMState.STOPPED)
+        pair = {"vdb": f"{POOL}/{name}-a/data.qcow2", "vdc": f"{POOL}/{name}-b/data.qcow2"}
+        made.extend(os.path.dirname(p) for p in pair.values())
+        for pattern, (dev, path) in enumerate(pair.items(), start=0x11):
+            _add_disk(scene.lab, name, path, dev, pattern)
+        disks = domain_disks(scene.lab, "lab1", vm.uuid) or {}
+        scene.migrate(vm, name, _offline(name))
+        sums = scene.now.sums
+        scene.landed(len(disks) == 3 and len({os.path.basename(p) for p in disks.values()}) == 2
+                     and len(set(sums.values())) == 3, f"disks {disks}")  # fmt: skip
+        return scene.outcome(vm, name, was_running=False, expected=("Succeeded",))
+
+    try:
+        scene.run("two disks of one base name", f"fdisk{run}", attempt)
+    finally:
+        for directory in made:
+            Lab.exec("lab1", ["rm", "-rf", "--", directory])
+
+
+@runs
+def test_job_killed_mid_transfer_is_retried(run: int, scene: Scene) -> None:
+    """retry.maxAttempts 2: attempt 1's job is killed mid-copy on the source (JobLost); attempt 2 runs a
+    job of its own and moves the VE."""
+
+    def attempt(name: str) -> Outcome:
+        vm = scene.vm(name, state=VMState.STOPPED)
+        with _throttled():
+            uid = scene.migrate(vm, name, _offline(name, retry={"maxAttempts": 2, "backoffSeconds": 1}))
+            _copied(scene.migrations, name)
+            kill = _kill_job(uid)
+            outcome: list[Any] = []
+            scene.inject(name, "Transferring", lambda: outcome.append(kill()), job="lost", what="job killed")
+            scene.landed(outcome[0].stdout.strip() == "early", f"the job {outcome[0].stdout.strip()} when frozen")
+        return scene.outcome(vm, name, was_running=False, expected=("Succeeded",))
+
+    outcome = scene.run("job killed mid-transfer, retry.maxAttempts 2", f"fretry{run}", attempt)
+    status = scene.migrations.get(outcome_name(outcome, f"fretry{run}"))["status"]
+    assert status["attempts"] == 2, status
+    phases = [t["phase"] for t in status["phaseTransitions"]]
+    assert phases.count("Transferring") == 2 and "RollingBack" in phases, phases
+
+
+@runs
+def test_cancel_near_the_end_of_the_transfer(run: int, scene: Scene) -> None:
+    def attempt(name: str) -> Outcome:
+        vm = scene.vm(name, state=VMState.STOPPED)
+        with _throttled():
+            scene.migrate(vm, name, _offline(name))
+            _copied(scene.migrations, name, percent=75)
+            cancel = lambda: scene.migrations.patch_spec(name, {"action": "Cancel"})  # noqa: E731
+            scene.inject(name, ("Transferring", "RollingBack"), cancel, what="Cancel at 75 %+")
+            return scene.outcome(vm, name, was_running=False, expected=("Cancelled",))
+
+    scene.run("cancelled near the end of an offline copy", f"fend{run}", attempt)
