@@ -37,7 +37,8 @@ def test_a_file_in_the_way_on_the_target_survives_a_refused_live_migration(
     vm = Lab.create_vm("lab1", vm_cleanup("inway1"), state=VMState.RUNNING)
     _run("lab2", 'printf %s "$2" >"$1"', vm.disk, FOREIGN)
     before = _md5("lab2", vm.disk)
-    migrations.create("inway1", {"source": {"host": "lab1", "name": "inway1"}, "target": {"host": "lab2"}})
+    created = migrations.create("inway1", {"source": {"host": "lab1", "name": "inway1"}, "target": {"host": "lab2"}})
+    uid = created["metadata"]["uid"]
     status = migrations.wait_phase("inway1", "Succeeded", "Failed", timeout=300)["status"]
     assert status["phase"] == "Failed", status
     assert status["failure"]["reason"] == "TargetPathInUse", status["failure"]
@@ -45,6 +46,7 @@ def test_a_file_in_the_way_on_the_target_survives_a_refused_live_migration(
     assert "RollingBack" in [t["phase"] for t in status["phaseTransitions"]], "the fault landed in the transfer"
     assert _md5("lab2", vm.disk) == before, "the file in the way came through byte for byte"
     assert _run("lab2", 'ls -a -- "$(dirname "$1")"', vm.disk).count(".vemigrate-") == 0, "no temporary file left"
+    assert Lab.exec("lab2", ["test", "-e", f"{JOBS_DIR}/{uid}"]).returncode != 0, "nor the job's record"
     source = domain(hosts, "lab1", "inway1")
     assert source is not None and source.state()[0] == libvirt.VIR_DOMAIN_RUNNING, "the guest runs on"
     assert domain(hosts, "lab2", "inway1") is None

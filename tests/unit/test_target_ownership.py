@@ -21,7 +21,11 @@ def _sh(script: str, *args: object, input: bytes | None = None) -> subprocess.Co
 
 
 def _owned(record: Path) -> list[str]:
-    return _sh(_OWNED, record).stdout.decode().splitlines()
+    """What the record still owns, after its own `record` line."""
+    lines = _sh(_OWNED, record).stdout.decode().splitlines()
+    if lines:
+        assert lines[0] == f"record {record}", "a record that exists is itself a leftover, listed first"
+    return lines[1:]
 
 
 def test_a_disk_in_the_way_is_refused_and_nothing_of_it_is_removed(tmp_path: Path) -> None:
@@ -37,7 +41,18 @@ def test_a_disk_in_the_way_is_refused_and_nothing_of_it_is_removed(tmp_path: Pat
     assert removed.splitlines() == [f"removed {ours}"]
     assert theirs.read_bytes() == FOREIGN
     assert sorted(p.name for p in images.iterdir()) == ["b.qcow2"], "no temporary file left either"
-    assert not record.exists()
+    assert not record.exists() and _sh(_OWNED, record).stdout == b""
+
+
+def test_a_record_that_owns_nothing_any_more_is_still_a_leftover(tmp_path: Path) -> None:
+    """Refused at the first disk: the record lists only the temporary file, already removed. Cleanup
+    must still run (and remove the record), so the record is reported as a leftover."""
+    record, disk = tmp_path / "job" / "created", tmp_path / "vm.qcow2"
+    disk.write_bytes(FOREIGN)
+    assert _sh(_CREATE_DISKS, record, disk, "qcow2", 1 << 20).returncode == EXIT_IN_THE_WAY
+    assert _sh(_OWNED, record).stdout.decode().splitlines() == [f"record {record}"]
+    _sh(_REMOVE_OWNED, record)
+    assert not record.exists() and not record.parent.exists() and disk.read_bytes() == FOREIGN
 
 
 def test_a_recorded_path_that_now_holds_another_file_stays(tmp_path: Path) -> None:

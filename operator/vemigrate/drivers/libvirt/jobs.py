@@ -129,11 +129,14 @@ stat -c %s -- "$part"
 
 _SAME = _IDENT + 'same() { [ -e "$2" ] && [ "$(ident "$2")" = "$1" ]; }\n'
 
-# On the target, $1 the record: prints `<kind> <path>` for every entry still there as recorded.
+# On the target, $1 the record: prints `record <path>` when it exists (even one whose entries are all
+# gone is a leftover: the cleanup removes it), then `<kind> <path>` for every entry still there as
+# recorded.
 _OWNED = (
     _SAME
     + r"""
-[ -r "$1" ] || exit 0
+[ -e "$1" ] || exit 0
+printf 'record %s\n' "$1"
 while read -r kind id path; do same "$id" "$path" && printf '%s %s\n' "$kind" "$path"; done <"$1"
 exit 0
 """
