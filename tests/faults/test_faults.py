@@ -23,7 +23,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import libvirt
 import pytest
 
 from tests.faults.conftest import RUNS
@@ -527,25 +526,6 @@ def test_file_in_the_way_at_the_target_path(run: int, scene: Scene) -> None:
     scene.run("a file already at the target path (TargetPathInUse)", f"fway{run}", attempt)
 
 
-def _add_disk(lab: LabInfo, name: str, path: str, dev: str, pattern: int) -> None:
-    """A 16 MiB qcow2 disk with a pattern of its own, attached to the stopped VM's definition on lab1."""
-    make = (
-        'mkdir -p "$(dirname "$1")" && qemu-img create -q -f qcow2 "$1" 16M && '
-        'qemu-io -f qcow2 -c "write -P $2 0 4M" "$1" >/dev/null'
-    )
-    done = Lab.exec("lab1", ["sh", "-c", make, "sh", path, str(pattern)], capture=True)
-    assert done.returncode == 0, done.stderr
-    conn = lab.host("lab1").connect()
-    try:
-        xml = (
-            f"<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{path}'/>"
-            f"<target dev='{dev}' bus='virtio'/></disk>"
-        )
-        conn.lookupByName(name).attachDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
-    finally:
-        conn.close()
-
-
 @runs
 def test_two_disks_of_one_base_name(run: int, scene: Scene) -> None:
     """Two disks named data.qcow2 in two directories: each arrives as a file of its own, equal to its
@@ -557,7 +537,7 @@ def test_two_disks_of_one_base_name(run: int, scene: Scene) -> None:
         pair = {"vdb": f"{POOL}/{name}-a/data.qcow2", "vdc": f"{POOL}/{name}-b/data.qcow2"}
         made.extend(os.path.dirname(p) for p in pair.values())
         for pattern, (dev, path) in enumerate(pair.items(), start=0x11):
-            _add_disk(scene.lab, name, path, dev, pattern)
+            Lab.add_disk("lab1", name, path, dev, pattern)
         disks = domain_disks(scene.lab, "lab1", vm.uuid) or {}
         scene.migrate(vm, name, _offline(name))
         sums = scene.now.sums

@@ -52,21 +52,6 @@ def test_a_file_in_the_way_on_the_target_survives_a_refused_live_migration(
     assert domain(hosts, "lab2", "inway1") is None
 
 
-def _add_disk(lab: LabInfo, host: str, name: str, path: str, dev: str, pattern: int) -> None:
-    """A second qcow2 disk with a pattern of its own, attached to the stopped VM's definition."""
-    _run(host, 'mkdir -p "$(dirname "$1")" && qemu-img create -q -f qcow2 "$1" 16M', path)
-    _run(host, 'qemu-io -f qcow2 -c "write -P $2 0 4M" "$1" >/dev/null', path, str(pattern))
-    conn = libvirt.open(lab.host(host).uri)
-    try:
-        xml = (
-            f"<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{path}'/>"
-            f"<target dev='{dev}' bus='virtio'/></disk>"
-        )
-        conn.lookupByName(name).attachDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
-    finally:
-        conn.close()
-
-
 def test_two_disks_of_one_base_name_arrive_as_two_files(
     hosts: LabInfo, migrations: Migrations, vm_cleanup: Cleanup
 ) -> None:
@@ -74,7 +59,7 @@ def test_two_disks_of_one_base_name_arrive_as_two_files(
     pair = {"vdb": "/var/lib/libvirt/images/twins-a/data.qcow2", "vdc": "/var/lib/libvirt/images/twins-b/data.qcow2"}
     try:
         for pattern, (dev, path) in enumerate(pair.items(), start=0x11):
-            _add_disk(hosts, "lab1", "twins1", path, dev, pattern)
+            Lab.add_disk("lab1", "twins1", path, dev, pattern)
         sums = {"vda": _md5("lab1", vm.disk)} | {dev: _md5("lab1", path) for dev, path in pair.items()}
         assert len(set(sums.values())) == 3
         migrations.create("twins1", {"source": {"host": "lab1", "name": "twins1"}, "target": {"host": "lab2"}})

@@ -337,6 +337,16 @@ class Lab:
             conn.close()
 
     @staticmethod
+    def add_disk(host_name: str, name: str, path: str, dev: str, pattern: int) -> None:
+        """Attach a 16 MiB qcow2 disk at `path`, its first 4 MiB the byte `pattern`, to a stopped VM."""
+        h = _running_state().host(host_name)
+        conn = _connect(h)
+        try:
+            vm.add_disk(conn, h, name, path, dev, pattern)
+        finally:
+            conn.close()
+
+    @staticmethod
     def linked_clone(host_name: str, source: str, name: str) -> vm.VMInfo:
         lab = _running_state()
         h = lab.host(host_name)

@@ -232,6 +232,23 @@ def snapshot(conn: Any, name: str, snap: str) -> None:
     dom.snapshotCreateXML(f"<domainsnapshot><name>{escape(snap)}</name></domainsnapshot>", 0)
 
 
+def add_disk(conn: Any, host: HostState, name: str, path: str, dev: str, pattern: int) -> None:
+    """A 16 MiB qcow2 disk at `path` whose first 4 MiB hold the byte `pattern`, attached as `dev` to the
+    (stopped) VM's definition: a second disk of a known content, anywhere on the host."""
+    if not path.startswith("/") or "'" in path or not re.fullmatch(r"[a-z]{2,4}", dev):
+        raise RuntimeError(f"cannot add a disk at {path!r} as {dev!r}")
+    make = (
+        'mkdir -p "$(dirname "$1")" && qemu-img create -q -f qcow2 "$1" 16M && '
+        'qemu-io -f qcow2 -c "write -P $2 0 4M" "$1" >/dev/null'
+    )
+    run([*enter(host), "sh", "-c", make, "sh", path, str(pattern)])
+    xml = (
+        f"<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{escape(path)}'/>"
+        f"<target dev='{dev}' bus='virtio'/></disk>"
+    )
+    conn.lookupByName(name).attachDeviceFlags(xml, 2)  # VIR_DOMAIN_AFFECT_CONFIG
+
+
 def linked_clone(conn: Any, host: HostState, source: str, name: str, accel: str) -> VMInfo:
     """A new VM whose disk is a qcow2 overlay on the (stopped) source's disk."""
     check_name(name)
