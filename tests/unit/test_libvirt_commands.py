@@ -241,3 +241,11 @@ def test_completed_job_figures() -> None:
     assert stats.bytes_total == int(320.188 * 1024**2)
     offline = completed_stats("", "total 3000\ndone 3000\n")
     assert (offline.bytes_processed, offline.bytes_total, offline.downtime_ms) == (3000, 3000, None)
+
+
+def test_a_disk_path_the_targets_record_cannot_hold_is_refused() -> None:
+    """The record is read line by line: a path with a line break could forge an entry."""
+    disk = _Disk("vda", "/images/a\nfile 1:2:3 /etc/passwd", "qcow2")
+    with pytest.raises(PermanentError) as refused:
+        live_script(plan(), copy_disks=True, disks=[(disk, 1 << 20)])
+    assert refused.value.reason == "UnsupportedDisk"

@@ -216,12 +216,21 @@ def _destination(plan: MigrationPlan) -> str:
     return f"qemu+ssh://{t.user}@{t.data_address}:{t.port}/system"
 
 
+def _recordable(path: str) -> str:
+    """A path the target's record can hold: one line, absolute (the record is read line by line)."""
+    if not path.startswith("/") or any(c in path for c in "\n\r"):
+        raise PermanentError("UnsupportedDisk", f"disk path {path!r} cannot be recorded: not absolute, or a line break")
+    return path
+
+
 def live_script(plan: MigrationPlan, *, copy_disks: bool, disks: Sequence[tuple[_Disk, int]] = ()) -> str:
     """`disks`: (disk, virtual size) of each disk the live copy creates on the target."""
     ve = plan.ve
     assert ve is not None
     lines = []
     if copy_disks and disks:
+        for disk, _ in disks:
+            _recordable(disk.path)
         created = [word for disk, size in disks for word in (disk.path, disk.format, str(size))]
         lines.append(_on_target(plan, ["sh", "-c", _CREATE_DISKS, "sh", _record(plan), *created]))
     if plan.spec.max_downtime_ms:
