@@ -86,7 +86,8 @@ while [ $# -ge 3 ]; do
     chmod 600 -- "$tmp" && qemu-img create -q -f "$fmt" "$tmp" "$size" || exit 1
     if ! ln -T -- "$tmp" "$path" 2>/dev/null; then
         rm -f -- "$tmp"
-        echo "error: $path already exists on the target; it is not this migration's and stays as it is" >&2
+        echo "error: $path already exists on the target (someone else's file, or storage both hosts" \
+            "share, not supported yet); it is not this migration's and stays as it is" >&2
         exit 3
     fi
     printf 'file %s %s\n' "$(ident "$path")" "$path" >>"$rec"
