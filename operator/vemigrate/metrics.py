@@ -12,13 +12,35 @@ import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    start_http_server,
+)
 
+from vemigrate import __version__
 from vemigrate.api.checks import CheckResult
 from vemigrate.api.host import Driver
 from vemigrate.api.migration import FINAL_PHASES, MigrationStatus, Mode, Phase
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+# The operator's own process (CPU, resident memory, open files, start time: `process_*`) and its Python
+# (`python_info`), as every Prometheus client exports them by default; the registry is our own, so they
+# are registered here.
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
+
+BUILD_INFO = Gauge(
+    "vemigrate_build_info",
+    "Always 1; its label says which ve-migrate version runs (during an upgrade, two do).",
+    ["version"],
+    registry=REGISTRY,
+)
+BUILD_INFO.labels(version=__version__).set(1)
 
 MIGRATIONS = Counter(
     "vemigrate_migrations",

@@ -13,6 +13,7 @@ from typing import Any
 from kubernetes import client
 
 from tests.fixtures.operator import OperatorProcess
+from vemigrate import __version__
 from vemigrate.api.common import GROUP, VERSION
 from vemigrate.api.host import PLURAL
 from vemigrate.devenv.controlplane import ControlPlaneInfo
@@ -50,6 +51,9 @@ def test_hosts_are_probed_every_host_probe_seconds(
         time.sleep(5)
         probes = operator.metric("vemigrate_reconcile_passes_total", kind="host") - first
         assert 3 <= probes <= 7, f"{probes} probes in 5 s at one a second"
+        # What a dashboard joins on, served by the running operator: its version and its own process.
+        assert operator.metric("vemigrate_build_info", version=__version__) == 1
+        assert operator.metric("process_resident_memory_bytes") > 10 * 2**20
     finally:
         operator.stop()
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from vemigrate import metrics
+from vemigrate import __version__, metrics
 from vemigrate.api.migration import Failure, MigrationStatus, Mode, Phase, PhaseTransition
 
 UID = "0b9c7a34-5d1e-4f9a-8f2e-1c3d5e7f9a0b"
@@ -48,6 +50,17 @@ def test_series_that_alerts_take_increase_of_exist_at_zero_before_anything_happe
     for kind in ("migration", "host"):
         for outcome in ("ok", "error"):
             _value("vemigrate_reconcile_passes_total", kind=kind, outcome=outcome)
+
+
+def test_the_build_and_the_process_are_exported() -> None:
+    assert _value("vemigrate_build_info", version=__version__) == 1
+    # The process collector reads this very process (/proc/self): real figures, not zeros.
+    assert _value("process_resident_memory_bytes") > 10 * 2**20
+    assert _value("process_open_fds") >= 3
+    assert time.time() - 86400 < _value("process_start_time_seconds") <= time.time()
+    major, minor, patch = (str(part) for part in sys.version_info[:3])
+    info = {"implementation": "CPython", "major": major, "minor": minor, "patchlevel": patch}
+    assert _value("python_info", **info, version=f"{major}.{minor}.{patch}") == 1
 
 
 def test_a_failed_migration_counts_once() -> None:
