@@ -209,7 +209,7 @@ def test_host_facts_from_the_shell() -> None:
         "lib_version": 9000000,
     }
     shell = (
-        "df    1000 5000 /var/lib/libvirt/images\n"
+        "df 1     1000 5000 ext4\n"
         "bridge vmbr0\naddr eth0 192.0.2.1/24\nspeed eth0 10000\nclock 1000000500000000\nkernel 6.1.0\ntls no\n"
     )
     status = _host_status(facts, shell, ["/var/lib/libvirt/images"], 1000000000000000, SOURCE)

@@ -126,8 +126,8 @@ vendor GenuineIntel
 cpus 32
 memtotal 135034974208
 memfree 101034974208
-df /vz/vmprivate /vz 4000000000000 8000000000000 ext4
-df /vz/private /vz 4000000000000 8000000000000 ext4
+df 1   4000000000000 8000000000000 ext4
+df 2   4000000000000 8000000000000 ext4
 addr eth0 192.0.2.1/24
 speed eth0 10000
 speed lo -1
@@ -135,12 +135,13 @@ clock 1764072000000000000
 kernel 3.10.0-1160.80.1.vz7.191.4
 release Virtuozzo release 7.0.14 (247)
 """
+PATHS = ["/vz/vmprivate", "/vz/private", "/"]
 
 
 def test_host_status_from_prlsrvctl_and_the_shell() -> None:
     info = out.parse_server_info(fixture("prlsrvctl-info-full-j.json"))
     nets = out.parse_networks(fixture("prlsrvctl-net-list-j.json"))
-    status = host_status(info, nets, SHELL, 1764072000000000000 - 5_000_000, ACCESS)
+    status = host_status(info, nets, SHELL, 1764072000000000000 - 5_000_000, ACCESS, PATHS)
     assert status.cpu is not None and status.cpu.vendor == "GenuineIntel" and status.cpu.count == 32
     assert status.memory_free_bytes == 101034974208
     assert [(s.path, s.shared) for s in status.storage] == [("/vz/vmprivate", False), ("/vz/private", False)]
@@ -156,7 +157,7 @@ def test_host_status_from_prlsrvctl_and_the_shell() -> None:
 def test_no_cpuid_override_fails_the_live_container_check() -> None:
     """Facts as the prlctl driver reads them (no /proc/vz/cpuid_override, not nested) fail the seed's rule."""
     info = out.parse_server_info(fixture("prlsrvctl-info-full-j.json"))
-    status = host_status(info, [], SHELL, 0, ACCESS)
+    status = host_status(info, [], SHELL, 0, ACCESS, PATHS)
     ct = ve(type=VEKind.CONTAINER, state=VEState.RUNNING, bridges=())
     results = checks.run_checks(
         checks.CheckInput(
@@ -166,7 +167,7 @@ def test_no_cpuid_override_fails_the_live_container_check() -> None:
     verdict = next(r for r in results if r.name == CheckName.CPUID_OVERRIDE)
     assert verdict.result == CheckResult.FAILED
     assert "source node-a lacks /proc/vz/cpuid_override" in verdict.message
-    nested = host_status(info, [], SHELL.replace("nested no", "nested yes"), 0, ACCESS)
+    nested = host_status(info, [], SHELL.replace("nested no", "nested yes"), 0, ACCESS, PATHS)
     results = checks.run_checks(
         checks.CheckInput(
             spec=spec(), mode=Mode.LIVE, ve=ct, source=nested, target=host_facts(), target_ve=None, ssh_port_open=True
@@ -177,7 +178,7 @@ def test_no_cpuid_override_fails_the_live_container_check() -> None:
 
 def test_virtuozzo6_source_is_recognised_for_the_6_to_7_rules() -> None:
     info = out.parse_server_info(fixture("prlsrvctl-info-full-j.json"))
-    status = host_status(info, [], SHELL.replace("7.0.14 (247)", "6.0.11 (3466)"), 0, ACCESS)
+    status = host_status(info, [], SHELL.replace("7.0.14 (247)", "6.0.11 (3466)"), 0, ACCESS, PATHS)
     assert checks.is_virtuozzo6(status)
 
 

@@ -6,6 +6,8 @@ link's speed (`speed <device> <Mbit/s>`, -1 where the link does not say), the cl
 the epoch>`) and the kernel (`kernel <release>`). `Links` reads the `addr` and `speed` lines into the
 host's subnets and the speed of the link that migrations use; each driver reads the clock and kernel
 lines along with its own.
+
+`DF` measures the storage paths a driver asks about; `storage` reads its lines.
 """
 
 from __future__ import annotations
@@ -17,6 +19,16 @@ from dataclasses import dataclass, field
 
 from vemigrate.api.host import NetworkFacts
 from vemigrate.drivers.ssh import SSHHost
+
+# $@: the storage paths to measure. Per path that df can measure: `df <n> <free bytes> <total bytes>
+# <fs type>`, n its position in $@ from 1. The path itself is never printed, so no name (spaces, a line
+# break, `|`) can break a line or pass for another line; `storage` maps n back to the path asked about.
+DF = r"""n=0
+for p in "$@"; do
+  n=$((n + 1))
+  s=$(df -B1 --output=avail,size,fstype -- "$p" 2>/dev/null | tail -n 1) && [ -n "$s" ] && printf 'df %d %s\n' "$n" "$s"
+done
+"""
 
 SHELL = r"""ip -o -4 addr show scope global 2>/dev/null | awk '{print "addr", $2, $4}'
 for d in /sys/class/net/*; do s=$(cat "$d/speed" 2>/dev/null) && echo "speed $(basename "$d") $s"; done
@@ -32,6 +44,23 @@ async def run(ssh: SSHHost, script: str, args: Sequence[str]) -> tuple[str, int]
     shell = await ssh.run(["sh", "-c", script, "sh", *args])
     received = time.time_ns()
     return shell.stdout, (sent + received) // 2
+
+
+@dataclass(frozen=True)
+class Storage:
+    """One `df` line of `DF`, read against the paths the script was given."""
+
+    path: str
+    free_bytes: int
+    total_bytes: int
+    fstype: str
+
+
+def storage(parts: Sequence[str], paths: Sequence[str]) -> Storage | None:
+    """The words after `df` on a line `DF` printed, or None when they do not read as one."""
+    if len(parts) != 4 or not all(p.isdigit() for p in parts[:3]) or not 1 <= int(parts[0]) <= len(paths):
+        return None
+    return Storage(path=paths[int(parts[0]) - 1], free_bytes=int(parts[1]), total_bytes=int(parts[2]), fstype=parts[3])
 
 
 @dataclass

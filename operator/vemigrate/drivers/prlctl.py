@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
@@ -43,8 +44,8 @@ LIST_TIMEOUT = 60.0
 MIGRATE_PID = "migrate.pid"
 VE_RECORD = "ve.json"  # the VE as it was when the job started: disposition is checked against it
 
-# One round trip of facts that prlsrvctl does not give (with hostfacts.SHELL: addresses, link speeds,
-# clock, kernel). $@: storage paths to measure.
+# One round trip of facts that prlsrvctl does not give (with hostfacts.DF: free space of the storage
+# paths in $@; hostfacts.SHELL: addresses, link speeds, clock, kernel).
 _FACTS = (
     r"""
 [ -e /proc/vz/cpuid_override ] && echo "cpuid_override yes" || echo "cpuid_override no"
@@ -53,10 +54,8 @@ awk -F': *' '/^vendor_id/ {print "vendor", $2; exit}' /proc/cpuinfo
 echo "cpus $(nproc)"
 awk '/^MemTotal:/ {printf "memtotal %.0f\n", $2 * 1024}
      /^MemAvailable:/ {printf "memfree %.0f\n", $2 * 1024}' /proc/meminfo
-for p in "$@"; do
-  [ -d "$p" ] && df -B1 --output=target,avail,size,fstype "$p" 2>/dev/null | tail -n 1 | sed "s|^|df $p |"
-done
 """
+    + hostfacts.DF
     + hostfacts.SHELL
     + r"""[ -r /etc/virtuozzo-release ] && echo "release $(head -n 1 /etc/virtuozzo-release)"
 true
@@ -147,7 +146,7 @@ class PrlctlDriver:
             raise PermanentError("PrlctlOutput", f"{self.access.name}: {exc}") from exc
         paths = list(dict.fromkeys(p for p in (info.vm_home, CT_PRIVATE, "/") if p))
         shell, sent_ns = await hostfacts.run(self.ssh, _FACTS, paths)
-        return host_status(info, networks, shell, sent_ns, self.access)
+        return host_status(info, networks, shell, sent_ns, self.access, paths)
 
     async def find_ve(self, name: str) -> VEFacts | None:
         entry = await self._lookup(name)
@@ -384,16 +383,20 @@ def _sections(text: str) -> dict[str, str]:
 _RELEASE = re.compile(r"(virtuozzo|parallels)", re.IGNORECASE)
 
 
-def host_status(info: out.ServerInfo, networks: list[str], shell: str, sent_ns: int, access: HostAccess) -> HostStatus:
+def host_status(
+    info: out.ServerInfo, networks: list[str], shell: str, sent_ns: int, access: HostAccess, paths: Sequence[str]
+) -> HostStatus:
+    """`paths`: the storage paths the facts script was given, in that order."""
     facts: dict[str, str] = {}
     storage: list[StorageFacts] = []
     links = hostfacts.Links()
     for word, rest, parts in links.read(shell):
-        if word == "df" and len(parts) >= 5:
-            shared = parts[4].startswith(_SHARED_FS)
-            storage.append(
-                StorageFacts(path=parts[0], free_bytes=int(parts[2]), total_bytes=int(parts[3]), shared=shared)
-            )
+        if word == "df":
+            if df := hostfacts.storage(parts, paths):
+                shared = df.fstype.startswith(_SHARED_FS)
+                storage.append(
+                    StorageFacts(path=df.path, free_bytes=df.free_bytes, total_bytes=df.total_bytes, shared=shared)
+                )
         elif parts:
             facts[word] = rest.strip()
     release = facts.get("release")

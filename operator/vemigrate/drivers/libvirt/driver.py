@@ -99,8 +99,8 @@ class LibvirtDriver:
             }
 
         facts = await self.libvirtd.call("reading host facts", read)
-        paths = [p for _, p in facts["pools"]] or [DEFAULT_POOL_PATH]
-        shell, sent_ns = await hostfacts.run(self.ssh, _FACTS, [*paths, "/"])
+        paths = [*([p for _, p in facts["pools"]] or [DEFAULT_POOL_PATH]), "/"]
+        shell, sent_ns = await hostfacts.run(self.ssh, _FACTS, paths)
         return _host_status(facts, shell, paths, sent_ns, self.access)
 
     async def find_ve(self, name: str) -> VEFacts | None:

@@ -25,12 +25,11 @@ METADATA_NS = "https://vemigrate.io/migration"
 METADATA_KEY = "vemigrate"
 ET.register_namespace("vemigrate", METADATA_NS)
 
-# Facts from the shell, in one round trip: df of the given paths, bridges, addresses, link speeds,
+# Facts from the shell, in one round trip: df of the given paths (hostfacts.DF), bridges, addresses, link speeds,
 # clock, kernel (hostfacts.SHELL), and whether QEMU migration TLS certificates are in place.
 _FACTS = (
-    r"""
-for p in "$@"; do s=$(df -B1 --output=avail,size -- "$p" 2>/dev/null | tail -n 1) && printf 'df %s %s\n' "$s" "$p"; done
-for b in /sys/class/net/*/bridge; do [ -d "$b" ] && echo "bridge $(basename "$(dirname "$b")")"; done
+    hostfacts.DF
+    + r"""for b in /sys/class/net/*/bridge; do [ -d "$b" ] && echo "bridge $(basename "$(dirname "$b")")"; done
 """
     + hostfacts.SHELL
     + r"""[ -e /proc/vz/cpuid_override ] && echo "cpuid yes" || echo "cpuid no"
@@ -177,6 +176,7 @@ def _dotted(version: int) -> str:
 
 
 def _host_status(facts: dict[str, Any], shell: str, paths: list[str], sent_ns: int, access: HostAccess) -> HostStatus:
+    """`paths`: the storage paths the facts script was given, in that order (the first is the default)."""
     storage: list[StorageFacts] = []
     bridges: list[str] = []
     links = hostfacts.Links()
@@ -184,10 +184,10 @@ def _host_status(facts: dict[str, Any], shell: str, paths: list[str], sent_ns: i
     kernel = None
     tls = None
     cpuid = None
-    for word, rest, parts in links.read(shell):
-        if word == "df" and len(parts) >= 3 and parts[0].isdigit() and parts[1].isdigit():
-            path = rest.split(None, 2)[2]  # the path asked about, spaces and all
-            storage.append(StorageFacts(path=path, free_bytes=int(parts[0]), total_bytes=int(parts[1])))
+    for word, _rest, parts in links.read(shell):
+        if word == "df":
+            if df := hostfacts.storage(parts, paths):
+                storage.append(StorageFacts(path=df.path, free_bytes=df.free_bytes, total_bytes=df.total_bytes))
         elif word == "bridge" and parts:
             bridges.append(parts[0])
         elif word == "clock" and parts:
