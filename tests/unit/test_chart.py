@@ -4,6 +4,7 @@ RBAC is exactly what the operator uses, Secrets readable only where the values s
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import helm_python as helm
@@ -213,14 +214,76 @@ def test_metrics_service_and_optional_service_monitor() -> None:
     assert monitor["metadata"]["labels"]["release"] == "prom"
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    # The host's namespace on vemigrate_host_reachable survives the scrape (not exported_namespace).
+    assert monitor["spec"]["endpoints"][0]["honorLabels"] is True
 
 
-def test_prometheus_rule_carries_the_rules_file_as_it_is() -> None:
-    rule = one(render({"prometheusRule": {"enabled": True, "labels": {"release": "prom"}}}), "PrometheusRule")
+RUNBOOKS = "https://wiki.example.org/ve-migrate/runbooks"
+
+
+def test_prometheus_rule_carries_the_rules_file_with_runbooks_users_can_open() -> None:
+    values = {
+        "prometheusRule": {"enabled": True, "labels": {"release": "prom"}},
+        "alerts": {"runbookBaseURL": RUNBOOKS},
+    }
+    rule = one(render(values), "PrometheusRule")
     source = yaml.safe_load(RULES_FILE.read_text())
-    # Byte for byte the same groups Prometheus loads from the file: Helm never templated them.
-    assert rule["spec"]["groups"] == source["groups"]
     assert rule["metadata"]["labels"]["release"] == "prom"
+    rendered = [r for group in rule["spec"]["groups"] for r in group["rules"]]
+    original = [r for group in source["groups"] for r in group["rules"]]
+    assert len(rendered) == len(original) > 0
+    for got, want in zip(rendered, original, strict=True):
+        # The same rule, label templates untouched; only the repository path became a URL, and that URL
+        # names a runbook that exists in docs/runbooks.
+        url = got["annotations"].pop("runbook_url")
+        path = want["annotations"].pop("runbook_url")
+        assert got == want
+        assert url == f"{RUNBOOKS}/{Path(path).name}" and (ROOT / path).is_file(), url
+
+
+def test_prometheus_rule_without_a_runbook_url_is_refused_with_what_to_set() -> None:
+    with pytest.raises(helm.HelmError, match=r"alerts\.runbookBaseURL"):
+        render({"prometheusRule": {"enabled": True}})
+
+
+def test_values_users_expect_reach_the_deployment() -> None:
+    digest = "sha256:" + "ab" * 32
+    spread = [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway"}]
+    objects = render(
+        {
+            "image": {"repository": "registry.local/ve-migrate", "tag": "ignored", "digest": digest},
+            "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy.local:3128"}],
+            "revisionHistoryLimit": 3,
+            "topologySpreadConstraints": spread,
+            "replicaCount": 2,
+        }
+    )
+    deployment = one(objects, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["image"] == f"registry.local/ve-migrate@{digest}"
+    assert {"name": "HTTPS_PROXY", "value": "http://proxy.local:3128"} in container["env"]
+    assert {"name": "HOME", "value": "/tmp"} in container["env"], "the chart's own stay"
+    assert deployment["spec"]["revisionHistoryLimit"] == 3
+    assert pod["topologySpreadConstraints"] == spread
+    assert every(objects, "PodDisruptionBudget") == []
+
+
+@pytest.mark.parametrize(
+    ("budget", "expected"),
+    [
+        ({}, {"maxUnavailable": 1}),
+        ({"minAvailable": 1}, {"minAvailable": 1}),
+        ({"maxUnavailable": "50%"}, {"maxUnavailable": "50%"}),
+    ],
+)
+def test_a_disruption_budget_for_the_operators_pods(budget: dict[str, Any], expected: dict[str, Any]) -> None:
+    objects = render({"podDisruptionBudget": {"enabled": True, **budget}})
+    pdb = one(objects, "PodDisruptionBudget", "vem-ve-migrate", "ops")
+    assert pdb["apiVersion"] == "policy/v1"
+    selector = pdb["spec"].pop("selector")["matchLabels"]
+    assert pdb["spec"] == expected
+    assert selector.items() <= one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"].items()
 
 
 @pytest.mark.parametrize(
@@ -234,6 +297,11 @@ def test_prometheus_rule_carries_the_rules_file_as_it_is() -> None:
         {"image": {"repository": ""}},
         {"imag": {"repository": "typo"}},
         {"health": {"port": 70000}},
+        {"image": {"repository": "x", "digest": "latest"}},
+        {"alerts": {"runbookBaseURL": "docs/runbooks"}},
+        {"podDisruptionBudget": {"enabled": True, "maxUnavailable": "half"}},
+        {"extraEnv": [{"value": "no name"}]},
+        {"revisionHistoryLimit": -1},
     ],
 )
 def test_the_values_schema_refuses_bad_values(values: dict[str, Any]) -> None:
