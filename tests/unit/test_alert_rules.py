@@ -62,6 +62,15 @@ def test_every_alert_is_tested_firing_and_not_firing() -> None:
     assert sorted(quiet) == sorted(NAMES), "each alert has a test where it does not"
 
 
+# The sections of prometheus-operator's and kube-prometheus's runbooks, in their order: what it means,
+# what it does to users, how to find the cause, what to do.
+RUNBOOK_SECTIONS = ["Meaning", "Impact", "Diagnosis", "Mitigation"]
+
+
+def _sections(text: str) -> list[str]:
+    return [line.removeprefix("## ").strip() for line in text.splitlines() if line.startswith("## ")]
+
+
 @pytest.mark.parametrize("alert", ALERTS, ids=NAMES)
 def test_alert_has_severity_summary_description_and_a_runbook(alert: dict[str, Any]) -> None:
     name = alert["alert"]
@@ -72,13 +81,20 @@ def test_alert_has_severity_summary_description_and_a_runbook(alert: dict[str, A
     assert annotations["runbook_url"] == f"docs/runbooks/{name}.md"
     runbook = (REPO / annotations["runbook_url"]).read_text()
     assert runbook.startswith(f"# {name}\n")
-    for section in ("## Meaning", "## Diagnosis", "## Fix"):
-        assert section in runbook, f"{name}: no {section}"
+    assert _sections(runbook) == RUNBOOK_SECTIONS, f"{name}'s runbook"
     assert "kubectl" in runbook
 
 
 def _families() -> list[Metric]:
-    return list(metrics.REGISTRY.collect())
+    """The operator's own metrics (the standard process_* and python_info ones are documented as a group)."""
+    return [f for f in metrics.REGISTRY.collect() if f.name.startswith("vemigrate_")]
+
+
+def test_the_standard_process_metrics_are_exported_and_documented() -> None:
+    names = {f.name for f in metrics.REGISTRY.collect() if not f.name.startswith("vemigrate_")}
+    standard = {"process_resident_memory_bytes", "process_cpu_seconds", "process_start_time_seconds", "python_info"}
+    assert standard <= names
+    assert "| `process_*`, `python_info` |" in METRICS_DOC.read_text()
 
 
 def _sample_names(family: Metric) -> set[str]:
@@ -118,6 +134,5 @@ def test_every_other_runbook_is_for_a_failure_reason_the_api_lists() -> None:
             continue
         text = runbook.read_text()
         assert text.startswith(f"# {runbook.stem}\n")
-        for section in ("## Meaning", "## Diagnosis", "## Fix"):
-            assert section in text, f"{runbook.stem}: no {section}"
+        assert _sections(text) == RUNBOOK_SECTIONS, f"{runbook.stem}'s runbook"
         assert f"`{runbook.stem}`" in api and f"(runbooks/{runbook.name})" in api, f"docs/api.md lacks {runbook.stem}"
