@@ -19,6 +19,7 @@ from kubernetes.client.exceptions import ApiException
 
 from tests.fixtures.chart import (
     CHART,
+    PEERING_CRDS,
     ChartPod,
     Release,
     admin_operator_paused,
@@ -57,7 +58,8 @@ def kubectl(
 def chart_crds(control_plane: ControlPlaneInfo) -> None:
     """The chart's crds/ applied for real (server-side, so it is idempotent): kopf's peering CRDs join
     the repository's own, which the control plane has already."""
-    kubectl(control_plane, "apply", "--server-side", "--force-conflicts", "-f", str(CHART / "crds"))
+    for directory in (CHART / "crds", PEERING_CRDS):
+        kubectl(control_plane, "apply", "--server-side", "--force-conflicts", "-f", str(directory))
     kubectl(control_plane, "wait", "--for=condition=Established", "crd/clusterkopfpeerings.kopf.dev", "--timeout=60s")
     kubectl(control_plane, "wait", "--for=condition=Established", "crd/kopfpeerings.kopf.dev", "--timeout=60s")
 

@@ -11,7 +11,7 @@ import helm_python as helm
 import pytest
 import yaml
 
-from tests.fixtures.chart import CHART, RULES_FILE, crd_files, every, notes, one, operator_args, render
+from tests.fixtures.chart import CHART, PEERING_CRDS, RULES_FILE, crd_files, every, notes, one, operator_args, render
 from vemigrate.api import crd
 from vemigrate.cli import build_parser
 
@@ -64,17 +64,25 @@ def test_the_charts_crds_are_the_repositorys_own() -> None:
     assert repo, "crds/ is empty"
     for name, text in repo.items():
         assert chart.get(name) == text, f"charts/ve-migrate/crds/{name} differs from crds/{name}: run `make lint`"
-    assert set(chart) == set(repo) | KOPF_PEERING_CRDS, "the chart carries no other CRDs"
+    assert set(chart) == set(repo), "the chart's crds/ holds the repository's CRDs and nothing else"
+    assert set(crd_files(PEERING_CRDS)) == KOPF_PEERING_CRDS, "kopf's, in the kopf-peering subchart"
     assert crd.stale(CHART / "crds") == []
 
 
 def test_the_kopf_peering_crds_are_what_kopf_looks_for() -> None:
     scopes = {}
     for name in KOPF_PEERING_CRDS:
-        spec = yaml.safe_load(crd_files()[name])["spec"]
+        spec = yaml.safe_load(crd_files(PEERING_CRDS)[name])["spec"]
         assert spec["group"] == "kopf.dev" and spec["versions"][0]["name"] == "v1"
         scopes[spec["names"]["kind"]] = spec["scope"]
     assert scopes == {"ClusterKopfPeering": "Cluster", "KopfPeering": "Namespaced"}
+
+
+def test_the_peering_crds_subchart_is_turned_off_by_its_value() -> None:
+    with helm.Chart.load(CHART) as chart:
+        dependency = next(d for d in chart.metadata["dependencies"] if d["name"] == "kopf-peering")
+        assert dependency["condition"] == "peering.installCRDs"
+        assert chart.values["peering"]["installCRDs"] is True
 
 
 def test_defaults_make_a_locked_down_deployment() -> None:
