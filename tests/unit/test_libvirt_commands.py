@@ -28,7 +28,7 @@ UUID = "3f1c2a9e-8d7b-4c1e-9a55-0e6f6d1b2c3d"
 SOURCE = HostAccess(name="node-a", namespace="ns", address="192.0.2.1")
 TARGET = HostAccess(name="node-b", namespace="ns", address="192.0.2.2", port=2222)
 BASE = ["virsh", "-c", "qemu:///system", "migrate", "--live", "--p2p", "--persistent", "--verbose", "--abort-on-error"]
-DEST = "qemu+ssh://root@192.0.2.2:2222/system"
+DEST = "qemu+ssh://root@192.0.2.2:2222/system?no_tty=1"
 
 
 def plan(mode: Mode = Mode.LIVE, target: HostAccess = TARGET, **overrides: Any) -> MigrationPlan:
@@ -65,7 +65,7 @@ def test_live_argv(overrides: dict[str, Any], copy_disks: bool, flags: list[str]
 def test_live_argv_uses_the_migration_address_for_a_direct_stream() -> None:
     target = HostAccess(name="node-b", namespace="ns", address="192.0.2.2", migration_address="198.51.100.2")
     argv = live_argv(plan(target=target, tunnel=False), copy_disks=False)
-    assert argv[-4:] == [UUID, "qemu+ssh://root@198.51.100.2:22/system", "--migrateuri", "tcp://198.51.100.2"]
+    assert argv[-4:] == [UUID, "qemu+ssh://root@198.51.100.2:22/system?no_tty=1", "--migrateuri", "tcp://198.51.100.2"]
 
 
 def test_live_script_creates_target_disks_as_its_own_sets_downtime_and_records_stats() -> None:
@@ -77,6 +77,18 @@ def test_live_script_creates_target_disks_as_its_own_sets_downtime_and_records_s
     assert shlex.join(["virsh", "-c", "qemu:///system", "migrate-setmaxdowntime", UUID, "250"]) in text
     assert "domjobinfo --completed" in text
     assert text.rstrip().endswith('echo "$rc" >exit.tmp && mv exit.tmp exit')
+
+
+@pytest.mark.parametrize("copy_disks", [False, True])
+def test_live_script_checks_the_target_key_strictly_right_before_virsh_migrate(copy_disks: bool) -> None:
+    """libvirtd's own ssh takes its host key policy from ssh_config (the URI cannot ask for strict
+    checking): the job's own strict ssh to the target comes immediately before `virsh migrate`."""
+    disk = _Disk("vda", "/var/lib/libvirt/images/web1.qcow2", "qcow2")
+    commands = _commands(live_script(plan(), copy_disks=copy_disks, disks=[(disk, 1 << 20)] if copy_disks else []))
+    migrate = next(i for i, line in enumerate(commands) if " migrate --live " in line)
+    check = _tokens(commands[migrate - 1])
+    assert check[0] == "ssh" and check[-2:] == ["--", "true"] and "root@192.0.2.2" in check
+    assert "StrictHostKeyChecking=yes" in check and "BatchMode=yes" in check
 
 
 HOSTILE = "web1; rm -rf / #"

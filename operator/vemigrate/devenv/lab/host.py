@@ -86,13 +86,13 @@ def prepare_lab_keys() -> None:
         run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "vemigrate-lab", "-f", str(key)])
     (d / "authorized_keys").write_text(key.with_suffix(".pub").read_text())
     client_config_path().write_text(
-        "# Written by vemigrate lab: ssh inside lab hosts trusts only the lab's known_hosts.\n"
+        "# Written by vemigrate lab: ssh inside lab hosts knows the lab's hosts from the lab's known_hosts.\n"
+        "# StrictHostKeyChecking is left at ssh's default: the operator's jobs must not rely on it.\n"
         "Host *\n"
         f"    IdentityFile {key}\n"
         "    IdentitiesOnly yes\n"
         f"    UserKnownHostsFile {known_hosts_path()}\n"
         "    GlobalKnownHostsFile /dev/null\n"
-        "    StrictHostKeyChecking yes\n"
         "    BatchMode yes\n"
         "    ConnectTimeout 10\n"
     )

@@ -213,8 +213,11 @@ def live_argv(plan: MigrationPlan, *, copy_disks: bool) -> list[str]:
 
 
 def _destination(plan: MigrationPlan) -> str:
+    """The peer URI. libvirt runs the system ssh for it (virNetSocketNewConnectSSH: `-T -e none`, and
+    with no_tty=1 `-o BatchMode=yes`, so an unknown key fails instead of prompting); nothing in the URI
+    can ask for StrictHostKeyChecking=yes, hence the strict check just before `virsh migrate`."""
     t = plan.target
-    return f"qemu+ssh://{t.user}@{t.data_address}:{t.port}/system"
+    return f"qemu+ssh://{t.user}@{t.data_address}:{t.port}/system?no_tty=1"
 
 
 def _recordable(path: str) -> str:
@@ -237,7 +240,9 @@ def live_script(plan: MigrationPlan, *, copy_disks: bool, disks: Sequence[tuple[
     if plan.spec.max_downtime_ms:
         setting = ["virsh", "-c", "qemu:///system", "migrate-setmaxdowntime", ve.uuid, str(plan.spec.max_downtime_ms)]
         lines.append(hostjob.command(setting))
-    lines.append(hostjob.command(live_argv(plan, copy_disks=copy_disks)))
+    # libvirtd's ssh takes its host key policy from ssh_config, which may accept a new key: the key is
+    # checked strictly here first, with the same known_hosts files (see _destination).
+    lines += [_on_target(plan, ["true"]), hostjob.command(live_argv(plan, copy_disks=copy_disks))]
     # The completed job's statistics (downtime) are kept by the target's libvirtd.
     stats = ["virsh", "-c", _destination(plan), "domjobinfo", "--completed", ve.uuid]
     lines.append(hostjob.command(stats) + " >stats 2>&1 || true")
