@@ -128,22 +128,38 @@ def test_tunnelless_vm_is_allowed() -> None:
     assert "--no-tunnel" in migrate_argv(request_for(plan(tunnel=False)))
 
 
-def test_job_script_runs_prlctl_on_a_pty_and_records_its_pid_and_exit(tmp_path: Path) -> None:
-    """The real script, run by sh with a program that prints the way prlctl does (on a terminal only)."""
+@pytest.mark.parametrize("status", [7, 0])
+def test_job_script_runs_prlctl_on_a_pty_and_records_its_pid_and_exit(tmp_path: Path, status: int) -> None:
+    """The real script, run by sh with a program that prints the way prlctl does (on a terminal only),
+    and an `ssh` that notes what the job asked of the target: the record of what the target holds
+    first, and (only once prlctl succeeded) forgetting it."""
+    calls = tmp_path / "calls"
     program = tmp_path / "fake-prlctl.sh"
     program.write_text(
-        '[ -t 1 ] && printf "\\rOperation progress ...%2d%%" 42; echo "args: $*"; '
-        'echo "Failed to migrate the VM: boom" >&2; exit 7\n'
+        f'echo prlctl >>{calls}; [ -t 1 ] && printf "\\rOperation progress ...%2d%%" 42; echo "args: $*"; '
+        f'echo "Failed to migrate the VM: boom" >&2; exit {status}\n'
     )
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "ssh").write_text(f'#!/bin/sh\nfor a; do last=$a; done\necho "ssh $last" >>{calls}\n')
+    (bin_dir / "ssh").chmod(0o755)
     argv = ["sh", str(program), "migrate", "a b", "root@192.0.2.2", "--dst=/x y"]
-    (tmp_path / "job.sh").write_text(job_script(argv))
-    subprocess.run(["sh", str(tmp_path / "job.sh")], stdout=(tmp_path / "log").open("w"), check=True, timeout=30)
-    assert (tmp_path / "exit").read_text().strip() == "7"
+    (tmp_path / "job.sh").write_text(job_script(argv, plan()))
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+    with (tmp_path / "log").open("w") as log_file:
+        subprocess.run(["sh", str(tmp_path / "job.sh")], stdout=log_file, check=True, timeout=30, env=env)
+    assert (tmp_path / "exit").read_text().strip() == str(status)
     assert (tmp_path / MIGRATE_PID).read_text().strip().isdigit()
     log = (tmp_path / "log").read_text()
     assert "Operation progress ...42%" in log  # a terminal: the progress line is there
     assert "args: migrate a b root@192.0.2.2 --dst=/x y" in log  # every word arrived intact
     assert "Failed to migrate the VM: boom" in log
+    steps = calls.read_text().splitlines()
+    assert steps[0].startswith("ssh sh -c ") and "prlctl list -a -i -j" in steps[0], "the target's record comes first"
+    assert steps[1] == "prlctl"
+    assert len(steps) == (3 if status == 0 else 2), "the record is forgotten only after a complete copy"
+    if status == 0:
+        assert steps[2].startswith("ssh sh -c ") and "rm -rf" in steps[2]
 
 
 def test_under_pty_quotes_every_word() -> None:

@@ -43,6 +43,15 @@ CT_PRIVATE = "/vz/private"  # Virtuozzo's default container private areas (VE_PR
 LIST_TIMEOUT = 60.0
 MIGRATE_PID = "migrate.pid"
 VE_RECORD = "ve.json"  # the VE as it was when the job started: disposition is checked against it
+BEFORE = "before"  # on the target: `prlctl list -a -i -j` as it was just before prlctl migrate ran
+
+# On the target, $1 its job directory: what it holds before prlctl migrate creates anything there, kept
+# from the job's first start (a second start never rewrites it).
+_RECORD_BEFORE = (
+    'umask 077; mkdir -p -- "$1" && { [ -e "$1/before" ] || '
+    '{ prlctl list -a -i -j >"$1/before.tmp" && mv -- "$1/before.tmp" "$1/before"; }; }'
+)
+_FORGET_BEFORE = 'rm -rf -- "$1" && { rmdir -- "$2" 2>/dev/null; true; }'
 
 # One round trip of facts that prlsrvctl does not give (with hostfacts.DF: free space of the storage
 # paths in $@; hostfacts.SHELL: addresses, link speeds, clock, kernel).
@@ -199,22 +208,15 @@ class PrlctlDriver:
         await self.ssh.run(
             ["sh", "-c", '[ -e "$1/pid" ] || cat >"$1/$2"', "sh", where, VE_RECORD], input=json.dumps(record) + "\n"
         )
-        await hostjob.start(self.ssh, plan.uid, plan.attempt, job_script(argv))
+        await hostjob.start(self.ssh, plan.uid, plan.attempt, job_script(argv, plan))
 
     async def _target_ve_id(self, plan: MigrationPlan, ve: VEFacts) -> str | None:
         """The seed: a Virtuozzo 6 container going to a Virtuozzo Storage cluster is named by its UUID
         on the target (`<server>/<CT_UUID>`). Asked only for containers on Virtuozzo 6 sources."""
         if ve.type != VEKind.CONTAINER or not is_virtuozzo6(await self.probe()):
             return None
-        t = plan.target
         path = plan.spec.target.path or CT_PRIVATE
-        fstype = await self.ssh.run(
-            [
-                "ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-p", str(t.port),
-                f"{t.user}@{t.data_address}", "--", shlex.join(["findmnt", "-n", "-o", "FSTYPE", "-T", path]),
-            ],
-            check=False,
-        )  # fmt: skip
+        fstype = await self.ssh.run(_on_target(plan, ["findmnt", "-n", "-o", "FSTYPE", "-T", path]), check=False)
         return ve.uuid if fstype.stdout.strip().startswith(("fuse.vstorage", "fuse.pstorage")) else None
 
     async def job(self, plan: MigrationPlan) -> JobObservation:
@@ -318,26 +320,70 @@ class PrlctlDriver:
         return True
 
     async def target_leftovers(self, plan: MigrationPlan) -> bool:
-        return await self._copy_here(plan) is not None
+        """The job's directory on this host, with its record of what the host held before the job
+        (cleanup removes them too)."""
+        done = await self.ssh.run(["test", "-e", hostjob.job_dir(plan.uid, plan.attempt)], check=False)
+        return done.ok
 
     async def cleanup_target(self, plan: MigrationPlan) -> None:
-        entry = await self._copy_here(plan)
-        if entry is None:
+        """Remove this migration's half-built copy, then the job's record on this host. The copy is the VE
+        `_copy_here` finds, and only when its UUID is not in the record the job made here before prlctl
+        migrate ran: a VE that was here then (of the same name, or the same UUID) is never touched, and
+        without a record nothing is."""
+        job, record = hostjob.job_dir(plan.uid, plan.attempt), _before_record(plan)
+        done = await self.ssh.run(["sh", "-c", '[ -e "$1" ] || exit 3; cat -- "$1"', "sh", record], check=False)
+        if done.exit_status == 3:  # the job stopped before its record was complete: nothing here is provably its
+            await self.ssh.run(["sh", "-c", _FORGET_BEFORE, "sh", job, hostjob.migration_dir(plan.uid)])
             return
-        if entry.facts.state in (VEState.RUNNING, VEState.PAUSED, VEState.MIGRATING):
-            await self._tool([PRLCTL, "stop", entry.facts.uuid, "--kill"], timeout=120)
-        await self._tool([PRLCTL, "delete", entry.facts.uuid], timeout=300)
+        try:
+            before = {entry.facts.uuid for entry in out.parse_list(done.stdout)} if done.ok else None
+        except ValueError:
+            before = None
+        if before is not None and "" in before:
+            before = None  # an entry without a UUID: not the listing it should be, so it proves nothing
+        entry = await self._copy_here(plan)
+        if entry is not None and before is None:
+            raise PermanentError(
+                "TargetOwnershipUnknown",
+                f"{entry.facts.name} (UUID {entry.facts.uuid}) on {self.access.name} may be this migration's "
+                f"half-built copy, but the record of what was there before ({record}) is unreadable: check "
+                "the VE and delete it by hand if it is the copy",
+            )
+        if entry is not None and before is not None and entry.facts.uuid not in before:
+            if entry.facts.state in (VEState.RUNNING, VEState.PAUSED, VEState.MIGRATING):
+                await self._tool([PRLCTL, "stop", entry.facts.uuid, "--kill"], timeout=120)
+            await self._tool([PRLCTL, "delete", entry.facts.uuid], timeout=300)
+        await self.ssh.run(["sh", "-c", _FORGET_BEFORE, "sh", job, hostjob.migration_dir(plan.uid)])
 
 
 # -- pure helpers -----------------------------------------------------------------------------
-def job_script(argv: list[str]) -> str:
-    """The detached job: prlctl migrate on a pty (for its progress lines), its exit status recorded."""
+def _before_record(plan: MigrationPlan) -> str:
+    return f"{hostjob.job_dir(plan.uid, plan.attempt)}/{BEFORE}"
+
+
+def _on_target(plan: MigrationPlan, argv: list[str]) -> list[str]:
+    """argv run on the target over the source node's own SSH (host key checked, nothing prompts)."""
+    t = plan.target
+    return [
+        "ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-p", str(t.port),
+        f"{t.user}@{t.data_address}", "--", shlex.join(argv),
+    ]  # fmt: skip
+
+
+def job_script(argv: list[str], plan: MigrationPlan) -> str:
+    """The detached job: records on the target what it holds (`BEFORE`: what cleanup may never remove),
+    then prlctl migrate on a pty (for its progress lines), its exit status recorded. Once the copy is
+    complete the target's record goes: nothing there is a leftover any more."""
+    job, parent = hostjob.job_dir(plan.uid, plan.attempt), hostjob.migration_dir(plan.uid)
+    record = shlex.join(_on_target(plan, ["sh", "-c", _RECORD_BEFORE, "sh", job]))
+    forget = shlex.join(_on_target(plan, ["sh", "-c", _FORGET_BEFORE, "sh", job, parent]))
     return (
         "#!/bin/sh\n"
         "# Written by the vemigrate operator (prlctl driver); its outcome is read back from ./exit.\n"
         'cd "$(dirname "$0")" || exit 1\n'
         "SHELL=/bin/sh; export SHELL\n"
-        f"{shlex.join(under_pty(argv, MIGRATE_PID))}; rc=$?\n"
+        f"{record} && {shlex.join(under_pty(argv, MIGRATE_PID))}; rc=$?\n"
+        f'[ "$rc" -ne 0 ] || {forget} || true\n'
         'echo "$rc" >exit.tmp && mv exit.tmp exit\n'
     )
 
