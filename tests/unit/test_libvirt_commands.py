@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shlex
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -194,6 +196,26 @@ def test_two_disks_of_one_base_name_land_in_two_files() -> None:
     text = _offline_script(plan(Mode.OFFLINE), xml)
     assert text.count("dd if=/a/disk.qcow2") == 1 and text.count("dd if=/b/disk.qcow2") == 1
     assert f"/{UUID}/vda.qcow2" in text and f"/{UUID}/vdb.qcow2" in text
+
+
+def test_offline_total_is_an_integer_for_disks_of_several_gib(tmp_path: Path) -> None:
+    """The job's `total` line, run by sh on real (sparse) files of 3 GiB each: awk's `print` wrote such a
+    sum as 6.44245e+09, which the progress reader could not take (a large offline copy crashed its pass)."""
+    files = [tmp_path / "a.raw", tmp_path / "b.raw"]
+    for f in files:
+        with f.open("wb") as handle:
+            handle.truncate(3 * 1024**3)
+    disks = "".join(
+        f"<disk type='file' device='disk'><driver type='raw'/><source file='{f}'/><target dev='vd{c}'/></disk>"
+        for f, c in zip(files, "ab", strict=True)
+    )
+    text = _offline_script(
+        plan(Mode.OFFLINE), f"<domain><name>web1</name><uuid>{UUID}</uuid><devices>{disks}</devices></domain>"
+    )
+    line = next(command for command in _commands(text) if command.startswith("echo total "))
+    printed = subprocess.run(["sh", "-c", line], capture_output=True, text=True, timeout=30, check=True).stdout
+    assert printed == f"total {6 * 1024**3}\n"
+    assert _offline_stats(printed).bytes_total == 6 * 1024**3
 
 
 def test_offline_refusals_are_specific() -> None:

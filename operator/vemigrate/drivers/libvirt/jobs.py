@@ -376,7 +376,9 @@ def _offline_script(plan: MigrationPlan, xml: str) -> str:
         copies.append((_save_image(ve.name), saved))
     q = shlex.quote
     lines = [
-        "echo total $(stat -c %s " + " ".join(q(src) for src, _ in copies) + " | awk '{s+=$1} END {print s+0}')",
+        "echo total $(stat -c %s "
+        + " ".join(q(src) for src, _ in copies)
+        + " | awk '{s+=$1} END {printf \"%.0f\\n\", s}')",
         _create_dir(plan, directory, "dir"),
     ]
     for src, dst in copies:
