@@ -3,7 +3,7 @@ VENV ?= $(CURDIR)/.venv
 BIN := $(VENV)/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup lint test unit demo faults bench
+.PHONY: setup lint test unit demo faults bench image
 setup:
 	@VENV=$(VENV) tools/setup.sh
 
@@ -37,3 +37,9 @@ bench: setup
 FAULT_RUNS ?= 3
 faults: setup
 	VEMIGRATE_FAULT_RUNS=$(FAULT_RUNS) VEMIGRATE_FAULT_TABLE=$(CURDIR)/docs/reliability.md pytest tests/faults
+
+# The operator's image without Docker, Podman or a registry: a Debian 12 root filesystem (mmdebstrap),
+# the project's wheels, packed as an OCI archive in ~/.cache/vemigrate/image/ (VEMIGRATE_IMAGE_DIR);
+# prints its path, size and digest. The Containerfile builds the same image (docs/install.md).
+image: setup
+	@VENV=$(VENV) tools/image.sh

@@ -1,5 +1,6 @@
 """Test tiers are markers, applied by directory: tests/unit (pure), tests/cluster (real apiserver),
-tests/lab (real lab hosts), tests/faults (faults injected on the lab hosts). Fixtures for the real
+tests/lab (real lab hosts), tests/faults (faults injected on the lab hosts), tests/image (the
+operator's image built by `make image` and run by runc). Fixtures for the real
 parts live in tests/fixtures/."""
 
 from __future__ import annotations
@@ -16,7 +17,13 @@ pytest_plugins = [
 ]
 
 # Directory -> markers. The fault suite runs on the lab hosts, so it is part of the lab tier too.
-_TIERS = {"unit": ("unit",), "cluster": ("cluster",), "lab": ("lab",), "faults": ("lab", "faults")}
+_TIERS = {
+    "unit": ("unit",),
+    "cluster": ("cluster",),
+    "lab": ("lab",),
+    "faults": ("lab", "faults"),
+    "image": ("image",),
+}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
