@@ -20,6 +20,9 @@ git -C "$here" diff --quiet HEAD 2>/dev/null || revision="$revision-dirty"
 archive=$out/$name-$version.oci.tar
 venv_in_image=/opt/ve-migrate
 uid=65532
+# The archive's reference (index.json's org.opencontainers.image.ref.name) is the whole name, not only
+# the tag: `ctr image import` and `podman load` then name the image ve-migrate:<version> by themselves.
+ref=$name:$version
 
 mkdir -p "$out/debs" "$out/wheels"
 work=$(mktemp -d "$out/build.XXXXXX")
@@ -57,8 +60,8 @@ rootfs=$work/bundle/rootfs
 # pip inside the chroot sees none of this machine's pip settings (PIP_FIND_LINKS, PIP_CERT, ...).
 clean_env="env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8"
 umoci init --layout "$work/oci"
-umoci new --image "$work/oci:$version"
-umoci unpack --image "$work/oci:$version" "$work/bundle" >/dev/null
+umoci new --image "$work/oci:$ref"
+umoci unpack --image "$work/oci:$ref" "$work/bundle" >/dev/null
 rmdir "$rootfs"
 mmdebstrap --quiet --mode=root --variant=apt --skip=essential/unlink \
     --include=python3,libvirt0,openssh-client,ca-certificates \
@@ -88,9 +91,9 @@ done
 # 3. The OCI image: one layer, the configuration the chart's Deployment expects (`command:
 # [vemigrate]` found on PATH, UID/GID 65532, HOME=/tmp on its emptyDir).
 echo "image: OCI archive (umoci)"
-umoci repack --image "$work/oci:$version" "$work/bundle"
+umoci repack --image "$work/oci:$ref" "$work/bundle"
 created=$(date -u +%Y-%m-%dT%H:%M:%SZ)
-umoci config --image "$work/oci:$version" \
+umoci config --image "$work/oci:$ref" \
     --author "$name" --created "$created" \
     --config.user "$uid:$uid" --config.workingdir /tmp \
     --config.env "PATH=$venv_in_image/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
@@ -112,4 +115,4 @@ mv "$archive.new" "$archive"
 digest=$("$python" -c 'import json, sys; print(json.load(open(sys.argv[1]))["manifests"][0]["digest"])' "$work/oci/index.json")
 size=$(stat -c %s "$archive")
 echo "image: $archive"
-echo "image: $name:$version, manifest $digest, $((size / 1024 / 1024)) MiB ($size bytes), built in $((SECONDS - started)) s"
+echo "image: $ref, manifest $digest, $((size / 1024 / 1024)) MiB ($size bytes), built in $((SECONDS - started)) s"

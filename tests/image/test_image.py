@@ -109,7 +109,7 @@ def test_config_is_what_the_chart_runs(image: Image) -> None:
     assert env["HOME"] == "/tmp"
     assert env["PATH"].split(":")[0] == "/opt/ve-migrate/bin"
     labels = config["Labels"]
-    assert labels["org.opencontainers.image.version"] == image.tag
+    assert image.tag == f"ve-migrate:{labels['org.opencontainers.image.version']}"
     assert labels["org.opencontainers.image.title"] == "ve-migrate"
     assert len(image.config["rootfs"]["diff_ids"]) == 1
     # umoci turned the image's user into the runtime's: the container never starts as root.
