@@ -24,7 +24,7 @@ uid=65532
 # the tag: `ctr image import` and `podman load` then name the image ve-migrate:<version> by themselves.
 ref=$name:$version
 
-mkdir -p "$out/debs" "$out/wheels"
+mkdir -p "$out/debs"
 work=$(mktemp -d "$out/build.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
