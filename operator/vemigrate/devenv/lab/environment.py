@@ -279,6 +279,7 @@ class Lab:
             run(["ip", "link", "del", link], check=False)
         _remove_container_cgroups()
         shutil.rmtree(lab_dir() / "hosts", ignore_errors=True)
+        shutil.rmtree(host.shared_dir(), ignore_errors=True)
         LabState.path().unlink(missing_ok=True)
         if errors:
             raise RuntimeError("lab down left something behind: " + "; ".join(errors))
@@ -298,7 +299,9 @@ class Lab:
         state: vm.VMState = vm.VMState.RUNNING,
         dirty_mib: int = 4,
         bridge: str | None = None,
+        disk_dir: str = host.POOL_PATH,
     ) -> vm.VMInfo:
+        """A VM with its disk in the host's pool, or in `disk_dir` (such as `Lab.shared_storage()`)."""
         lab = _running_state()
         h = lab.host(host_name)
         conn = _connect(h)
@@ -313,9 +316,19 @@ class Lab:
                 state=state,
                 dirty_mib=dirty_mib,
                 bridge=bridge,
+                disk_dir=disk_dir,
             )
         finally:
             conn.close()
+
+    @staticmethod
+    def shared_storage() -> str:
+        """The path at which every lab host sees one directory of the machine: storage both hosts share
+        (what NFS at the same path is to libvirt). Bound on hosts started before the lab had it."""
+        for h in _running_state().hosts:
+            if h.holder is not None:
+                host.ensure_shared_storage(h.holder.pid)
+        return host.SHARED_PATH
 
     @staticmethod
     def remove_vm(host_name: str, name: str) -> bool:

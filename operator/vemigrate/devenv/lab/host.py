@@ -24,6 +24,9 @@ BIND_MOUNTS = (
     ("cache", "/var/cache/libvirt"),
 )
 POOL_PATH = "/var/lib/libvirt/images"
+# One directory of the machine bound at this path in every lab host: storage both hosts share, as NFS
+# mounted at the same path on each looks to libvirt (the same files, visible at once on both).
+SHARED_PATH = "/var/lib/libvirt/shared"
 BOOT_PATH = "/var/lib/libvirt/boot"
 DAEMONS = ("virtlogd", "libvirtd", "sshd")
 
@@ -31,7 +34,7 @@ DAEMONS = ("virtlogd", "libvirtd", "sshd")
 # Arguments arrive as positional parameters, never spliced into the script text.
 _HOLDER_SCRIPT = r"""
 set -eu
-hostdir=$1; name=$2; pool_mib=$3; ssh_config=$4
+hostdir=$1; name=$2; pool_mib=$3; ssh_config=$4; shared=$5
 mount -t tmpfs -o mode=0755 tmpfs /run
 mkdir -p /run/libvirt /run/sshd
 mount --bind "$hostdir/etc" /etc/libvirt
@@ -41,6 +44,7 @@ mount --bind "$hostdir/log" /var/log/libvirt
 mount --bind "$hostdir/cache" /var/cache/libvirt
 # Disks live on a size-limited tmpfs, so `lab fill-disk` fills this host and never the machine.
 mount -t tmpfs -o "size=${pool_mib}m,mode=0711" tmpfs /var/lib/libvirt/images
+mount --bind "$shared" /var/lib/libvirt/shared
 # sysfs of this network namespace: libvirt looks up bridges and taps under /sys/class/net. The
 # cgroup mounts are carried over (LXC containers need them) minus the cgroup2 one: libvirt's LXC
 # driver fails on this machine's hybrid v1 + v2 layout and works on the v1 controllers alone.
@@ -102,7 +106,20 @@ def prepare_host_dir(host: HostState, caps_cache: Path) -> None:
     """Fresh directories and configuration for one host."""
     if host.dir.exists():
         shutil.rmtree(host.dir)
-    for sub in ("etc", "run", "lib/images", "lib/boot", "log/qemu", "cache", "ssh", "dotssh", "daemons", "sbin"):
+    shared_dir().mkdir(parents=True, exist_ok=True)
+    for sub in (
+        "etc",
+        "run",
+        "lib/images",
+        "lib/boot",
+        "lib/shared",
+        "log/qemu",
+        "cache",
+        "ssh",
+        "dotssh",
+        "daemons",
+        "sbin",
+    ):
         (host.dir / sub).mkdir(parents=True)
     install_prlctl_standin(host.dir / "sbin")
     etc = host.dir / "etc"
@@ -183,6 +200,19 @@ def ensure_prlctl_standin(host_dir: Path, holder_pid: int) -> None:
     run(["nsenter", "-t", str(holder_pid), "-m", "--", "sh", "-c", bind, "sh", str(sbin)])
 
 
+def shared_dir() -> Path:
+    """The machine's directory behind SHARED_PATH in every lab host."""
+    return lab_dir() / "shared"
+
+
+def ensure_shared_storage(holder_pid: int) -> None:
+    """Bind the shared directory on SHARED_PATH of a running host (a no-op when already bound): for
+    hosts that were started before the lab had it."""
+    shared_dir().mkdir(parents=True, exist_ok=True)
+    bind = 'mkdir -p -- "$2" && { mountpoint -q -- "$2" || mount --bind -- "$1" "$2"; }'
+    run(["nsenter", "-t", str(holder_pid), "-m", "--", "sh", "-c", bind, "sh", str(shared_dir()), SHARED_PATH])
+
+
 def host_key_line(host: HostState) -> str:
     """The known_hosts line for this host: its address and its public host key."""
     key_type, key = (host.dir / "ssh" / "host_key.pub").read_text().split()[:2]
@@ -211,6 +241,7 @@ def start_holder(host: HostState, pool_mib: int) -> Tracked:
             host.name,
             str(pool_mib),
             str(client_config_path()),
+            str(shared_dir()),
         ],
         host.dir / "daemons" / "holder.log",
     )

@@ -129,12 +129,15 @@ def _host_path(host: HostState, inside: str) -> Path:
     return Path(f"/proc/{host.holder.pid}/root{inside}")
 
 
-def make_disk(conn: Any, host: HostState, name: str, disk_mib: int, seed: str) -> tuple[str, str]:
-    """A qcow2 disk in the host's pool with the payload at MiB 1; returns (path inside, payload md5)."""
+def make_disk(
+    conn: Any, host: HostState, name: str, disk_mib: int, seed: str, directory: str = POOL_PATH
+) -> tuple[str, str]:
+    """A qcow2 disk in the host's pool (or `directory`) with the payload at MiB 1; returns (path inside,
+    payload md5)."""
     if disk_mib < 8:
         raise RuntimeError("a lab VM disk needs at least 8 MiB (the payload sits at MiB 1-5)")
     data = payload(seed)
-    inside = f"{POOL_PATH}/{name}.qcow2"
+    inside = f"{directory}/{name}.qcow2"
     target = _host_path(host, inside)
     if target.exists():
         raise RuntimeError(f"lab host {host.name} already has a disk {inside}")
@@ -179,12 +182,13 @@ def create(
     state: VMState = VMState.RUNNING,
     dirty_mib: int = 4,
     bridge: str | None = None,
+    disk_dir: str = POOL_PATH,
 ) -> VMInfo:
     check_name(name)
     if conn.listDefinedDomains().count(name) or name in [d.name() for d in conn.listAllDomains()]:
         raise RuntimeError(f"lab host {host.name} already has a VM named {name}")
     vm_uuid = str(uuid.uuid4())
-    disk, md5 = make_disk(conn, host, name, disk_mib, vm_uuid)
+    disk, md5 = make_disk(conn, host, name, disk_mib, vm_uuid, disk_dir)
     xml = domain_xml(
         name=name,
         vm_uuid=vm_uuid,
