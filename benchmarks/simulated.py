@@ -19,6 +19,7 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from vemigrate.api.host import CPUFacts, HostStatus, NetworkFacts, StorageFacts, VEKind, VersionFacts
@@ -90,7 +91,7 @@ class SimulatedHost:
     async def close(self) -> None:
         return None
 
-    async def probe(self) -> HostStatus:
+    async def probe(self, paths: Sequence[str] = ()) -> HostStatus:
         return host_facts()
 
     async def find_ve(self, name: str) -> VEFacts | None:
@@ -98,6 +99,9 @@ class SimulatedHost:
 
     async def reaches(self, other: HostAccess) -> bool:
         return True
+
+    async def shared_disks(self, ve: VEFacts, target: HostAccess) -> tuple[str, ...] | None:
+        return ()
 
     async def start_job(self, plan: MigrationPlan) -> None:
         _jobs.setdefault(plan.uid, time.monotonic())

@@ -207,11 +207,15 @@ async def _observe(
         _ask(src, lambda d: d.find_ve(spec.source.name)),
         _ask(dst, lambda d: d.find_ve(spec.source.name)),
         _ask(src, lambda d: d.probe()) if checking else none(),
-        _ask(dst, lambda d: d.probe()) if checking else none(),
+        _ask(dst, lambda d: d.probe([spec.target.path] if spec.target.path else [])) if checking else none(),
         _ask(src, lambda d: d.reaches(target_access)) if checking and target_access else none(),
     )
     src.obs = replace(src.obs, facts=src_facts or src.obs.facts)
     dst.obs = replace(dst.obs, facts=dst_facts or dst.obs.facts)
+    if checking and source_ve is not None and source_ve.disk_paths and target_access is not None:
+        # Which disks the target sees as the same files: for the SharedStorage check.
+        probed, peer = source_ve, target_access
+        source_ve = replace(source_ve, shared_disks=await _ask(src, lambda d: d.shared_disks(probed, peer)))
     plan = _plan(uid, spec, stored, source_ve, src, dst)
     job: JobObservation | None = None
     verified = disposed = leftovers = None

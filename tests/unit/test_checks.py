@@ -146,6 +146,8 @@ def case(name: CheckName, result: CheckResult, fragment: str, id: str, **facts: 
 
 
 V6_SOURCE = host(version=version(VZ6))
+SHARED_DISK = "/mnt/nfs/web1.qcow2"
+LOCAL_DISK = "/vz/images/web1-data.qcow2"
 
 # -- the table: given these facts, check X gives <result> with a message containing <fragment> --
 CASES = [
@@ -236,6 +238,41 @@ CASES = [
     ),
     case(
         CheckName.TARGET_DISK,
+        F,
+        "1 GiB free at /srv/fast (holding /srv/fast/images)",
+        "live-disks-keep-their-paths",
+        ve=vm(storage_path="/srv/fast/images", disk_paths=("/srv/fast/images/web1.qcow2",)),
+        target=host(
+            storage=[StorageFacts(path="/vz", free_bytes=500 * GIB), StorageFacts(path="/srv/fast", free_bytes=GIB)]
+        ),
+    ),
+    case(
+        CheckName.TARGET_DISK,
+        P,
+        "500 GiB free at /vz (holding /vz/live)",
+        "live-target-path",
+        ve=vm(storage_path="/srv/fast/images", disk_paths=("/srv/fast/images/web1.qcow2",)),
+        target=host(
+            storage=[StorageFacts(path="/vz", free_bytes=500 * GIB), StorageFacts(path="/srv/fast", free_bytes=GIB)]
+        ),
+        spec={"target": {"host": "node-b", "path": "/vz/live"}},
+    ),
+    case(
+        CheckName.TARGET_DISK,
+        P,
+        "every disk of VM 'web1' is on storage both hosts share",
+        "live-all-disks-shared",
+        ve=vm(disk_paths=(SHARED_DISK,), shared_disks=(SHARED_DISK,), disk_bytes=900 * GIB),
+    ),
+    case(
+        CheckName.TARGET_DISK,
+        F,
+        "VM 'web1' needs 900 GiB",
+        "offline-copies-shared-disks",
+        ve=vm(state=VEState.STOPPED, disk_paths=(SHARED_DISK,), shared_disks=(SHARED_DISK,), disk_bytes=900 * GIB),
+    ),
+    case(
+        CheckName.TARGET_DISK,
         S,
         "target node-b did not report free disk space",
         "no-storage",
@@ -320,7 +357,7 @@ CASES = [
     case(
         CheckName.MOVABLE_STORAGE,
         F,
-        "does not detect shared storage yet: if both hosts see these disks at the same paths",
+        "proves shared storage for disk files only: if both hosts see these disks at the same paths",
         "block-live-local",
         ve=vm(non_file_disks=("vdb: block device /dev/sdb", "vdc: network disk rbd://mon1/vms/x")),
     ),
@@ -703,6 +740,54 @@ CASES = [
         ve=ct(),
     ),
     case(CheckName.V6_CONTAINER_STOPPED, S, "applies to containers only", "vm", source=V6_SOURCE),
+    # SharedStorage
+    case(CheckName.SHARED_STORAGE, P, "VM 'web1' has no disk files", "diskless"),
+    case(
+        CheckName.SHARED_STORAGE,
+        P,
+        f"{SHARED_DISK} of VM 'web1' is on storage both hosts share: not copied, node-b runs from the same files",
+        "all-shared",
+        ve=vm(disk_paths=(SHARED_DISK,), shared_disks=(SHARED_DISK,)),
+    ),
+    case(
+        CheckName.SHARED_STORAGE,
+        P,
+        f"no disk of VM 'web1' is on storage both hosts share: {LOCAL_DISK} copied into /srv/ves/{UUID}/",
+        "local-into-target-path",
+        ve=vm(disk_paths=(LOCAL_DISK,), shared_disks=()),
+        spec={"target": {"host": "node-b", "path": "/srv/ves"}},
+    ),
+    case(
+        CheckName.SHARED_STORAGE,
+        F,
+        f"spec.target.path /srv/ves cannot be honoured: {SHARED_DISK} of VM 'web1' is on storage both hosts share",
+        "target-path-on-shared",
+        ve=vm(disk_paths=(SHARED_DISK, LOCAL_DISK), shared_disks=(SHARED_DISK,)),
+        spec={"target": {"host": "node-b", "path": "/srv/ves"}},
+    ),
+    case(
+        CheckName.SHARED_STORAGE,
+        P,
+        f"{SHARED_DISK} of VM 'web1' on storage both hosts share: not copied, nothing of them removed; {LOCAL_DISK} "
+        "local: copied at the same paths",
+        "mixed",
+        ve=vm(disk_paths=(SHARED_DISK, LOCAL_DISK), shared_disks=(SHARED_DISK,)),
+    ),
+    case(
+        CheckName.SHARED_STORAGE,
+        S,
+        "could not tell which disks of VM 'web1' node-b sees as the same files",
+        "not-probed",
+        ve=vm(disk_paths=(LOCAL_DISK,)),
+    ),
+    case(
+        CheckName.SHARED_STORAGE,
+        S,
+        "offline migration: not required",
+        "offline",
+        ve=vm(state=VEState.STOPPED, disk_paths=(SHARED_DISK,), shared_disks=(SHARED_DISK,)),
+        spec={"target": {"host": "node-b", "path": "/srv/ves"}},
+    ),
     # V6GuestOS
     case(CheckName.V6_GUEST_OS, P, "has a guest OS installed", "installed", source=V6_SOURCE),
     case(
@@ -748,7 +833,7 @@ def test_healthy_live_vm_passes_everything_that_applies() -> None:
 def test_healthy_live_container_passes_everything_that_applies() -> None:
     results = run_checks(Facts(ve=ct()).input())
     assert failed(results) == []
-    assert {c.name for c in results if c.result == S} == V6_ONLY | {CheckName.SNAPSHOTS}
+    assert {c.name for c in results if c.result == S} == V6_ONLY | {CheckName.SNAPSHOTS, CheckName.SHARED_STORAGE}
 
 
 def test_offline_skips_every_live_only_check() -> None:
@@ -824,8 +909,8 @@ def test_failed_and_summary() -> None:
     facts = Facts(ve=vm(snapshots=1), target=host(storage=[StorageFacts(path="/vz", free_bytes=GIB)]))
     results = run_checks(facts.input())
     assert [c.name for c in failed(results)] == [CheckName.TARGET_DISK, CheckName.SNAPSHOTS]
-    assert summary(results) == "2 of 29 checks failed: TargetDiskSpace, NoSnapshots"
-    assert summary(run_checks(Facts().input())) == "20 of 29 checks passed, 9 skipped, none failed"
+    assert summary(results) == "2 of 30 checks failed: TargetDiskSpace, NoSnapshots"
+    assert summary(run_checks(Facts().input())) == "21 of 30 checks passed, 9 skipped, none failed"
 
 
 def test_a_check_that_raises_fails_instead_of_crashing(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -970,4 +1055,4 @@ def test_property_one_result_per_check_and_no_check_raises(inp: CheckInput) -> N
             assert (c.result, c.message) == (S, "skipped by spec.checks.skip")
         elif c.name in LIVE_ONLY and inp.mode == Mode.OFFLINE and c.result != S:
             pytest.fail(f"{c.name} ran for an offline migration: {c.message}")
-    assert summary(results).startswith(f"{len(failed(results))} of 29" if failed(results) else "")
+    assert summary(results).startswith(f"{len(failed(results))} of 30" if failed(results) else "")

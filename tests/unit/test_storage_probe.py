@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from vemigrate.core.access import HostAccess
+from vemigrate.drivers import hostfacts
 from vemigrate.drivers import prlctl_output as out
 from vemigrate.drivers.libvirt.facts import _FACTS as LIBVIRT_FACTS
 from vemigrate.drivers.libvirt.facts import _host_status
@@ -52,7 +53,8 @@ def test_prlctl_probe_measures_hostile_paths_and_runs_nothing_they_hold(tmp_path
     info = out.parse_server_info((FIXTURES / "prlsrvctl-info-full-j.json").read_text())
     status = host_status(info, [], shell, 0, ACCESS, paths)
     measured = [s.path for s in status.storage]
-    assert measured == [*paths[: len(HOSTILE)], "/"], "every path that exists, by its own name; none invented"
+    # A path not made yet (spec.target.path) is measured where it would be made: its nearest parent.
+    assert measured == paths, "every path asked about, by its own name; none invented"
     assert all(s.total_bytes and s.total_bytes > 0 for s in status.storage)
 
 
@@ -72,5 +74,21 @@ def test_libvirt_probe_reads_the_same_way(tmp_path: Path) -> None:
         "lib_version": 9000000,
     }
     status = _host_status(facts, shell, paths, 0, ACCESS)
-    assert [s.path for s in status.storage] == [*paths[: len(HOSTILE)], "/"]
+    assert [s.path for s in status.storage] == paths
     assert status.default_path == paths[0]
+
+
+def test_a_path_not_made_yet_is_measured_where_it_would_be_made(tmp_path: Path) -> None:
+    """spec.target.path before the first migration into it: the file system of its nearest parent."""
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(small)], check=False)
+    if mounted.returncode != 0:
+        pytest.skip("needs root to mount a tmpfs")
+    try:
+        paths = [str(small / "ves" / "live"), "/"]
+        lines = [line.split() for line in _run(hostfacts.DF, paths, tmp_path).splitlines()]
+        assert lines[0][:2] == ["df", "1"] and int(lines[0][3]) == 4 << 20 and lines[0][4] == "tmpfs"
+        assert not (small / "ves").exists(), "nothing made by measuring"
+    finally:
+        subprocess.run(["umount", str(small)], check=True)

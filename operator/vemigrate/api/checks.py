@@ -21,6 +21,7 @@ class CheckName(StrEnum):
     SNAPSHOTS = "NoSnapshots"
     LINKED_CLONES = "NoLinkedClones"
     MOVABLE_STORAGE = "MovableStorage"  # everything the VE keeps on its host moves with it (or is shared)
+    SHARED_STORAGE = "SharedStorage"  # which disks both hosts share (left in place live); not with target.path
     VE_TYPE = "NoContainerToVM"  # a container can only land on a host that runs containers
     TUNNEL = "TunnelledContainer"  # tunnelless migration of containers is not supported
     # Live migration only.

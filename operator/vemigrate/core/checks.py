@@ -289,11 +289,33 @@ def _storage_for(path: str, storage: Sequence[StorageFacts]) -> StorageFacts | N
     return best
 
 
+def _shared(inp: CheckInput) -> tuple[str, ...]:
+    """The disks a live migration leaves in place: those the target sees as the same files."""
+    return inp.ve.shared_disks or () if inp.live else ()
+
+
+def _all_shared(inp: CheckInput) -> bool:
+    shared = _shared(inp)
+    return bool(shared) and set(inp.ve.disk_paths) <= set(shared)
+
+
+def _landing(inp: CheckInput) -> str | None:
+    """Where the copy lands on the target: spec.target.path (in <path>/<UUID>); a live VM's disks
+    otherwise keep their paths; anything else goes to the target's default VE directory."""
+    if inp.spec.target.path:
+        return inp.spec.target.path
+    if inp.live and not inp.container and inp.ve.storage_path:
+        return inp.ve.storage_path
+    return inp.target.default_path
+
+
 @_check(CheckName.TARGET_DISK)
 def _target_disk(inp: CheckInput) -> Outcome:
-    path = inp.spec.target.path or inp.target.default_path
+    path = _landing(inp)
     if not path:
         return SKIPPED, f"{inp.dst} did not report its default VE directory and spec.target.path is unset; not checked"
+    if _all_shared(inp):
+        return PASSED, f"every disk of {_ve(inp)} is on storage both hosts share: no disk data is copied"
     if not inp.target.storage:
         return _unknown(inp.dst, "free disk space")
     entry = _storage_for(path, inp.target.storage)
@@ -418,7 +440,7 @@ def _movable_storage(inp: CheckInput) -> Outcome:
         )
     if ve.non_file_disks and not shared_live:
         shared = (
-            "; the libvirt driver does not detect shared storage yet: if both hosts see these disks at the same "
+            "; the libvirt driver proves shared storage for disk files only: if both hosts see these disks at the same "
             "paths, they may stay where they are: skip this check (spec.checks.skip: [MovableStorage])"
             if not ve.unmovable
             else ""
@@ -432,6 +454,42 @@ def _movable_storage(inp: CheckInput) -> Outcome:
         f"{_ve(inp)} has storage the copy does not move: {_listed(left)}. Migrated as it is, it would arrive on "
         f"{inp.spec.target.host} without them (or with whatever is at the same path there), and what only "
         f"{inp.spec.source.host} keeps would be deleted with the source. {remedy[:1].upper()}{remedy[1:]}"
+    )
+
+
+@_check(CheckName.SHARED_STORAGE, live_only=True, only=VEKind.VM)
+def _shared_storage(inp: CheckInput) -> Outcome:
+    """A live migration copies local disks and leaves those on storage both hosts share where they are
+    (the target runs from the same files); such disks cannot move into spec.target.path."""
+    ve, path = inp.ve, inp.spec.target.path
+    if not ve.disk_paths:
+        return PASSED, f"{_ve(inp)} has no disk files"
+    if ve.shared_disks is None:
+        return SKIPPED, (
+            f"could not tell which disks of {_ve(inp)} {inp.spec.target.host} sees as the same files (a probe "
+            f"file next to each disk on {inp.spec.source.host}, looked for from the target); not checked. A disk "
+            "the target does see stops the copy with TargetPathInUse, and stays as it is"
+        )
+    shared = [d for d in ve.disk_paths if d in ve.shared_disks]
+    local = [d for d in ve.disk_paths if d not in ve.shared_disks]
+    if not shared:
+        where = f"into {path}/{ve.uuid}/" if path else "at the same paths"
+        return PASSED, f"no disk of {_ve(inp)} is on storage both hosts share: {_listed(local)} copied {where}"
+    if path:
+        return FAILED, (
+            f"spec.target.path {path} cannot be honoured: {_listed(shared)} of {_ve(inp)} "
+            f"{'is' if len(shared) == 1 else 'are'} on storage both hosts share, and a live migration leaves "
+            "such disks where they are (the target runs from the same files). Remove spec.target.path, or move "
+            "the VM offline (it is then copied into the path)"
+        )
+    if not local:
+        return PASSED, (
+            f"{_listed(shared)} of {_ve(inp)} {'is' if len(shared) == 1 else 'are'} on storage both hosts share: "
+            f"not copied, {inp.spec.target.host} runs from the same files, and nothing of them is removed"
+        )
+    return PASSED, (
+        f"{_listed(shared)} of {_ve(inp)} on storage both hosts share: not copied, nothing of them removed; "
+        f"{_listed(local)} local: copied at the same paths"
     )
 
 
@@ -468,7 +526,7 @@ def _tunnel(inp: CheckInput) -> Outcome:
 def _encrypted_disk_copy(inp: CheckInput) -> Outcome:
     if not inp.spec.tunnel:
         return PASSED, "tunnel off: nothing to keep encrypted"
-    if inp.ve.shared_storage or inp.ve.disk_bytes == 0:
+    if inp.ve.shared_storage or inp.ve.disk_bytes == 0 or _all_shared(inp):
         return PASSED, f"{_ve(inp)} has no local disks to copy"
     missing = []
     for label, host in ((inp.src, inp.source), (inp.dst, inp.target)):

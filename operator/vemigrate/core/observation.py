@@ -61,6 +61,9 @@ class VEFacts:
     disk_paths: tuple[str, ...] = ()  # the VE's disk files on its host
     private_area: str | None = None  # a container's root file system directory on its host
     shared_storage: bool = False  # on Virtuozzo Storage or NFS: nothing to copy
+    # The disk files the target host sees as the very same files (storage both hosts share, found by the
+    # driver's probe before the checks); None: not probed, or it could not tell.
+    shared_disks: tuple[str, ...] | None = None
     macs: tuple[str, ...] = ()
     # After a failed post-copy migration (libvirt: paused or running with reason post-copy failed): the
     # VE's running state is split between the hosts, so neither copy alone is complete.

@@ -23,10 +23,12 @@ from vemigrate.drivers.ssh import SSHHost
 # $@: the storage paths to measure. Per path that df can measure: `df <n> <free bytes> <total bytes>
 # <fs type>`, n its position in $@ from 1. The path itself is never printed, so no name (spaces, a line
 # break, `|`) can break a line or pass for another line; `storage` maps n back to the path asked about.
+# A path not made yet (spec.target.path) is measured where it would be made: its nearest existing parent.
 DF = r"""n=0
 for p in "$@"; do
   n=$((n + 1))
-  s=$(df -B1 --output=avail,size,fstype -- "$p" 2>/dev/null | tail -n 1) && [ -n "$s" ] && printf 'df %d %s\n' "$n" "$s"
+  q=$p; while [ ! -e "$q" ] && [ "$q" != / ] && [ "$q" != . ]; do q=$(dirname -- "$q"); done
+  s=$(df -B1 --output=avail,size,fstype -- "$q" 2>/dev/null | tail -n 1) && [ -n "$s" ] && printf 'df %d %s\n' "$n" "$s"
 done
 """
 

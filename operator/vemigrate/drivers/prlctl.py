@@ -145,7 +145,7 @@ class PrlctlDriver:
         return next((entry for entry in await self._list() if entry.matches(name)), None)
 
     # -- facts ------------------------------------------------------------------------------
-    async def probe(self) -> HostStatus:
+    async def probe(self, paths: Sequence[str] = ()) -> HostStatus:
         info_text = (await self._tool([PRLSRVCTL, "info", "--full", "-j"])).stdout
         nets_text = (await self._tool([PRLSRVCTL, "net", "list", "-j"])).stdout
         try:
@@ -153,9 +153,9 @@ class PrlctlDriver:
             networks = out.parse_networks(nets_text)
         except ValueError as exc:
             raise PermanentError("PrlctlOutput", f"{self.access.name}: {exc}") from exc
-        paths = list(dict.fromkeys(p for p in (info.vm_home, CT_PRIVATE, "/") if p))
-        shell, sent_ns = await hostfacts.run(self.ssh, _FACTS, paths)
-        return host_status(info, networks, shell, sent_ns, self.access, paths)
+        measured = list(dict.fromkeys(p for p in (info.vm_home, CT_PRIVATE, *paths, "/") if p))
+        shell, sent_ns = await hostfacts.run(self.ssh, _FACTS, measured)
+        return host_status(info, networks, shell, sent_ns, self.access, measured)
 
     async def find_ve(self, name: str) -> VEFacts | None:
         entry = await self._lookup(name)
@@ -188,6 +188,10 @@ class PrlctlDriver:
 
     async def reaches(self, other: HostAccess) -> bool:
         return await self.ssh.reaches(other)
+
+    async def shared_disks(self, ve: VEFacts, target: HostAccess) -> tuple[str, ...] | None:
+        # Virtuozzo Storage and NFS are known by their file system type (find_ve): all or nothing.
+        return ve.disk_paths if ve.shared_storage else ()
 
     # -- the job on the source --------------------------------------------------------------
     async def start_job(self, plan: MigrationPlan) -> None:

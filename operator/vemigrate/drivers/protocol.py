@@ -12,6 +12,7 @@ never started.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -40,14 +41,19 @@ class HypervisorDriver(Protocol):
     async def close(self) -> None:
         """Release connections (the host's credentials or spec changed, or the operator stops)."""
 
-    async def probe(self) -> HostStatus:
-        """Facts about the host for the pre-flight checks and the HypervisorHost status."""
+    async def probe(self, paths: Sequence[str] = ()) -> HostStatus:
+        """Facts about the host for the pre-flight checks and the HypervisorHost status; `paths`: more
+        directories whose file system's free space to report (spec.target.path, made or not yet)."""
 
     async def find_ve(self, name: str) -> VEFacts | None:
         """The VE with this name or UUID on this host, or None when there is none."""
 
     async def reaches(self, other: HostAccess) -> bool:
         """Whether this host opens a direct SSH connection to `other` on its SSH port."""
+
+    async def shared_disks(self, ve: VEFacts, target: HostAccess) -> tuple[str, ...] | None:
+        """Which of the VE's disk files (on this host) `target` sees as the very same files: storage both
+        hosts share, which a live migration leaves in place. None: it could not tell."""
 
     # -- on the source ----------------------------------------------------------------------
     async def start_job(self, plan: MigrationPlan) -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NoReturn
 
 from vemigrate.api.host import HostStatus
@@ -24,13 +25,16 @@ class UnavailableDriver:
     async def close(self) -> None:
         return None
 
-    async def probe(self) -> HostStatus:
+    async def probe(self, paths: Sequence[str] = ()) -> HostStatus:
         self._refuse()
 
     async def find_ve(self, name: str) -> VEFacts | None:
         self._refuse()
 
     async def reaches(self, other: HostAccess) -> bool:
+        self._refuse()
+
+    async def shared_disks(self, ve: VEFacts, target: HostAccess) -> tuple[str, ...] | None:
         self._refuse()
 
     async def start_job(self, plan: MigrationPlan) -> None:

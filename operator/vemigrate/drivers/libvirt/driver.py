@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import PurePosixPath
 from typing import Any
@@ -19,7 +20,7 @@ from vemigrate.api.migration import Mode, SourceDisposition
 from vemigrate.core.access import HostAccess
 from vemigrate.core.observation import JobObservation, JobState, JobStats, VEFacts, VEState
 from vemigrate.drivers import hostfacts, hostjob, jobfailure
-from vemigrate.drivers.errors import PermanentError
+from vemigrate.drivers.errors import PermanentError, StateUnknownError
 from vemigrate.drivers.libvirt.connection import Libvirtd
 from vemigrate.drivers.libvirt.facts import (
     _FACTS,
@@ -45,6 +46,8 @@ from vemigrate.drivers.libvirt.jobs import (
     _target_name,
     completed_stats,
     live_script,
+    read_shared_probe,
+    shared_probe,
 )
 from vemigrate.drivers.protocol import MigrationPlan
 from vemigrate.drivers.ssh import SSHHost
@@ -76,7 +79,7 @@ class LibvirtDriver:
         return None
 
     # -- facts ------------------------------------------------------------------------------
-    async def probe(self) -> HostStatus:
+    async def probe(self, paths: Sequence[str] = ()) -> HostStatus:
         def read(conn: Any) -> dict[str, Any]:
             info = conn.getInfo()
             caps = ET.fromstring(conn.getCapabilities())
@@ -99,9 +102,10 @@ class LibvirtDriver:
             }
 
         facts = await self.libvirtd.call("reading host facts", read)
-        paths = [*([p for _, p in facts["pools"]] or [DEFAULT_POOL_PATH]), "/"]
-        shell, sent_ns = await hostfacts.run(self.ssh, _FACTS, paths)
-        return _host_status(facts, shell, paths, sent_ns, self.access)
+        pools = [p for _, p in facts["pools"]] or [DEFAULT_POOL_PATH]
+        measured = list(dict.fromkeys([*pools, *paths, "/"]))  # the first is the default directory
+        shell, sent_ns = await hostfacts.run(self.ssh, _FACTS, measured)
+        return _host_status(facts, shell, measured, sent_ns, self.access)
 
     async def find_ve(self, name: str) -> VEFacts | None:
         def read(conn: Any) -> tuple[VEFacts, list[str]] | None:
@@ -186,6 +190,22 @@ class LibvirtDriver:
     async def reaches(self, other: HostAccess) -> bool:
         return await self.ssh.reaches(other)
 
+    async def shared_disks(self, ve: VEFacts, target: HostAccess) -> tuple[str, ...] | None:
+        verdicts = await self._shared(target, list(ve.disk_paths))
+        if any(v != "shared" and v != "local" for v in verdicts.values()):
+            return None
+        return tuple(path for path in ve.disk_paths if verdicts.get(path) == "shared")
+
+    async def _shared(self, target: HostAccess, disks: list[str]) -> dict[str, str]:
+        """Which of these disk files `target` sees as the same files (shared, local or unknown each), by a
+        probe file made next to each disk here and looked for over this host's own SSH to the target."""
+        if not disks:
+            return {}
+        probable = [d for d in disks if not any(c in d for c in "\t\n\r")]
+        out = await self.ssh.run(shared_probe(target, probable)) if probable else None
+        verdicts = read_shared_probe(out.stdout) if out is not None else {}
+        return {d: verdicts.get(d, "unknown") for d in disks}
+
     # -- the job on the source --------------------------------------------------------------
     async def start_job(self, plan: MigrationPlan) -> None:
         if plan.ve is None:
@@ -207,12 +227,28 @@ class LibvirtDriver:
                     "libvirt cannot clone a running VM live: stop it and migrate offline with clone, "
                     "or migrate without clone",
                 )
-            disks = [] if plan.ve.shared_storage else _disks(ET.fromstring(xml))
-            sizes = await self.libvirtd.call(
-                "reading disk sizes",
-                lambda c: [self._lookup(c, plan.ve.uuid).blockInfo(d.path)[0] for d in disks],  # type: ignore[union-attr]
+            every = _disks(ET.fromstring(xml))
+            # Decided again here, not taken from the pre-flight: a disk both hosts see stays where it is.
+            verdicts = await self._shared(plan.target, [d.path for d in every])
+            shared = [d.target for d in every if verdicts[d.path] == "shared"]
+            disks = [d for d in every if verdicts[d.path] != "shared"]
+            uuid = plan.ve.uuid
+
+            def read(conn: Any) -> tuple[list[int], str | None]:
+                dom = self._lookup(conn, uuid)
+                sizes = [dom.blockInfo(d.path)[0] for d in disks]
+                # With spec.target.path the target gets the definitions with the disks' new paths.
+                flags = libvirt.VIR_DOMAIN_XML_SECURE | libvirt.VIR_DOMAIN_XML_MIGRATABLE
+                return sizes, dom.XMLDesc(flags) if plan.spec.target.path and disks else None
+
+            sizes, live_xml = await self.libvirtd.call("reading the disks and the live definition", read)
+            text = live_script(
+                plan,
+                copy_disks=bool(disks),
+                disks=list(zip(disks, sizes, strict=True)),
+                shared=shared,
+                xml=(live_xml, xml) if live_xml is not None else None,
             )
-            text = live_script(plan, copy_disks=bool(disks), disks=list(zip(disks, sizes, strict=True)))
         else:
             text = _offline_script(plan, xml)
         await self._mark(plan)
@@ -308,28 +344,47 @@ class LibvirtDriver:
         if disposition != SourceDisposition.REMOVED:
             raise PermanentError("UnsupportedDisposition", f"libvirt VMs are removed, not {disposition.value}")
 
-        def remove(conn: Any) -> list[str]:
+        def disks(conn: Any) -> list[str] | None:
             dom = self._lookup(conn, plan.spec.source.name)
             if dom is None:
-                return []
+                return None
             if dom.isActive():
                 # Never remove a running copy: the target copy is verified, but this one still runs.
                 raise PermanentError("SourceStillRunning", f"{dom.name()} still runs on {self.access.name}")
-            root = ET.fromstring(dom.XMLDesc(0))
-            files = [] if plan.ve is not None and plan.ve.shared_storage else [d.path for d in _disks(root)]
             # A disk another domain here also uses is that domain's too: it stays.
-            shared = {
+            others = {
                 d.path
                 for other in conn.listAllDomains(0)
                 if other.UUIDString() != dom.UUIDString()
                 for d in _disks(ET.fromstring(other.XMLDesc(0)))
             }
-            files = [f for f in files if f not in shared]
+            return [d.path for d in _disks(ET.fromstring(dom.XMLDesc(0))) if d.path not in others]
+
+        files = await self.libvirtd.call("reading the source's disks", disks)
+        if files is None:
+            return
+        if plan.mode == Mode.LIVE and files:
+            # A live copy left disks on storage both hosts share where they were: the target runs from
+            # them now. Proven again here, just before anything is removed.
+            verdicts = await self._shared(plan.target, files)
+            if any(v == "unknown" for v in verdicts.values()):
+                raise StateUnknownError(
+                    "SharedStorageUnknown",
+                    f"could not tell whether {self.access.name} shares the disks {', '.join(files)[:300]} with the "
+                    "target; none removed yet",
+                )
+            files = [f for f in files if verdicts[f] == "local"]
+
+        def remove(conn: Any) -> None:
+            dom = self._lookup(conn, plan.spec.source.name)
+            if dom is None:
+                return
+            if dom.isActive():
+                raise PermanentError("SourceStillRunning", f"{dom.name()} still runs on {self.access.name}")
             flags = libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
             dom.undefineFlags(flags | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
-            return files
 
-        files = await self.libvirtd.call("removing the source domain", remove)
+        await self.libvirtd.call("removing the source domain", remove)
         if files:
             await self.ssh.run(["rm", "-f", "--", *files])
             await self._refresh_pools(files)

@@ -2,7 +2,9 @@
 (drivers/hostjob.py) and the shell scripts it runs on the target over the source node's own SSH.
 
 - live: `virsh migrate` (`live_argv`, `live_script`), after the disks a live copy needs are created on
-  the target (`_CREATE_DISKS`);
+  the target (`_CREATE_DISKS`): at the source's paths, or with spec.target.path in `<path>/<UUID>/`
+  under a destination XML naming them (`live_target_disk`); disks on storage both hosts share are
+  found by a probe file (`_SHARED_PROBE`) and left where they are;
 - offline: each disk streamed and checked by sha256 (`_copy_lines`, `_RECEIVE`), then defined on the
   target (`_offline_script`, `_target_xml`);
 - containers: the private area streamed with tar, checked by a manifest (`_container_script`).
@@ -21,7 +23,9 @@ import shlex
 import uuid as uuidlib
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
+from dataclasses import replace
 
+from vemigrate.core.access import HostAccess
 from vemigrate.core.observation import JobStats, VEState
 from vemigrate.drivers import hostjob
 from vemigrate.drivers.errors import PermanentError
@@ -87,7 +91,7 @@ while [ $# -ge 3 ]; do
     if ! ln -T -- "$tmp" "$path" 2>/dev/null; then
         rm -f -- "$tmp"
         echo "error: $path already exists on the target (someone else's file, or storage both hosts" \
-            "share, not supported yet); it is not this migration's and stays as it is" >&2
+            "share that the pre-flight probe did not see); it is not this migration's and stays as it is" >&2
         exit 3
     fi
     printf 'file %s %s\n' "$(ident "$path")" "$path" >>"$rec"
@@ -176,16 +180,24 @@ def _forget_record(plan: MigrationPlan) -> str:
 
 
 def _define_on_target(plan: MigrationPlan, xml: str, uri: str) -> list[str]:
-    # base64: no text of the domain (names, descriptions) is ever read by the shell.
-    encoded = base64.b64encode(xml.encode()).decode()
     return [
-        f"printf %s {encoded} | base64 -d >domain.xml",
+        _write_file("domain.xml", xml),
         _on_target(plan, ["virsh", "-c", uri, "define", "/dev/stdin"]) + " <domain.xml",
     ]
 
 
-def live_argv(plan: MigrationPlan, *, copy_disks: bool) -> list[str]:
-    """The `virsh migrate` command for a live migration, one spec option at a time."""
+def live_argv(
+    plan: MigrationPlan,
+    *,
+    copy_disks: bool,
+    migrate_disks: Sequence[str] = (),
+    shared: bool = False,
+    xml: bool = False,
+) -> list[str]:
+    """The `virsh migrate` command for a live migration, one spec option at a time. `migrate_disks`: the
+    devices copied when not all are (the rest are on storage both hosts share); `shared`: some disk is
+    left in place on shared storage; `xml`: the job wrote the target's definitions (dest.xml,
+    persistent.xml) with the disks' new paths."""
     spec, ve = plan.spec, plan.ve
     assert ve is not None
     argv = ["virsh", "-c", "qemu:///system", "migrate", "--live", "--p2p", "--persistent", "--verbose"]
@@ -198,6 +210,14 @@ def live_argv(plan: MigrationPlan, *, copy_disks: bool) -> list[str]:
         argv.append("--tunnelled")
     if copy_disks:
         argv.append("--copy-storage-all")
+        if migrate_disks:
+            argv += ["--migrate-disks", ",".join(migrate_disks)]
+    if shared:
+        # libvirt takes only NFS, GlusterFS and the like for shared; a disk the probe file proved both
+        # hosts see (the same file at the same path) is as safe, whatever the file system says.
+        argv.append("--unsafe")
+    if xml:
+        argv += ["--xml", "dest.xml", "--persistent-xml", "persistent.xml"]
     if spec.compression:
         argv.append("--compressed")
     if spec.bandwidth_mib_ps:
@@ -227,27 +247,146 @@ def _recordable(path: str) -> str:
     return path
 
 
-def live_script(plan: MigrationPlan, *, copy_disks: bool, disks: Sequence[tuple[_Disk, int]] = ()) -> str:
-    """`disks`: (disk, virtual size) of each disk the live copy creates on the target."""
+def live_target_disk(plan: MigrationPlan, disk: _Disk) -> _Disk:
+    """Where a live copy puts a disk on the target: with spec.target.path in `<path>/<UUID>/<dev>.<format>`
+    as an offline copy does, else at the source's own path."""
+    assert plan.ve is not None
+    if not plan.spec.target.path:
+        return disk
+    return replace(disk, path=f"{_target_dir(plan, plan.ve.uuid)}/{_disk_file(disk)}")
+
+
+def _write_file(name: str, text: str) -> str:
+    # base64: no text of the domain (names, descriptions) is ever read by the shell.
+    return f"printf %s {base64.b64encode(text.encode()).decode()} | base64 -d >{shlex.quote(name)}"
+
+
+def live_script(
+    plan: MigrationPlan,
+    *,
+    copy_disks: bool,
+    disks: Sequence[tuple[_Disk, int]] = (),
+    shared: Sequence[str] = (),
+    xml: tuple[str, str] | None = None,
+) -> str:
+    """`disks`: (disk, virtual size) of each disk the live copy creates on the target, as on the source;
+    `shared`: the devices left in place on storage both hosts share; `xml`: the domain's live and
+    persistent definitions, which the target gets with the disks' new paths when spec.target.path is set."""
     ve = plan.ve
     assert ve is not None
     lines = []
+    directory = _target_dir(plan, ve.uuid) if plan.spec.target.path else None
+    if directory is not None and shared:
+        raise PermanentError(
+            "TargetPathOnSharedStorage",
+            f"spec.target.path cannot be honoured: {', '.join(shared)} on storage both hosts share stay where "
+            "they are; remove spec.target.path, or move those disks to local storage first",
+        )
+    if directory is not None and copy_disks and disks:
+        if xml is None:
+            raise ValueError("a live copy into spec.target.path needs the domain's definitions")
+        _recordable(directory)
+        lines.append(_create_dir(plan, directory, "dir"))
+        lines.append(_write_file("dest.xml", _target_xml(plan, xml[0], directory)))
+        lines.append(_write_file("persistent.xml", _target_xml(plan, xml[1], directory)))
     if copy_disks and disks:
-        for disk, _ in disks:
+        placed = [(live_target_disk(plan, disk), size) for disk, size in disks]
+        for disk, _ in placed:
             _recordable(disk.path)
-        created = [word for disk, size in disks for word in (disk.path, disk.format, str(size))]
+        created = [word for disk, size in placed for word in (disk.path, disk.format, str(size))]
         lines.append(_on_target(plan, ["sh", "-c", _CREATE_DISKS, "sh", _record(plan), *created]))
     if plan.spec.max_downtime_ms:
         setting = ["virsh", "-c", "qemu:///system", "migrate-setmaxdowntime", ve.uuid, str(plan.spec.max_downtime_ms)]
         lines.append(hostjob.command(setting))
+    argv = live_argv(
+        plan,
+        copy_disks=copy_disks and bool(disks),
+        migrate_disks=[disk.target for disk, _ in disks] if shared else (),
+        shared=bool(shared),
+        xml=directory is not None and copy_disks and bool(disks),
+    )
     # libvirtd's ssh takes its host key policy from ssh_config, which may accept a new key: the key is
     # checked strictly here first, with the same known_hosts files (see _destination).
-    lines += [_on_target(plan, ["true"]), hostjob.command(live_argv(plan, copy_disks=copy_disks))]
+    lines += [_on_target(plan, ["true"]), hostjob.command(argv)]
     # The completed job's statistics (downtime) are kept by the target's libvirtd.
     stats = ["virsh", "-c", _destination(plan), "domjobinfo", "--completed", ve.uuid]
     lines.append(hostjob.command(stats) + " >stats 2>&1 || true")
     lines.append(_forget_record(plan))
     return hostjob.script(lines)
+
+
+# On the target: each probe path read from stdin that is a file here, printed with its first bytes.
+_LOOK = 'while read -r p; do [ -f "$p" ] && printf "%s %s\\n" "$(head -c 64 -- "$p")" "$p"; done; exit 0'
+
+# On the source, $1 the command line that runs `_LOOK` on the target over SSH, then the disk paths: a
+# probe file next to each disk, made by mktemp (so it is no one else's) and holding a random token; the
+# target is asked which of them it sees with that token, and each probe is removed only while it is
+# still the very file made here. Prints `shared <disk>`, `local <disk>`, or `unknown <disk>` (no probe
+# could be made there, say a read-only directory, or the target did not answer).
+_SHARED_PROBE = (
+    _SAME
+    + r"""
+umask 077
+look=$1; shift
+tab=$(printf '\t')
+probes=$(mktemp) || exit 1
+for disk in "$@"; do
+    probe=$(mktemp "$(dirname -- "$disk")/.vemigrate-probe-XXXXXXXX" 2>/dev/null) || { echo "unknown $disk"; continue; }
+    token=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+    printf %s "$token" >"$probe"
+    printf '%s\t%s\t%s\t%s\n' "$(ident "$probe")" "$token" "$probe" "$disk" >>"$probes"
+done
+seen=$(cut -f3 "$probes" | eval "$look")
+rc=$?
+while IFS=$tab read -r id token probe disk; do
+    if [ "$rc" -ne 0 ]; then
+        echo "unknown $disk"
+    elif printf '%s\n' "$seen" | grep -qxF -- "$token $probe"; then
+        echo "shared $disk"
+    else
+        echo "local $disk"
+    fi
+    same "$id" "$probe" && rm -f -- "$probe"
+done <"$probes"
+rm -f -- "$probes"
+exit 0
+"""
+)
+
+
+def shared_probe(target: HostAccess, disks: Sequence[str]) -> list[str]:
+    """The argv that finds which of `disks` (on the source) the target sees as the same files."""
+    if any(c in disk for disk in disks for c in "\t\n\r"):
+        raise ValueError("disk paths with tabs or line breaks cannot be probed")
+    look = f"{ssh_command(target)} {shlex.quote(shlex.join(['sh', '-c', _LOOK]))}"
+    return ["sh", "-c", _SHARED_PROBE, "sh", look, *disks]
+
+
+def ssh_command(target: HostAccess) -> str:
+    """The source's own SSH to the target (host key checked), as one shell command line ending in `--`."""
+    return shlex.join(
+        [
+            "ssh",
+            "-p",
+            str(target.port),
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            f"{target.user}@{target.data_address}",
+            "--",
+        ]
+    )
+
+
+def read_shared_probe(out: str) -> dict[str, str]:
+    """`SHARED_PROBE`'s answer: disk path -> shared, local or unknown."""
+    found: dict[str, str] = {}
+    for line in out.splitlines():
+        verdict, _, disk = line.partition(" ")
+        if verdict in ("shared", "local", "unknown") and disk:
+            found[disk] = verdict
+    return found
 
 
 _UNITS = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4}
@@ -289,18 +428,7 @@ def _offline_stats(log: str) -> JobStats:
 
 def _on_target(plan: MigrationPlan, argv: list[str]) -> str:
     """A script line that runs argv on the target over the source node's own SSH (host key checked)."""
-    t = plan.target
-    ssh = [
-        "ssh",
-        "-p",
-        str(t.port),
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "StrictHostKeyChecking=yes",
-        f"{t.user}@{t.data_address}",
-    ]
-    return shlex.join([*ssh, "--", shlex.join(argv)])
+    return f"{ssh_command(plan.target)} {shlex.quote(shlex.join(argv))}"
 
 
 def _copy_lines(plan: MigrationPlan, src: str, dst: str) -> list[str]:
