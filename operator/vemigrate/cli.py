@@ -27,7 +27,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from vemigrate import handlers, metrics, reconcile
     from vemigrate.drivers.registry import driver_for
-    from vemigrate.kube.client import Kube
+    from vemigrate.kube.client import Kube, NoCredentials
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.log_level != "DEBUG":
@@ -37,9 +37,12 @@ def _run(args: argparse.Namespace) -> int:
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig  # kopf's login reads it
     settings = reconcile.Settings(cluster_limit=args.max_parallel, host_probe_seconds=args.host_probe_seconds)
-    handlers.install(
-        reconcile.World(kube=Kube.from_environment(args.kubeconfig), make_driver=driver_for, settings=settings)
-    )
+    try:
+        kube = Kube.from_environment(args.kubeconfig)
+    except NoCredentials as error:
+        print(f"vemigrate run: no Kubernetes credentials: {error}", file=sys.stderr)
+        return 2
+    handlers.install(reconcile.World(kube=kube, make_driver=driver_for, settings=settings))
     if args.metrics_port:
         metrics.serve(args.metrics_port, args.metrics_address)
     # kopf pauses every replica of equal priority: without an explicit one, each replica draws its own,

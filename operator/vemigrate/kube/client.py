@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import kubernetes
+import yaml
 
 T = TypeVar("T")
 
 CALL_TIMEOUT = 30.0
+
+
+class NoCredentials(Exception):
+    """Neither a Pod's ServiceAccount nor a readable kubeconfig: the operator cannot reach any cluster."""
 
 
 class Kube:
@@ -27,10 +33,16 @@ class Kube:
         configuration = kubernetes.client.Configuration()
         try:
             kubernetes.config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-        except kubernetes.config.ConfigException:
-            kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
-                config_file=kubeconfig, client_configuration=configuration
-            )
+        except kubernetes.config.ConfigException as in_cluster:
+            where = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
+            try:
+                kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+                    config_file=kubeconfig, client_configuration=configuration
+                )
+            except (kubernetes.config.ConfigException, OSError, yaml.YAMLError) as error:
+                # One line, not a traceback: say both places looked in and why each failed.
+                reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+                raise NoCredentials(f"not in a Pod ({in_cluster}), and kubeconfig {where}: {reason}") from error
         return cls(kubernetes.client.ApiClient(configuration))
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
