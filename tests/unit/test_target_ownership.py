@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from vemigrate.drivers.jobfailure import EXIT_IN_THE_WAY
-from vemigrate.drivers.libvirt.jobs import _CREATE_DIR, _CREATE_DISKS, _OWNED, _RECEIVE, _REMOVE_OWNED
+from vemigrate.drivers.libvirt.jobs import _CREATE_DIR, _CREATE_DISKS, _OWNED, _RECEIVE, _REMOVE_OWNED, _offline_stats
 
 pytestmark = pytest.mark.unit
 FOREIGN = b"someone else's disk\x00\xff" * 1000
@@ -96,3 +96,13 @@ def test_receive_reports_the_streams_hash_and_size_and_refuses_a_part_in_the_way
     again = _sh(_RECEIVE, record, dst, "cat", input=b"other")
     assert again.returncode == EXIT_IN_THE_WAY
     assert (tmp_path / "vda.raw.part").read_bytes() == payload, "a part file in the way is not overwritten"
+
+
+def test_the_receiver_reports_the_bytes_that_landed(tmp_path: Path) -> None:
+    """Progress is counted where the bytes are written (on stderr, which the job's log keeps), so a
+    compressed run of zeros cannot put the source's count far ahead of the target's hashing."""
+    record, dst = tmp_path / "created", tmp_path / "vda.raw"
+    payload = b"\0" * (9 << 20) + b"end"
+    out = _sh(_RECEIVE, record, dst, "cat", input=payload)
+    assert out.returncode == 0 and out.stdout.decode().splitlines()[1] == str(len(payload))
+    assert _offline_stats(out.stderr.decode()).bytes_processed == len(payload)

@@ -116,7 +116,9 @@ printf '%s %s %s\n' "$3" "$(ident "$2")" "$2" >>"$1"
 )
 
 # On the target, $1 the record, $2 the file, $3 zstd or cat: receives one file as `<file>.part` (both
-# names recorded: the rename keeps the inode), printing its sha256 and size as written.
+# names recorded: the rename keeps the inode), printing its sha256 and size as written. The copy's
+# progress is counted here, as bytes arrive (dd, on stderr: the job's log): counted where the source
+# reads, a compressed run of zeros would put the target gigabytes behind it, hashing with no progress.
 _RECEIVE = (
     _IDENT
     + r"""
@@ -127,7 +129,8 @@ if ! (set -C; : >"$part") 2>/dev/null; then
 fi
 id=$(ident "$part")
 printf 'file %s %s\nfile %s %s\n' "$id" "$part" "$id" "$2" >>"$1"
-if [ "$3" = zstd ]; then zstd -q -d -c; else cat; fi | tee -- "$part" | sha256sum | cut -d' ' -f1
+if [ "$3" = zstd ]; then zstd -q -d -c; else cat; fi | dd bs=4M status=progress |
+    tee -- "$part" | sha256sum | cut -d' ' -f1
 stat -c %s -- "$part"
 """
 )
@@ -412,7 +415,8 @@ def _dirty_rate(stats: dict[str, int]) -> int | None:
 
 
 def _offline_stats(log: str) -> JobStats:
-    """Bytes copied so far: finished disks (`done N`) plus dd's last progress line on the current one."""
+    """Bytes copied so far: finished disks (`done N`) plus the receiving dd's last progress line on the
+    current one."""
     total = finished = current = 0
     for raw in log.splitlines():
         line = raw.split("\r")[-1].strip()
@@ -441,7 +445,7 @@ def _copy_lines(plan: MigrationPlan, src: str, dst: str) -> list[str]:
     return [
         "rm -f hash.fifo hash.local && mkfifo hash.fifo",
         "sha256sum <hash.fifo >hash.local &",
-        f"got=$(dd if={q(src)} bs=4M status=progress | tee hash.fifo{pack} | {_on_target(plan, receive)})",
+        f"got=$(dd if={q(src)} bs=4M status=none | tee hash.fifo{pack} | {_on_target(plan, receive)})",
         "wait $!",
         f'want=$(printf "%s\\n%s" "$(cut -d" " -f1 hash.local)" "$(stat -c %s {q(src)})")',
         f'[ "$got" = "$want" ] || {{ echo "error: checksum mismatch for" {q(src)} >&2; exit {EXIT_CHECKSUM}; }}',
