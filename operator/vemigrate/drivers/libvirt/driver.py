@@ -375,6 +375,17 @@ class LibvirtDriver:
                 )
             files = [f for f in files if verdicts[f] == "local"]
 
+        # The disks go first, the definition last: the files to remove are read from the definition, so
+        # a pass cut short in between (an operator killed) finds the domain still there and finishes;
+        # the other way round its disks were left behind for good once the domain was gone.
+        if files:
+            await self.ssh.run(["rm", "-f", "--", *files])
+            await self._refresh_pools(files)
+            # An earlier offline migration put them in <path>/<UUID>/: that directory goes too, once empty.
+            own = {str(PurePosixPath(f).parent) for f in files if PurePosixPath(f).parent.name == plan.ve.uuid}  # type: ignore[union-attr]
+            if own:
+                await self.ssh.run(["rmdir", "--ignore-fail-on-non-empty", "--", *own], check=False)
+
         def remove(conn: Any) -> None:
             dom = self._lookup(conn, plan.spec.source.name)
             if dom is None:
@@ -385,13 +396,6 @@ class LibvirtDriver:
             dom.undefineFlags(flags | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
 
         await self.libvirtd.call("removing the source domain", remove)
-        if files:
-            await self.ssh.run(["rm", "-f", "--", *files])
-            await self._refresh_pools(files)
-            # An earlier offline migration put them in <path>/<UUID>/: that directory goes too, once empty.
-            own = {str(PurePosixPath(f).parent) for f in files if PurePosixPath(f).parent.name == plan.ve.uuid}  # type: ignore[union-attr]
-            if own:
-                await self.ssh.run(["rmdir", "--ignore-fail-on-non-empty", "--", *own], check=False)
 
     async def _refresh_pools(self, removed: list[str]) -> None:
         """Tell libvirt's storage pools that files are gone. A directory pool keeps its list of volumes,
