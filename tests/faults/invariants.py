@@ -127,6 +127,8 @@ def examine(
     if phase == "Succeeded":
         if source is not None:
             leftovers.append("the source domain was not removed")
+        elif _exists("lab1", vm.disk):
+            leftovers.append(f"{vm.disk} on the source (the domain went, its disk stayed)")
     else:
         if target is not None and source is not None:
             leftovers.append("a domain on the target")

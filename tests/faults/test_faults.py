@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import libvirt
 import pytest
 
 from tests.faults.conftest import RUNS
@@ -34,11 +35,15 @@ from tests.faults.watch import (
     Sampler,
     copies_differ,
     domain_disks,
+    domain_state,
     file_md5,
     freeze,
+    in_post_copy,
     job_attempts,
     job_state,
+    memory_moving,
 )
+from tests.fixtures.lab import restored
 from tests.fixtures.operator import Migrations, OperatorProcess
 from vemigrate.devenv.controlplane import ControlPlane, ControlPlaneInfo
 from vemigrate.devenv.lab import Lab, LabInfo, VMState
@@ -109,17 +114,9 @@ class Counted:
 
 
 @contextmanager
-def _restored(undo: Callable[[], object]) -> Iterator[None]:
-    try:
-        yield
-    finally:
-        undo()
-
-
-@contextmanager
 def _throttled(rate: str = "2mbit") -> Iterator[None]:
     """The target's link slowed (a few MiB take some 20 s: time to hit an offline copy mid-way)."""
-    with _restored(lambda: Lab.netem("lab2")):
+    with restored(lambda: Lab.netem("lab2")):
         Lab.netem("lab2", rate=rate)
         yield
 
@@ -157,9 +154,11 @@ class Scene:
     current: Try | None = None
     names: list[str] = field(default_factory=list)  # VMs made by the current go
 
-    def vm(self, name: str, *, state: VMState = VMState.RUNNING, dirty_mib: int = 1, host: str = "lab1") -> VMInfo:
+    def vm(
+        self, name: str, *, state: VMState = VMState.RUNNING, dirty_mib: int = 1, host: str = "lab1", disk_mib: int = 64
+    ) -> VMInfo:
         self.names.append(name)
-        return Lab.create_vm(host, self.cleanup(name), state=state, dirty_mib=dirty_mib)
+        return Lab.create_vm(host, self.cleanup(name), state=state, dirty_mib=dirty_mib, disk_mib=disk_mib)
 
     def migrate(self, vm: VMInfo, name: str, spec: dict[str, Any]) -> str:
         """The start of the run proper: files that are not the VE's planted and checksummed on both
@@ -361,7 +360,7 @@ def test_link_cut_and_restored_during_transfer(run: int, scene: Scene) -> None:
         vm = scene.vm(name)
         scene.migrate(vm, name, _slow(name))
         _copied(scene.migrations, name)
-        with _restored(lambda: Lab.link("lab2", True)):
+        with restored(lambda: Lab.link("lab2", True)):
             scene.inject(name, "Transferring", lambda: Lab.link("lab2", False), what="link cut")
             time.sleep(10)
         return scene.outcome(vm, name, was_running=True)
@@ -377,7 +376,7 @@ def test_link_cut_and_restored_during_switchover(run: int, scene: Scene) -> None
         _copied(scene.migrations, name)
         scene.migrations.patch_spec(name, {"action": "ForceComplete"})
         scene.migrations.wait_phase(name, "Switchover", *FINAL, timeout=60)
-        with _restored(lambda: Lab.link("lab2", True)):
+        with restored(lambda: Lab.link("lab2", True)):
             scene.inject(name, "Switchover", lambda: Lab.link("lab2", False), what="link cut")
             time.sleep(10)
         return scene.outcome(vm, name, was_running=True)
@@ -391,7 +390,7 @@ def test_target_libvirtd_killed_during_transfer(run: int, scene: Scene) -> None:
         vm = scene.vm(name)
         scene.migrate(vm, name, _slow(name))
         _copied(scene.migrations, name)
-        with _restored(lambda: Lab.start("lab2", "libvirtd")):
+        with restored(lambda: Lab.start("lab2", "libvirtd")):
             scene.inject(name, "Transferring", lambda: Lab.kill("lab2", "libvirtd"), what="SIGKILL of libvirtd")
             time.sleep(5)
         return scene.outcome(vm, name, was_running=True)
@@ -405,7 +404,7 @@ def test_target_libvirtd_frozen_during_transfer(run: int, scene: Scene) -> None:
         vm = scene.vm(name)
         scene.migrate(vm, name, _slow(name))
         _copied(scene.migrations, name)
-        with _restored(lambda: freeze("lab2", "libvirtd", False)):
+        with restored(lambda: freeze("lab2", "libvirtd", False)):
             scene.inject(name, "Transferring", lambda: freeze("lab2", "libvirtd", True), what="SIGSTOP of libvirtd")
             time.sleep(10)
         return scene.outcome(vm, name, was_running=True)
@@ -419,7 +418,7 @@ def test_source_sshd_killed_during_transfer(run: int, scene: Scene) -> None:
         vm = scene.vm(name)
         scene.migrate(vm, name, _slow(name))
         _copied(scene.migrations, name)
-        with _restored(lambda: Lab.start("lab1", "sshd")):
+        with restored(lambda: Lab.start("lab1", "sshd")):
             scene.inject(name, "Transferring", lambda: Lab.kill("lab1", "sshd"), what="SIGKILL of sshd")
             time.sleep(10)
         return scene.outcome(vm, name, was_running=True)
@@ -432,7 +431,7 @@ def test_target_disk_full_during_offline_copy(run: int, scene: Scene) -> None:
     def attempt(name: str) -> Outcome:
         vm = scene.vm(name, state=VMState.STOPPED)
         before = md5("lab1", vm.disk)
-        with _restored(lambda: Lab.free_disk("lab2")), _throttled():
+        with restored(lambda: Lab.free_disk("lab2")), _throttled():
             scene.migrate(vm, name, {**_offline(name), "tunnel": True})
             _copied(scene.migrations, name)
             scene.inject(name, "Transferring", lambda: Lab.fill_disk("lab2", leave_mib=0), what="disk filled")
@@ -448,7 +447,7 @@ def test_very_slow_link_times_out(run: int, scene: Scene) -> None:
         # Bytes still trickle through at 64 kbit/s, so it is the completion deadline (90 s: one GiB's
         # worth) that ends it, unless nothing moves for progressSeconds first.
         timeouts = {"progressSeconds": 10, "completionPerGiBSeconds": 90}
-        with _restored(lambda: Lab.netem("lab2")):
+        with restored(lambda: Lab.netem("lab2")):
             scene.migrate(vm, name, _slow(name, timeouts=timeouts))
             _copied(scene.migrations, name)
             scene.inject(name, "Transferring", lambda: Lab.netem("lab2", rate="64kbit"), what="link slowed")
@@ -587,3 +586,142 @@ def test_cancel_near_the_end_of_the_transfer(run: int, scene: Scene) -> None:
             return scene.outcome(vm, name, was_running=False, expected=("Cancelled",))
 
     scene.run("cancelled near the end of an offline copy", f"fend{run}", attempt)
+
+
+@runs
+def test_link_cut_during_post_copy(run: int, scene: Scene) -> None:
+    """postCopy: ForceComplete switches the migration to post-copy (the VE runs on the target while its
+    memory is still pulled from the source; neither host has the whole VE), and the link is cut while
+    it does, until libvirt gives up. The operator must destroy neither half: NeedsAttention, nothing
+    removed. Then a person follows docs/runbooks/NeedsAttention.md: the post-copy is resumed, the
+    source removed by hand, and the VE must run on the target, its disk the source's."""
+
+    def attempt(name: str) -> Outcome:
+        # An 8 MiB disk: the disk copy (at the spec's 1 MiB/s) is over in seconds, then memory moves.
+        vm = scene.vm(name, dirty_mib=4, disk_mib=8)
+        uid = scene.migrate(vm, name, _stuck(name, postCopy=True))
+        _until(lambda: memory_moving(scene.lab, vm.uuid), 120, "memory moving (post-copy can start)")
+        with restored(lambda: Lab.netem("lab2")):
+            # Post-copy has no bandwidth limit of its own: at 16 Mbit/s the guest's 32 MiB working set
+            # takes some 20 s to pull, time to cut it; pre-copy's 1 MiB/s leaves room for the operator.
+            Lab.netem("lab2", rate="16mbit")
+            scene.migrations.patch_spec(name, {"action": "ForceComplete"})
+            _until(lambda: in_post_copy(scene.lab, vm.uuid), 60, "libvirt in post-copy")
+            seen: list[bool] = []
+
+            def cut() -> None:
+                seen.append(in_post_copy(scene.lab, vm.uuid))
+                Lab.link("lab2", False)
+                seen.append(in_post_copy(scene.lab, vm.uuid))
+
+            with restored(lambda: Lab.link("lab2", True)):
+                if scene.inject(name, "Switchover", cut, what="link cut"):
+                    scene.landed(seen == [True, True], f"post-copy before and after the cut: {seen}")
+                    # Cut until libvirt gave up: the job ended, the source paused with post-copy failed.
+                    _until(lambda: job_state(uid) != "running", 120, "the job to end with the link cut")
+        body = _final(scene.migrations, name, timeout=180)
+        how = ""
+        if (_status(body).get("failure") or {}).get("reason") == "NeedsAttention":
+            how = _needs_attention_resolved(scene, vm, body)
+        return scene.outcome(vm, name, was_running=True, expected=("Failed", "Succeeded"), note=how)
+
+    outcome = scene.run("link cut during post-copy (ForceComplete), until libvirt gave up", f"fpost{run}", attempt)
+    assert outcome.phase == "Succeeded" or outcome.reason == "NeedsAttention", outcome.explain()
+
+
+def _until(ready: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert time.monotonic() < deadline, f"no {what} within {timeout} s"
+        time.sleep(0.1)
+
+
+def _settled_on_target(lab: LabInfo, ve_uuid: str) -> bool:
+    """The VE runs on the target, no longer in post-copy, and the source's domain is off."""
+    target, source = domain_state(lab, "lab2", ve_uuid), domain_state(lab, "lab1", ve_uuid)
+    post_copy = (libvirt.VIR_DOMAIN_RUNNING_POSTCOPY, libvirt.VIR_DOMAIN_RUNNING_POSTCOPY_FAILED)
+    return (
+        target is not None
+        and target[0] == libvirt.VIR_DOMAIN_RUNNING
+        and target[1] not in post_copy
+        and (source is None or source[0] == libvirt.VIR_DOMAIN_SHUTOFF)
+    )
+
+
+def _needs_attention_resolved(scene: Scene, vm: VMInfo, body: dict[str, Any]) -> str:
+    """NeedsAttention after a post-copy cut: nothing was removed (the source's domain and disk, the
+    target's domain and disk are all there); then what docs/runbooks/NeedsAttention.md tells a person
+    to do for what libvirt shows: a failed post-copy (source paused, post-copy failed) is resumed from
+    the source; a post-copy that finished once the link was back (source shut off, migrated; target
+    running) needs nothing more. Either way the VE must then run on the target, and the person removes
+    the source's definition and disk, and the job's record on the target. Returns which it was."""
+    source, target = domain_state(scene.lab, "lab1", vm.uuid), domain_state(scene.lab, "lab2", vm.uuid)
+    kept = f"source {source}, target {target}: {body['status']['failure']['message'][:300]}"
+    assert source is not None and target is not None, f"a copy was removed: {kept}"
+    assert file_md5(scene.lab, "lab1", vm.disk) and file_md5(scene.lab, "lab2", vm.disk), f"a disk went: {kept}"
+    if source == (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_POSTCOPY_FAILED):
+        address = scene.lab.host("lab2").address
+        resume = ["virsh", "-c", "qemu:///system", "migrate", "--live", "--p2p", "--persistent", "--verbose",
+                  "--abort-on-error", "--postcopy", "--copy-storage-all", "--compressed", "--bandwidth", "1",
+                  vm.uuid, f"qemu+ssh://root@{address}:22/system", "--postcopy-resume"]  # fmt: skip
+        done = Lab.exec("lab1", resume, capture=True)
+        assert done.returncode == 0, f"{' '.join(resume)}: {done.stdout[-300:]} {done.stderr[-500:]}"
+        how = "the failed post-copy resumed by hand (runbook)"
+    else:
+        migrated = (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_MIGRATED)
+        assert source == migrated and target[0] == libvirt.VIR_DOMAIN_RUNNING, f"unexpected states: {kept}"
+        how = "the post-copy finished once the link was back; source removed by hand (runbook)"
+    _until(lambda: _settled_on_target(scene.lab, vm.uuid), 120, "the VE running on the target, its source off")
+    Lab.exec("lab1", ["virsh", "undefine", vm.uuid, "--managed-save", "--snapshots-metadata", "--nvram"])
+    Lab.exec("lab1", ["rm", "--", vm.disk])
+    Lab.exec("lab2", ["rm", "-r", "--", f"{JOBS_DIR}/{body['metadata']['uid']}"])
+    return how
+
+
+@runs
+def test_force_complete_then_cancel(run: int, scene: Scene) -> None:
+    """ForceComplete pauses the source for the last copy (Switchover), and Cancel follows at once:
+    whichever wins, the VE runs on exactly one host afterwards, and the end is one the docs promise
+    (Cancelled with the VE running on the source, or Succeeded when the copy completed first)."""
+
+    def attempt(name: str) -> Outcome:
+        vm = scene.vm(name, dirty_mib=4, disk_mib=8)  # a small disk: its copy is not what this is about
+        scene.migrate(vm, name, _stuck(name))
+        _until(lambda: memory_moving(scene.lab, vm.uuid), 120, "memory moving")
+        scene.migrations.patch_spec(name, {"action": "ForceComplete"})
+        scene.migrations.wait_phase(name, "Switchover", *FINAL, timeout=60)
+        cancel = lambda: scene.migrations.patch_spec(name, {"action": "Cancel"})  # noqa: E731
+        scene.inject(name, "Switchover", cancel, what="Cancel after ForceComplete")
+        return scene.outcome(vm, name, was_running=True, expected=("Cancelled", "Succeeded"))
+
+    outcome = scene.run("ForceComplete, then Cancel in Switchover", f"ffcc{run}", attempt)
+    assert outcome.reason in ("Cancelled", "Migrated"), outcome.explain()
+
+
+@runs
+def test_operator_killed_after_the_source_undefine(run: int, scene: Scene) -> None:
+    """SIGKILL the moment the source's domain definition is gone from the source host (the undefine of
+    the source's disposal took effect), before the operator could write Succeeded; the restarted
+    operator must finish: Succeeded, one attempt, one job, the source's disk gone too."""
+
+    def attempt(name: str) -> Outcome:
+        vm = scene.vm(name)
+        config = scene.lab.host("lab1").path(f"/etc/libvirt/qemu/{name}.xml")
+        assert config.exists(), f"no definition of {name} at {config}"
+        scene.migrate(vm, name, _spec(name))
+        deadline = time.monotonic() + 180
+        while config.exists():
+            assert time.monotonic() < deadline, f"the source was never undefined: {scene.migrations.get(name)}"
+            time.sleep(0.001)
+        # The pass that saw the job complete verifies the copy and disposes of the source at once: the
+        # status read after the kill may still say Transferring (its Finalizing was never written).
+        kill, phases = scene.operator.kill, ("Transferring", "Finalizing")
+        scene.inject(name, phases, kill, job=None, what="SIGKILL after the undefine", read_before=False)
+        time.sleep(1)
+        scene.operator.start()
+        return scene.outcome(vm, name, restarted=True, was_running=True, expected=("Succeeded",))
+
+    outcome = scene.run("operator SIGKILLed after the source's undefine, before its status", f"fdisp{run}", attempt)
+    status = scene.migrations.get(outcome_name(outcome, f"fdisp{run}"))["status"]
+    assert status["attempts"] == 1, status
+    assert [t["phase"] for t in status["phaseTransitions"]].count("Transferring") == 1, "one job only"

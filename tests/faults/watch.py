@@ -360,3 +360,37 @@ def freeze(host: str, daemon: str, frozen: bool) -> None:
     proc = state.host(host).daemons.get(daemon)
     assert proc is not None and proc.alive(), f"{daemon} is not running on {host}"
     os.kill(proc.pid, signal.SIGSTOP if frozen else signal.SIGCONT)
+
+
+def domain_state(lab: LabInfo, host: str, ve_uuid: str) -> tuple[int, int] | None:
+    """libvirt's (state, reason) of the VE's domain on `host`, or None when it has none."""
+    conn = lab.host(host).connect()
+    try:
+        try:
+            state, reason = conn.lookupByUUIDString(ve_uuid).state()
+        except libvirt.libvirtError:
+            return None
+        return int(state), int(reason)
+    finally:
+        conn.close()
+
+
+def in_post_copy(lab: LabInfo, ve_uuid: str) -> bool:
+    """libvirt says post-copy runs: the source paused for it and the target running the VE in it."""
+    source, target = domain_state(lab, HOSTS[0], ve_uuid), domain_state(lab, HOSTS[1], ve_uuid)
+    return source == (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_POSTCOPY) and target == (
+        libvirt.VIR_DOMAIN_RUNNING,
+        libvirt.VIR_DOMAIN_RUNNING_POSTCOPY,
+    )
+
+
+def memory_moving(lab: LabInfo, ve_uuid: str) -> bool:
+    """A live migration's memory is being sent (its disks' copy is done, or not part of it)."""
+    conn = lab.host(HOSTS[0]).connect()
+    try:
+        try:
+            return int(conn.lookupByUUIDString(ve_uuid).jobStats().get("memory_processed", 0)) > 0
+        except libvirt.libvirtError:
+            return False
+    finally:
+        conn.close()

@@ -6,12 +6,12 @@ have landed while attempt 1's job still ran."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import libvirt
 
+from tests.fixtures.lab import restored
 from tests.fixtures.operator import Migrations, events_for
 from tests.lab.evidence import beating_on, domain, first_beat
 from vemigrate.devenv.lab import Lab, LabInfo, VMState
@@ -51,14 +51,6 @@ def _attempt_one_running(migrations: Migrations, name: str, uid: str) -> None:
     assert migrations.get(name)["status"]["phase"] == "Transferring", "the fault must land in Transferring"
 
 
-@contextmanager
-def _restored(undo: Callable[[], object]) -> Iterator[None]:
-    try:
-        yield
-    finally:
-        undo()
-
-
 def _moved_by_attempt_two(
     hosts: LabInfo, migrations: Migrations, name: str, kube_admin: Any, why: tuple[str, ...]
 ) -> None:
@@ -83,7 +75,7 @@ def test_a_link_cut_for_30_s_is_retried_and_attempt_two_moves_the_vm(
     boot, _ = first_beat("lab1", "rlink1")
     uid = migrations.create("rlink1", _spec("rlink1"))["metadata"]["uid"]
     _attempt_one_running(migrations, "rlink1", uid)
-    with _restored(lambda: Lab.link("lab2", True)):
+    with restored(lambda: Lab.link("lab2", True)):
         Lab.link("lab2", False)
         time.sleep(30)
     _moved_by_attempt_two(hosts, migrations, "rlink1", kube_admin, ("ConnectionLost", "Timeout"))
@@ -96,7 +88,7 @@ def test_the_target_libvirtd_killed_mid_transfer_is_retried_and_attempt_two_move
     Lab.create_vm("lab1", vm_cleanup("rlvd1"), state=VMState.RUNNING, dirty_mib=1)
     uid = migrations.create("rlvd1", _spec("rlvd1"))["metadata"]["uid"]
     _attempt_one_running(migrations, "rlvd1", uid)
-    with _restored(lambda: Lab.start("lab2", "libvirtd")):
+    with restored(lambda: Lab.start("lab2", "libvirtd")):
         Lab.kill("lab2", "libvirtd")
         time.sleep(5)
     _moved_by_attempt_two(hosts, migrations, "rlvd1", kube_admin, ("ConnectionLost", "PeerUnavailable"))
