@@ -155,6 +155,10 @@ def _with_status(body: Mapping[str, Any], status: MigrationStatus | None) -> dic
     VERSION,
     migration_api.PLURAL,
     initial_delay=0,
+    # The final status write makes the `when` filter false while the pass that wrote it still runs:
+    # kopf then sets `stopped` and waits this long before cancelling, so a finished migration's daemon
+    # returns on its own (cancelling it would log a warning for a normal end).
+    cancellation_backoff=20,
     cancellation_timeout=30,
     when=lambda body, **_: _phase(body) not in {p.value for p in FINAL_PHASES},
 )
@@ -189,6 +193,7 @@ async def run_migration(**kwargs: Any) -> None:
         if last.phase.final:
             _locks.pop(uid, None)
             _wakeups.pop(uid, None)
+            log.info("migration %s ended %s; its daemon stops", body["metadata"]["name"], last.phase.value)
             return
         await _sleep(uid, stopped, decision.requeue_after if decision.requeue_after is not None else IDLE_POLL)
 
