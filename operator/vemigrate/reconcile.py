@@ -349,6 +349,7 @@ async def _invalid_spec(
     message = f"spec.{where}: {first['msg']}"
     before = current.phase
     current.failure = Failure(phase=before, reason="InvalidSpec", message=message)
+    current.reason = "InvalidSpec"
     current.phase = Phase.FAILED
     current.completion_time = _now()
     meta = body["metadata"]

@@ -46,6 +46,29 @@ def test_get_vem_shows_phase_source_target_mode_progress_age(
     assert _kubectl_table(control_plane, "vems", "-n", namespace)[1][0] == "m"
 
 
+def test_get_vem_wide_shows_why_a_migration_ended(control_plane: ControlPlaneInfo, custom: Any, namespace: str) -> None:
+    """REASON is status.reason: the reason of whichever final condition is True (a JSONPath in a printer
+    column cannot pick it), so a Succeeded migration shows one too, not only a failed one."""
+    ended = {
+        "ok": {"phase": "Succeeded", "reason": "Migrated"},
+        "bad": {
+            "phase": "Failed",
+            "reason": "PreflightFailed",
+            "failure": {"phase": "Validating", "reason": "PreflightFailed"},
+        },
+    }
+    for name, status in ended.items():
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, MIGRATIONS, migration(name))
+        stored = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, MIGRATIONS, name)
+        stored["status"] = status
+        custom.replace_namespaced_custom_object_status(GROUP, VERSION, namespace, MIGRATIONS, name, stored)
+
+    header, *rows = _kubectl_table(control_plane, "vem", "-n", namespace, "-o", "wide")
+    assert header[-1] == "REASON", header
+    reasons = {row[0]: row[-1] for row in rows}
+    assert reasons == {"ok": "Migrated", "bad": "PreflightFailed"}
+
+
 def test_get_hvh_shows_address_driver_reachable_age(
     control_plane: ControlPlaneInfo, custom: Any, namespace: str
 ) -> None:

@@ -6,7 +6,10 @@ on both hosts, and the object's status, Events and metrics.
 
 from __future__ import annotations
 
+import subprocess
+import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import libvirt
@@ -14,6 +17,7 @@ import pytest
 
 from tests.fixtures.operator import Migrations, OperatorProcess, events_for
 from tests.lab.evidence import beating_on, domain, first_beat
+from vemigrate.devenv.controlplane import ControlPlaneInfo
 from vemigrate.devenv.lab import Lab, LabInfo, VMState
 
 
@@ -35,12 +39,14 @@ def test_live_migration_moves_a_running_guest(
     operator: OperatorProcess,
     kube_admin: Any,
     namespace: str,
+    control_plane: ControlPlaneInfo,
     vm_cleanup: Callable[[str], str],
 ) -> None:
     name = vm_cleanup(f"live-{int(tunnel)}{int(compression)}")
     vm = Lab.create_vm("lab1", name, state=VMState.RUNNING)
     boot, counter = first_beat("lab1", name)
     succeeded = operator.metric("vemigrate_migrations_total", result="Succeeded")
+    logged_before = operator.log.stat().st_size
 
     spec = {"source": {"host": "lab1", "name": name}, "target": {"host": "lab2"}}
     migrations.create(name, {**spec, "tunnel": tunnel, "compression": compression})
@@ -66,6 +72,47 @@ def test_live_migration_moves_a_running_guest(
     reasons = {e.reason for e in events_for(kube_admin, namespace, name)}
     assert {"Validating", "Transferring", "Finalizing", "Succeeded"} <= reasons
     assert operator.metric("vemigrate_migrations_total", result="Succeeded") == succeeded + 1
+
+    # The pause lasted milliseconds, between two passes: the switchover is recorded from the job's
+    # record, between the transitions around it.
+    transitions = status["phaseTransitions"]
+    phases = [t["phase"] for t in transitions]
+    assert phases[-4:] == ["Transferring", "Switchover", "Finalizing", "Succeeded"], transitions
+    times = [datetime.fromisoformat(t["time"]) for t in transitions]
+    assert times == sorted(times), transitions
+    switched = [e.message for e in events_for(kube_admin, namespace, name) if e.reason == "Switchover"]
+    assert switched
+    # Done means all of it: the bytes agree with the percent.
+    assert status["progress"]["bytesProcessed"] == status["progress"]["bytesTotal"] > 0, status["progress"]
+    # `kubectl get vem -o wide` says why it ended.
+    assert _wide_row(control_plane, namespace, name).get("REASON") == "Migrated"
+    # The daemon of a finished migration ends on its own: nothing in the log reads as a problem.
+    ended = f"migration {name} ended Succeeded; its daemon stops"
+    log = _log_once(operator, logged_before, lambda text: ended in text or _CANCELLED in text)
+    assert _CANCELLED not in log, log[-4000:]
+
+
+_CANCELLED = "Daemon 'run_migration' is cancelled"
+
+
+def _wide_row(info: ControlPlaneInfo, namespace: str, name: str) -> dict[str, str]:
+    argv = [str(info.kubectl), f"--kubeconfig={info.kubeconfig}", "get", "vem", name, "-n", namespace, "-o", "wide"]
+    header, row = (
+        line.split() for line in subprocess.run(argv, capture_output=True, text=True, check=True).stdout.splitlines()
+    )
+    return dict(zip(header, row, strict=False))
+
+
+def _log_once(operator: OperatorProcess, offset: int, ready: Callable[[str], bool], timeout: float = 60) -> str:
+    """The operator's log written since `offset`, once `ready` holds for it (or the timeout passed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with operator.log.open("rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
+        if ready(text) or time.monotonic() > deadline:
+            return text
+        time.sleep(0.5)
 
 
 def test_preflight_failure_names_the_check(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 import subprocess
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -275,6 +276,36 @@ def test_completed_job_figures() -> None:
     assert stats.bytes_total == int(320.188 * 1024**2)
     offline = completed_stats("", "total 3000\ndone 3000\n")
     assert (offline.bytes_processed, offline.bytes_total, offline.downtime_ms) == (3000, 3000, None)
+
+
+def test_switchover_time_from_the_jobs_events() -> None:
+    """libvirt's lifecycle event when the listener caught it; else the job's end less the downtime."""
+    domjobinfo = "Total downtime:   68           ms\n"
+    events = (
+        "2026-11-30 08:10:00.100+0000: event 'lifecycle' for domain 'vm1': Resumed Unpaused\n"
+        "2026-11-30 08:10:03.250+0000: event 'lifecycle' for domain 'vm1': Suspended Migrated\n"
+        "2026-11-30 08:10:03.400+0000: event 'lifecycle' for domain 'vm1': Stopped Migrated\n"
+        "2026-11-30 08:10:03.500+0000: virsh migrate returned\n"
+    )
+    paused = datetime(2026, 11, 30, 8, 10, 3, 250000, tzinfo=UTC)
+    caught = completed_stats(domjobinfo, "", events)
+    assert caught.switchover_time == paused
+    assert caught.switchover_evidence == "libvirt's lifecycle event 'Suspended Migrated' on the source"
+    post_copy = events.replace("Suspended Migrated", "Suspended Post-copy")
+    assert completed_stats(domjobinfo, "", post_copy).switchover_time == paused
+    missed = "2026-11-30 08:10:03.500+0000: virsh migrate returned\n"
+    ended = datetime(2026, 11, 30, 8, 10, 3, 500000, tzinfo=UTC)
+    fallback = completed_stats(domjobinfo, "", missed)
+    assert fallback.switchover_time == ended - timedelta(milliseconds=68)
+    assert fallback.switchover_evidence == "the job's end on the source less the downtime"
+    assert completed_stats("", "total 3000\ndone 3000\n").switchover_time is None
+
+
+def test_live_job_listens_for_lifecycle_events_without_holding_the_lock() -> None:
+    text = live_script(plan(), copy_disks=False)
+    listener = next(line for line in text.splitlines() if " event " in line)
+    assert "--timestamp" in listener and ">events" in listener and "9>&-" in listener and listener.endswith("&")
+    assert text.index(" event ") < text.index(" migrate --live") < text.index("virsh migrate returned")
 
 
 def test_a_disk_path_the_targets_record_cannot_hold_is_refused() -> None:

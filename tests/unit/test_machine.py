@@ -744,6 +744,54 @@ def test_full_live_migration_walk() -> None:
     assert conditions[ConditionType.FAILED].status == ConditionStatus.FALSE
 
 
+@pytest.mark.parametrize(
+    ("evidence", "recorded"),
+    [
+        (later(4), later(4)),  # what the job recorded
+        (T0 - timedelta(seconds=5), later(1)),  # a source clock behind: not before Transferring began
+        (later(30), later(10)),  # a source clock ahead: not after this pass
+    ],
+    ids=["as-recorded", "clock-behind", "clock-ahead"],
+)
+def test_a_switchover_no_pass_saw_is_recorded_from_the_job(evidence: Any, recorded: Any) -> None:
+    """The pause lasts milliseconds, a pass comes every 2 s: the switchover is taken from the job's record,
+    its time kept between the transitions around it."""
+    stored = status_in(Phase.TRANSFERRING, since=later(1))
+    done = job(JobState.COMPLETED, stats=JobStats(downtime_ms=42, switchover_time=evidence))
+    decision = decide(spec(), stored, observation(job=done, target_verified=None), later(10))
+    transitions = decision.status.phase_transitions
+    assert [(t.phase, t.time) for t in transitions[-3:]] == [
+        (Phase.TRANSFERRING, later(1)),
+        (Phase.SWITCHOVER, recorded),
+        (Phase.FINALIZING, later(10)),
+    ]
+    said = [e.message for e in decision.events if e.reason == "Switchover"]
+    assert len(said) == 1 and "42 ms" in said[0], said
+
+
+def test_no_second_switchover_when_a_pass_saw_it_and_none_for_offline_jobs() -> None:
+    done = job(JobState.COMPLETED, stats=JobStats(downtime_ms=42, switchover_time=later(4)))
+    seen = decide(spec(), status_in(Phase.SWITCHOVER, since=later(3)), observation(job=done), later(10)).status
+    assert [t.phase for t in seen.phase_transitions].count(Phase.SWITCHOVER) == 1
+    offline = status_in(Phase.TRANSFERRING, mode="Offline")
+    moved = decide(spec(), offline, observation(job=done), later(10)).status
+    assert Phase.SWITCHOVER not in [t.phase for t in moved.phase_transitions]
+
+
+def test_status_reason_is_that_of_the_final_condition_that_is_true() -> None:
+    """`kubectl get vem -o wide` shows status.reason: a printer column cannot pick the True condition."""
+    succeeded = decide(
+        spec(), status_in(Phase.VALIDATING), observation(source_ve=None, target_ve=ve()), later(1)
+    ).status
+    assert succeeded.phase == Phase.SUCCEEDED and succeeded.reason == "AlreadyOnTarget"
+    failed = decide(spec(), status_in(Phase.VALIDATING), observation(source_ve=None), later(1)).status
+    assert failed.phase == Phase.FAILED and failed.reason == "VENotFound"
+    cancelled = decide(spec(action="Cancel"), status_in(Phase.QUEUED), observation(), later(1)).status
+    assert cancelled.phase == Phase.CANCELLED and cancelled.reason == "Cancelled"
+    moving = decide(spec(), status_in(Phase.VALIDATING), observation(), later(1)).status
+    assert moving.phase == Phase.TRANSFERRING and moving.reason is None
+
+
 def test_restart_safety_status_round_trips_through_the_api() -> None:
     """decide depends on stored status plus observation only: a status read back from the API server
     (camelCase JSON) gives the same decision as the in-memory one."""

@@ -103,3 +103,10 @@ def test_progress_stall_counts_from_start_until_bytes_move() -> None:
     assert deadlines.progress_stalled(None, T0, timeouts, later(61))
     moved = Progress(percent=1, last_progress_time=later(50))
     assert not deadlines.progress_stalled(moved, T0, timeouts, later(100))
+
+
+def test_completed_progress_has_processed_all_of_the_total() -> None:
+    """libvirt's bytes sent skip zero pages: 100 MB of a 257 MB total, yet the transfer is complete."""
+    running = progress.advance(None, JobStats(bytes_processed=90, bytes_remaining=10, bytes_total=250), T0)
+    done = progress.completed(running, JobStats(bytes_processed=100, bytes_total=257), later(5))
+    assert (done.percent, done.bytes_processed, done.bytes_remaining, done.bytes_total) == (100, 257, 0, 257)

@@ -158,8 +158,8 @@ def definitions() -> dict[str, JSON]:
             {
                 "name": "Reason",
                 "type": "string",
-                "jsonPath": ".status.failure.reason",
-                "description": "Why it failed.",
+                "jsonPath": ".status.reason",
+                "description": "Why it ended (or why its last attempt failed).",
                 "priority": 1,
             },
         ],

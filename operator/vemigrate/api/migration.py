@@ -320,7 +320,15 @@ class Progress(Model):
     """How far the transfer is. Percent never goes backwards."""
 
     percent: int = Field(default=0, ge=0, le=100, description="Share of the work done, 0-100; never decreases.")
-    bytes_processed: int | None = Field(default=None, ge=0, description="Bytes sent so far.")
+    bytes_processed: int | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "Bytes sent so far, as the hypervisor counts them (a live copy skips zero pages and sends "
+            "dirtied pages again, so it can lag or pass bytesTotal while running); bytesTotal once the "
+            "transfer completed."
+        ),
+    )
     bytes_remaining: int | None = Field(default=None, ge=0, description="Bytes still to send (estimate).")
     bytes_total: int | None = Field(default=None, ge=0, description="Bytes to send in all (estimate).")
     dirty_rate_bytes_per_second: int | None = Field(
@@ -395,6 +403,15 @@ class MigrationStatus(Model):
         default=None, description="When the next attempt starts after a retryable failure."
     )
     failure: Failure | None = Field(default=None, description="Why it failed, when it failed.")
+    reason: str | None = Field(
+        default=None,
+        max_length=1024,
+        description=(
+            "Why it ended: the reason of the Succeeded or Failed condition that is True (Cancelled when "
+            "cancelled); while rolling back or waiting to retry, the failure's reason. "
+            "What `kubectl get vem -o wide` shows as REASON."
+        ),
+    )
     result: Result | None = Field(default=None, description="Where the VE is now, when it succeeded.")
     queued_reason: str | None = Field(default=None, max_length=4096, description="Why the migration waits in Queued.")
     observed_generation: int | None = Field(

@@ -99,11 +99,12 @@ class _Pass:
         self.waiting_reason = (reason, message)
         self.poll(seconds)
 
-    def goto(self, phase: Phase, message: str = "") -> None:
+    def goto(self, phase: Phase, message: str = "", *, at: datetime | None = None) -> None:
+        """Enter `phase`, now, or `at` for a phase no pass saw (taken from the job's evidence)."""
         if phase == self.status.phase:
             return
         self.status.phase = phase
-        transitions = [*self.status.phase_transitions, PhaseTransition(phase=phase, time=self.now)]
+        transitions = [*self.status.phase_transitions, PhaseTransition(phase=phase, time=at or self.now)]
         self.status.phase_transitions = transitions[-_MAX_TRANSITIONS:]
         if phase.final:
             self.status.completion_time = self.now
@@ -421,8 +422,25 @@ def _to_finalizing(step: _Pass, job: JobObservation) -> None:
     status.progress = progress.completed(status.progress, job.stats, step.now)
     if job.stats.downtime_ms is not None:
         status.downtime_ms = job.stats.downtime_ms
+    _switched_over(step, job.stats)
     step.goto(Phase.FINALIZING, "Transfer complete; verifying the target copy")
     _finalizing(step)
+
+
+def _switched_over(step: _Pass, stats: JobStats) -> None:
+    """A live job's switchover usually lasts less than a pass's interval: when no pass saw it, it is
+    recorded from the job's evidence (the source host's clock), kept between the transition before it
+    and this pass so the transitions stay in order."""
+    status = step.status
+    if status.mode != Mode.LIVE or stats.switchover_time is None or status.phase != Phase.TRANSFERRING:
+        return
+    began = min(max(stats.switchover_time, step.entered(Phase.TRANSFERRING)), step.now)
+    paused = f" for {stats.downtime_ms} ms" if stats.downtime_ms is not None else ""
+    step.goto(
+        Phase.SWITCHOVER,
+        f"Switchover at {began.isoformat()}: the source paused{paused} (from {stats.switchover_evidence or 'the job'})",
+        at=began,
+    )
 
 
 # -- Finalizing -------------------------------------------------------------------------------
@@ -665,3 +683,10 @@ def _write_conditions(step: _Pass) -> None:
         failed_cond = (ConditionStatus.FALSE, "NotFailed", "")
     conds = set_condition(conds, ConditionType.FAILED, *failed_cond, now, gen)
     status.conditions = conds
+    # One field for the REASON column (a printer column's JSONPath cannot pick the condition that is True).
+    if phase == Phase.SUCCEEDED:
+        status.reason = succeeded[1]
+    elif phase.final or failure is not None:
+        status.reason = failure.reason if failure is not None else phase.value
+    else:
+        status.reason = None

@@ -117,6 +117,10 @@ class JobStats:
     dirty_rate_bytes_per_second: int | None = None
     iteration: int | None = None
     downtime_ms: int | None = None
+    # When a finished live job paused the source for the switchover (or began post-copy), as the job
+    # recorded it on the source host (that host's clock).
+    switchover_time: datetime | None = None
+    switchover_evidence: str | None = None  # what switchover_time was read from, for the Event
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,11 @@ def advance(previous: Progress | None, stats: JobStats, now: datetime) -> Progre
 
 
 def completed(previous: Progress | None, stats: JobStats, now: datetime) -> Progress:
-    """The final sample: everything sent."""
+    """The final sample: everything sent. All of bytesTotal is then processed, whatever the hypervisor's
+    own counter of bytes sent says (libvirt's skips zero pages and compresses, so a live migration's
+    reads below its total; re-sent dirty pages can lift it above)."""
     done = advance(previous, stats, now)
-    return done.model_copy(update={"percent": 100, "bytes_remaining": 0, "eta_seconds": 0})
+    processed = done.bytes_total if done.bytes_total is not None else done.bytes_processed
+    return done.model_copy(
+        update={"percent": 100, "bytes_processed": processed, "bytes_remaining": 0, "eta_seconds": 0}
+    )

@@ -158,6 +158,8 @@ def run(args: argparse.Namespace) -> int:
         return 1
     beats = Lab.heartbeats("lab2", VM).beats
     times = {t["phase"]: t["time"] for t in status["phaseTransitions"]}
+    # Every phase entered, also those that passed between two looks (a switchover lasts milliseconds).
+    _say("phases: " + " -> ".join(f"{t['phase']} {t['time']}" for t in status["phaseTransitions"]))
     _say(
         f"done: {VM} now runs on lab2 (UUID {status['result']['targetUUID']}), gone from lab1; "
         f"downtime {status.get('downtimeMs')} ms; migration {times.get('Validating')} -> {times.get('Succeeded')}"

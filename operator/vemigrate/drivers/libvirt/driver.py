@@ -277,8 +277,10 @@ class LibvirtDriver:
             if plan.mode == Mode.LIVE:
                 return await self._live_progress(plan)
             return JobObservation(state=JobState.RUNNING, stats=_offline_stats(record.log_tail))
-        stats = await self.ssh.run(["cat", f"{hostjob.job_dir(plan.uid, plan.attempt)}/stats"], check=False)
-        return JobObservation(state=JobState.COMPLETED, stats=completed_stats(stats.stdout, record.log_tail))
+        read = 'cat -- "$1/stats"; echo "--- events"; cat -- "$1/events"'
+        files = await self.ssh.run(["sh", "-c", read, "sh", hostjob.job_dir(plan.uid, plan.attempt)], check=False)
+        stats, _, events = files.stdout.partition("--- events\n")
+        return JobObservation(state=JobState.COMPLETED, stats=completed_stats(stats, record.log_tail, events))
 
     async def _live_progress(self, plan: MigrationPlan) -> JobObservation:
         assert plan.ve is not None

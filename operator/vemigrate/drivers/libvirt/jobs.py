@@ -24,6 +24,7 @@ import uuid as uuidlib
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 from vemigrate.core.access import HostAccess
 from vemigrate.core.observation import JobStats, VEState
@@ -42,6 +43,13 @@ from vemigrate.drivers.protocol import MigrationPlan
 
 _PROGRESS = re.compile(r"^(\d+) bytes")
 _DOWNTIME = re.compile(r"Total downtime:\s+(\d+)\s*ms")
+# `virsh event --timestamp` lines ("2026-01-01 10:00:00.123+0000: event 'lifecycle' for domain 'x':
+# Suspended Migrated"), and the line the job adds in the same format when `virsh migrate` returned.
+_EVENT_TIME_FORMAT = "+%Y-%m-%d %H:%M:%S.%3N+0000"
+_JOB_ENDED = "virsh migrate returned"
+_EVENT = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3})\+0000: (.*)$")
+# The source paused for the last copy, or post-copy began (the VE runs on the target from then on).
+_SWITCHOVER_EVENTS = ("Suspended Migrated", "Suspended Post-copy")
 
 
 def _target_name(plan: MigrationPlan) -> str:
@@ -308,9 +316,15 @@ def live_script(
         shared=bool(shared),
         xml=directory is not None and copy_disks and bool(disks),
     )
+    # The switchover's evidence: libvirt's lifecycle events on the source, with their times (the
+    # operator's passes come too seldom to see a pause of 100 ms). Not holding the job's lock (fd 9).
+    events = ["virsh", "-c", "qemu:///system", "event", "--domain", ve.uuid, "--event", "lifecycle", "--loop"]
+    lines.append(hostjob.command([*events, "--timestamp"]) + " >events 2>&1 9>&- </dev/null &")
+    lines.append("listener=$!; trap 'kill \"$listener\" 2>/dev/null' EXIT")
     # libvirtd's ssh takes its host key policy from ssh_config, which may accept a new key: the key is
     # checked strictly here first, with the same known_hosts files (see _destination).
     lines += [_on_target(plan, ["true"]), hostjob.command(argv)]
+    lines.append(f"echo \"$(date -u '{_EVENT_TIME_FORMAT}'): {_JOB_ENDED}\" >>events")
     # The completed job's statistics (downtime) are kept by the target's libvirtd.
     stats = ["virsh", "-c", _destination(plan), "domjobinfo", "--completed", ve.uuid]
     lines.append(hostjob.command(stats) + " >stats 2>&1 || true")
@@ -396,16 +410,41 @@ _UNITS = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4}
 _DATA = re.compile(r"Data (processed|total):\s+([\d.]+)\s+(\w+)")
 
 
-def completed_stats(domjobinfo: str, log: str) -> JobStats:
-    """A finished job's figures: `virsh domjobinfo --completed` for live jobs, the job log for offline."""
+def completed_stats(domjobinfo: str, log: str, events: str = "") -> JobStats:
+    """A finished job's figures: `virsh domjobinfo --completed` for live jobs, the job log for offline,
+    and for live jobs when the switchover began (`switchover_time`)."""
     downtime = _DOWNTIME.search(domjobinfo)
     data = {kind: int(float(value) * _UNITS.get(unit, 1)) for kind, value, unit in _DATA.findall(domjobinfo)}
     offline = _offline_stats(log)
+    downtime_ms = int(downtime.group(1)) if downtime else None
+    switchover, evidence = _switchover(events, downtime_ms)
     return JobStats(
         bytes_processed=data.get("processed", offline.bytes_processed or None),
         bytes_total=data.get("total", offline.bytes_total),
-        downtime_ms=int(downtime.group(1)) if downtime else None,
+        downtime_ms=downtime_ms,
+        switchover_time=switchover,
+        switchover_evidence=evidence,
     )
+
+
+def _switchover(events: str, downtime_ms: int | None) -> tuple[datetime | None, str | None]:
+    """When the source paused for the switchover, from the job's `events` file: libvirt's lifecycle event
+    when the listener caught it; else the moment `virsh migrate` returned less the downtime libvirt
+    measured (the latest the pause can have begun)."""
+    ended = None
+    for line in events.splitlines():
+        match = _EVENT.match(line.strip())
+        if match is None:
+            continue
+        when = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC)
+        detail = match.group(2)
+        if detail.endswith(_SWITCHOVER_EVENTS):
+            return when, f"libvirt's lifecycle event '{detail.rpartition(': ')[2]}' on the source"
+        if detail == _JOB_ENDED:
+            ended = when
+    if ended is None or downtime_ms is None:
+        return None, None
+    return ended - timedelta(milliseconds=downtime_ms), "the job's end on the source less the downtime"
 
 
 def _dirty_rate(stats: dict[str, int]) -> int | None:
