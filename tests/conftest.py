@@ -11,6 +11,7 @@ import pytest
 
 pytest_plugins = [
     "tests.fixtures.controlplane",
+    "tests.fixtures.node",
     "tests.fixtures.lab",
     "tests.fixtures.operator",
     "tests.fixtures.prometheus",

@@ -1,5 +1,6 @@
 """`vemigrate controlplane up | down | status | kubeconfig`: a real kube-apiserver and etcd on
-127.0.0.1, for tests and the demo. Binaries come from controlplane_binaries (built once into the
+127.0.0.1, for tests and the demo; with `up --node`, also a node that runs Pods (controller-manager,
+scheduler, containerd, kubelet; see controlplane_node). Binaries come from controlplane_binaries (built once into the
 cache); everything a run writes (keys, etcd data, logs, kubeconfig) lives in `<cache>/controlplane/`.
 
 Each `up` from a stopped state starts an empty cluster: `down` discards etcd's data, so tests never
@@ -28,7 +29,15 @@ from pathlib import Path
 
 from vemigrate.devenv import controlplane_kubeconfig as kubeconfig
 from vemigrate.devenv import controlplane_pki as pki
-from vemigrate.devenv.controlplane_binaries import REPO_ROOT, Binaries, Log, cache_root, ensure_binaries
+from vemigrate.devenv.controlplane_binaries import (
+    NODE_COMMANDS,
+    REPO_ROOT,
+    Binaries,
+    Log,
+    cache_root,
+    ensure_binaries,
+)
+from vemigrate.devenv.controlplane_node import Node, NodeInfo
 
 DEFAULT_CRDS = REPO_ROOT / "crds"
 _READY_TIMEOUT = 90.0
@@ -143,6 +152,11 @@ def _apiserver_argv(binaries: Binaries, keys: pki.Pki, etcd_url: str, port: int)
         f"--tls-cert-file={keys.serving_cert}",
         f"--tls-private-key-file={keys.serving_key}",
         f"--client-ca-file={keys.ca_cert}",
+        # To the node's kubelet (logs, exec), which trusts the same CA.
+        f"--kubelet-client-certificate={keys.admin_cert}",
+        f"--kubelet-client-key={keys.admin_key}",
+        # The node's name resolves nowhere; its InternalIP does.
+        "--kubelet-preferred-address-types=InternalIP,Hostname",
         "--authorization-mode=RBAC",
         "--anonymous-auth=false",
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
@@ -238,8 +252,33 @@ class ControlPlane:
         info = self._info(state)
         return info if self.kubeconfig_path.exists() else None
 
-    def ensure_up(self) -> ControlPlaneInfo:
-        """Start the control plane unless it runs already, then apply the CRDs; return how to reach it."""
+    @property
+    def node(self) -> Node:
+        return Node(self.state_dir, self.log)
+
+    def ensure_node(self, info: ControlPlaneInfo) -> NodeInfo:
+        """Start the node of a running control plane unless it runs already."""
+        with self._locked():
+            running = self.node.status()
+            if running is not None:
+                return running
+            self.node.stop()  # what a killed or failed start left
+            binaries = ensure_binaries(self.log, self.cache, commands=NODE_COMMANDS)
+            try:
+                return self.node.start(binaries, info.server, self._pki, info.kubeconfig, info.kubectl)
+            except BaseException:
+                self.node.stop()
+                raise
+
+    def ensure_up(self, *, node: bool = False) -> ControlPlaneInfo:
+        """Start the control plane unless it runs already, then apply the CRDs; return how to reach it.
+        With `node`, also start its node (see ensure_node)."""
+        info = self._ensure_plane()
+        if node:
+            self.ensure_node(info)
+        return info
+
+    def _ensure_plane(self) -> ControlPlaneInfo:
         with self._locked():
             info = self.status()
             if info is not None:
@@ -283,8 +322,9 @@ class ControlPlane:
 
     def _clean(self, reason: str | None) -> bool:
         """Stop any process named in the state file and remove everything a run wrote."""
+        # The node first: its kubelet and controllers would log errors against a stopped apiserver.
+        stopped = self.node.stop()
         state = self._read_state()
-        stopped = False
         if state is not None:
             directory = Path(state.binaries)
             # The apiserver first: stopping etcd under it makes it log storage errors until it exits.
@@ -439,8 +479,10 @@ class ControlPlane:
 
 
 def _up(args: argparse.Namespace) -> int:
-    info = ControlPlane(crds=args.crds).ensure_up()
+    info = ControlPlane(crds=args.crds).ensure_up(node=args.node)
     print(f"control plane {info.version} running at {info.server}")
+    if args.node:
+        print("node vemigrate-node Ready (its containerd: `vemigrate controlplane status`)")
     print(f'kubectl: {info.kubectl} --kubeconfig "{info.kubeconfig}"')
     return 0
 
@@ -461,6 +503,12 @@ def _status(args: argparse.Namespace) -> int:
     print(f"  kubeconfig {info.kubeconfig}")
     print(f"  kubectl    {info.kubectl}")
     print(f"  state      {info.state_dir}")
+    node = ControlPlane().node.status()
+    if node is None:
+        print("  node       none (`vemigrate controlplane up --node` starts one)")
+    else:
+        print(f"  node       {node.name}, Pod subnet {node.pod_subnet} on bridge {node.bridge}")
+        print(f"  containerd {node.containerd_socket} (ctr --address ... -n k8s.io)")
     return 0
 
 
@@ -482,6 +530,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     up = verbs.add_parser("up", help="build once, start, apply crds/ (a no-op if already running)")
     up.add_argument("--crds", type=Path, default=DEFAULT_CRDS, help="directory of CRD manifests to apply")
+    up.add_argument(
+        "--node",
+        action="store_true",
+        help="also a node that runs Pods: controller-manager, scheduler, containerd, kubelet (root only)",
+    )
     up.set_defaults(func=_up)
     down = verbs.add_parser("down", help="stop everything `up` started and discard its data")
     down.set_defaults(func=_down)

@@ -1,5 +1,7 @@
 """The control plane's binaries: kube-apiserver, etcd and kubectl, built from Go modules by the wrapper
-module in tools/controlplane/ into a cache outside the repository, once per Kubernetes version."""
+module in tools/controlplane/ into a cache outside the repository, once per Kubernetes version; the
+node's (kube-controller-manager, kube-scheduler, kubelet and two small helpers) only when a node is
+asked for, so the demo's first build does not wait for them."""
 
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ Log = Callable[[str], None]
 REPO_ROOT = Path(__file__).resolve().parents[3]
 GO_MODULE = REPO_ROOT / "tools" / "controlplane"
 COMMANDS = ("kube-apiserver", "etcd", "kubectl")
+# `pause` is the Pod sandbox's image (no registry to pull one from), `cri-sweep` tears Pods down on `down`.
+NODE_COMMANDS = ("kube-controller-manager", "kube-scheduler", "kubelet", "pause", "cri-sweep")
 # How often a running build says what it is doing (a cold build takes many minutes).
 _HEARTBEAT_SECONDS = 15.0
 
@@ -60,8 +64,8 @@ class Binaries:
     def kubectl(self) -> Path:
         return self.directory / "kubectl"
 
-    def present(self) -> bool:
-        return all(os.access(self.directory / name, os.X_OK) for name in COMMANDS)
+    def present(self, commands: tuple[str, ...] = COMMANDS) -> bool:
+        return all(os.access(self.directory / name, os.X_OK) for name in commands)
 
 
 def binaries(cache: Path | None = None, go_module: Path = GO_MODULE) -> Binaries:
@@ -110,19 +114,22 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def ensure_binaries(log: Log = print, cache: Path | None = None, go_module: Path = GO_MODULE) -> Binaries:
-    """The binaries for the pinned version, built first if any is missing."""
+def ensure_binaries(
+    log: Log = print, cache: Path | None = None, go_module: Path = GO_MODULE, commands: tuple[str, ...] = COMMANDS
+) -> Binaries:
+    """The binaries for the pinned version, built first if any of `commands` is missing."""
     wanted = binaries(cache, go_module)
-    if wanted.present():
+    if wanted.present(commands):
         return wanted
     with _exclusive(wanted.directory.parent / f".{wanted.version}.lock"):
-        if wanted.present():  # another process built them while we waited
+        if wanted.present(commands):  # another process built them while we waited
             return wanted
-        _build(wanted, log, go_module)
+        missing = tuple(name for name in commands if not wanted.present((name,)))
+        _build(wanted, log, go_module, missing)
     return wanted
 
 
-def _build(wanted: Binaries, log: Log, go_module: Path) -> None:
+def _build(wanted: Binaries, log: Log, go_module: Path, commands: tuple[str, ...]) -> None:
     go = find_go()
     if go is None:
         raise RuntimeError(
@@ -145,11 +152,11 @@ def _build(wanted: Binaries, log: Log, go_module: Path) -> None:
         _ldflags(wanted.version),
         "-o",
         str(partial) + "/",
-        *(f"./cmd/{name}" for name in COMMANDS),
+        *(f"./cmd/{name}" for name in commands),
     ]
     log(
-        f"building kube-apiserver, etcd and kubectl {wanted.version} from Go modules into "
-        f"{wanted.directory} (once: a cold build takes 11 to 15 minutes on 2 cores and about 4 GB of disk)"
+        f"building {', '.join(commands)} {wanted.version} from Go modules into {wanted.directory} (once: a "
+        "cold build takes 11 to 15 minutes on 2 cores and about 4 GB of disk, the node's commands more)"
     )
     started = time.monotonic()
     returncode, tail = _run_with_heartbeat(argv, go_module, env, log, started)
@@ -158,8 +165,13 @@ def _build(wanted: Binaries, log: Log, go_module: Path) -> None:
         raise RuntimeError(
             f"building the control plane failed (go build exit {returncode}); last output:\n" + "\n".join(tail)
         )
-    shutil.rmtree(wanted.directory, ignore_errors=True)
-    partial.rename(wanted.directory)  # atomic: a half-built directory is never taken for a built one
+    # Renames are atomic: a half-built binary is never taken for a built one.
+    if wanted.directory.is_dir():
+        for name in commands:
+            (partial / name).rename(wanted.directory / name)
+        partial.rmdir()
+    else:
+        partial.rename(wanted.directory)
     log(f"built {wanted.version} in {_minutes(time.monotonic() - started)}")
 
 
