@@ -725,3 +725,49 @@ def test_operator_killed_after_the_source_undefine(run: int, scene: Scene) -> No
     status = scene.migrations.get(outcome_name(outcome, f"fdisp{run}"))["status"]
     assert status["attempts"] == 1, status
     assert [t["phase"] for t in status["phaseTransitions"]].count("Transferring") == 1, "one job only"
+
+
+@runs
+def test_source_host_rebooted_mid_transfer(run: int, scene: Scene) -> None:
+    """The source host "reboots" mid-transfer: the job's processes and the VE's QEMU die at once,
+    libvirtd is killed and started again, and the host's boot id changes (a file bound over
+    /proc/sys/kernel/random/boot_id in the host's own mount namespace, which its sshd and so the job
+    and the operator's reads share). The migration must end JobLost naming the restart, the VE's copy
+    on the source kept (shut off, as a reboot leaves it), nothing of the target left but nothing
+    removed there that the job did not record."""
+
+    def attempt(name: str) -> Outcome:
+        vm = scene.vm(name)
+        uid = scene.migrate(vm, name, _slow(name))
+        _copied(scene.migrations, name)
+        qemu = scene.lab.host("lab1").dir / "run" / "qemu" / f"{name}.pid"
+        said: list[str] = []
+
+        def reboot() -> None:
+            said.append(_kill_job(uid)().stdout.strip())  # frozen, checked unfinished, then killed
+            Lab.exec("lab1", ["kill", "-KILL", qemu.read_text().strip()])
+            Lab.kill("lab1", "libvirtd")
+            _new_boot_id("lab1")
+            Lab.start("lab1", "libvirtd")
+
+        with restored(lambda: _new_boot_id("lab1", undo=True)):
+            scene.inject(name, "Transferring", reboot, job="lost", what="source rebooted")
+            scene.landed(said == ["early"], f"the job {said} when the host went down")
+            outcome = scene.outcome(vm, name, was_running=False, expected=("Failed",))
+        failure = _status(scene.migrations.get(name)).get("failure") or {}
+        outcome.note = f"{failure.get('reason')}: {failure.get('message', '')[:120]}"
+        return outcome
+
+    outcome = scene.run("source host rebooted mid-transfer", f"fboot{run}", attempt)
+    assert outcome.reason == "JobLost" and "restarted" in outcome.note, outcome.explain()
+
+
+def _new_boot_id(host: str, *, undo: bool = False) -> None:
+    """A host's boot id changed as a reboot changes it, for that host only: a file of a new id bound
+    over /proc/sys/kernel/random/boot_id in its mount namespace (undo: unbound again)."""
+    script = (
+        'mountpoint -q "$1" && umount "$1"; [ -n "$2" ] && exit 0; '
+        'cat /proc/sys/kernel/random/uuid >/run/vemigrate-boot_id && mount --bind /run/vemigrate-boot_id "$1"'
+    )
+    done = Lab.exec(host, ["sh", "-c", script, "sh", "/proc/sys/kernel/random/boot_id", "undo" if undo else ""])
+    assert done.returncode == 0, f"boot id of {host} not changed"
