@@ -17,6 +17,7 @@ on its own; a stopped VM's offline copy through a link slowed to 2 Mbit/s takes 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,6 +31,7 @@ from tests.faults.conftest import RUNS
 from tests.faults.invariants import FINAL, Outcome, examine, md5
 from tests.faults.watch import (
     JOBS_DIR,
+    PERIOD,
     POOL,
     Foreign,
     Sampler,
@@ -771,3 +773,68 @@ def _new_boot_id(host: str, *, undo: bool = False) -> None:
     )
     done = Lab.exec(host, ["sh", "-c", script, "sh", "/proc/sys/kernel/random/boot_id", "undo" if undo else ""])
     assert done.returncode == 0, f"boot id of {host} not changed"
+
+
+LIMITS = {"lab1": {"maxOutbound": 3, "maxInbound": 3}, "lab2": {"maxOutbound": 2, "maxInbound": 1}}
+_RUNNING_JOBS = (
+    'n=0; for d in "$1"/*/*; do [ -e "$d/pid" ] && [ ! -e "$d/exit" ] && ! flock -n "$d/lock" true && n=$((n+1)); '
+    "done 2>/dev/null; echo $n"
+)
+
+
+@runs
+def test_twenty_migrations_at_once_under_host_limits(run: int, scene: Scene, kube_admin: Any) -> None:
+    """20 stopped VMs (8 MiB disks: it is the admission under test, not the copy), 10 each way between
+    lab1 and lab2, all created at once, with lab1 at 3 out and 3 in, lab2 at 2 out and 1 in. The jobs
+    running on each host (an unfinished job whose lock is held) are counted every 0.5 s: on lab1 never
+    more than 1 (lab2 takes 1 in), on lab2 never more than 2 (its 2 out). All must end Succeeded, each
+    VE then on the other host only."""
+    from kubernetes import client
+
+    api = client.CustomObjectsApi(kube_admin)
+    for host, limits in LIMITS.items():
+        api.patch_namespaced_custom_object("vemigrate.io", "v1alpha1", scene.migrations.namespace,
+                                           "hypervisorhosts", host, {"spec": limits})  # fmt: skip
+    cap = {"lab1": min(LIMITS["lab1"]["maxOutbound"], LIMITS["lab2"]["maxInbound"]),
+           "lab2": min(LIMITS["lab2"]["maxOutbound"], LIMITS["lab1"]["maxInbound"])}  # fmt: skip
+    vms = {}
+    for i in range(20):
+        source, target = ("lab1", "lab2") if i % 2 == 0 else ("lab2", "lab1")
+        name = scene.cleanup(f"fmany{run}-{i:02d}")
+        vms[name] = (Lab.create_vm(source, name, state=VMState.STOPPED, disk_mib=8), source, target)
+    peaks = {"lab1": 0, "lab2": 0}
+    over: list[str] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        start = time.monotonic()
+        while not stop.is_set():
+            for host in peaks:
+                out = Lab.exec(host, ["sh", "-c", _RUNNING_JOBS, "sh", JOBS_DIR], capture=True).stdout.strip()
+                count = int(out) if out.isdigit() else 0
+                peaks[host] = max(peaks[host], count)
+                if count > cap[host]:
+                    over.append(f"{count} jobs on {host} at {time.monotonic() - start:.1f} s")
+            stop.wait(PERIOD)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        for name, (_vm, source, target) in vms.items():
+            scene.migrations.create(name, {**_spec(name), "source": {"host": source, "name": name},
+                                           "target": {"host": target}})  # fmt: skip
+        finals = {name: _final(scene.migrations, name, timeout=600) for name in vms}
+    finally:
+        stop.set()
+        sampler.join(timeout=10)
+    failed = {n: _status(b).get("failure") for n, b in finals.items() if _phase(b) != "Succeeded"}
+    queued = [n for n, b in finals.items() if "Queued" in [t["phase"] for t in _status(b)["phaseTransitions"]]]
+    placed = [n for n, (vm, source, target) in vms.items()
+              if domain_state(scene.lab, source, vm.uuid) is not None
+              or domain_state(scene.lab, target, vm.uuid) is None]  # fmt: skip
+    said = f"peaks {peaks} (limits {cap}); {len(queued)} of 20 queued first"
+    print(said)
+    assert not over, f"more jobs than the host limits allow: {over[:5]}; {said}"
+    assert not failed, f"not Succeeded: {failed}"
+    assert not placed, f"not on the target only: {placed}"
+    assert queued and peaks["lab2"] >= 1, f"the limits were never reached: {said}"
