@@ -87,6 +87,9 @@ class _State:
     started: str
 
 
+_START_ATTEMPTS = 3
+
+
 class _ExitedAtStart(RuntimeError):
     """etcd or kube-apiserver ended before the control plane was ready."""
 
@@ -286,15 +289,19 @@ class ControlPlane:
             else:
                 self._clean(reason="stale state from an earlier run")
                 binaries = ensure_binaries(self.log, self.cache)
-                try:
-                    info = self._start(binaries)
-                except _ExitedAtStart as exc:
-                    # Free ports are picked before the servers bind them, so another process may take
-                    # one in between; a second start with fresh ports settles that race.
-                    self.log(f"{exc}; starting once more on fresh ports")
-                    info = self._start(binaries)
+                # Free ports are picked before the servers bind them, so another process may take one
+                # in between (more likely with several test sessions at once); fresh ports settle that.
+                info = self._start_with_retries(binaries)
         self.apply_crds(info)
         return info
+
+    def _start_with_retries(self, binaries: Binaries) -> ControlPlaneInfo:
+        for attempt in range(1, _START_ATTEMPTS):
+            try:
+                return self._start(binaries)
+            except _ExitedAtStart as exc:
+                self.log(f"{exc}; starting again on fresh ports ({attempt + 1} of {_START_ATTEMPTS})")
+        return self._start(binaries)
 
     def down(self) -> bool:
         """Stop what `up` started and discard its state. True if anything was running."""
