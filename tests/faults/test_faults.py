@@ -226,7 +226,7 @@ class Scene:
         outcome.foreign = now.foreign.touched(now.own)
         if outcome.phase == "Succeeded":
             payload = vm.payload_md5 if vm.state != VMState.STOPPED else None
-            outcome.differs = copies_differ(self.lab, vm.uuid, now.sums, payload)
+            outcome.differs = copies_differ(self.lab, vm.uuid, now.sums, payload, vm.name)
         return outcome
 
     def run(self, title: str, name: str, attempt: Callable[[str], Outcome]) -> Outcome:

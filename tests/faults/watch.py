@@ -24,7 +24,7 @@ from typing import Any
 import libvirt
 
 from vemigrate.devenv.lab import Lab, LabHost, LabInfo
-from vemigrate.devenv.lab.guest import PAYLOAD_OFFSET, PAYLOAD_SIZE
+from vemigrate.devenv.lab.guest import DISK_EVERY, PAYLOAD_OFFSET, PAYLOAD_SIZE
 from vemigrate.devenv.lab.state import LabState
 
 JOBS_DIR = "/var/lib/libvirt/vemigrate/jobs"
@@ -332,11 +332,14 @@ def payload_md5(lab: LabInfo, host: str, path: str) -> str:
         return hashlib.md5(out.read_bytes()).hexdigest()  # a checksum, not security
 
 
-def copies_differ(lab: LabInfo, ve_uuid: str, source: Mapping[str, str], payload: str | None) -> list[str]:
+def copies_differ(
+    lab: LabInfo, ve_uuid: str, source: Mapping[str, str], payload: str | None, vm_name: str | None = None
+) -> list[str]:
     """After a successful migration: each target disk against the source disk the job copied.
     `source`: {device: md5 of its file} read before the migration (a stopped VE: the job copies the
     files as they are); `payload`: the payload's md5 for a running VE, whose disk the guest kept
-    writing, compared on the target's first disk."""
+    writing, compared on the target's first disk (and, when that read differs, as the guest `vm_name`
+    reads it itself)."""
     target = domain_disks(lab, HOSTS[1], ve_uuid)
     if target is None:
         return ["no domain on the target"]
@@ -348,9 +351,29 @@ def copies_differ(lab: LabInfo, ve_uuid: str, source: Mapping[str, str], payload
     if payload is not None:
         first = sorted(target)[0] if target else None
         got = payload_md5(lab, HOSTS[1], target[first]) if first else "no disk"
+        if got != payload and first and vm_name:
+            # `qemu-img dd -U` reads a qcow2 that the running QEMU may not have written all its metadata to
+            # yet; the guest reading its own disk through that QEMU is the authority.
+            guest = guest_payload_md5(lab, HOSTS[1], vm_name)
+            if guest == payload:
+                return said
+            got = f"{got} (qemu-img -U), {guest or 'nothing'} (the guest's own read)"
         if got != payload:
             said.append(f"{first} payload: {got} instead of {payload}")
     return said
+
+
+def guest_payload_md5(lab: LabInfo, host: str, vm_name: str, timeout: float = 4 * DISK_EVERY) -> str | None:
+    """The next `DISK md5=` the guest prints on `host` (its payload re-read from its disk with caches
+    dropped, every DISK_EVERY beats), or None if it prints none within `timeout` seconds."""
+    before = len(Lab.heartbeats(host, vm_name).disk_md5s)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        seen = Lab.heartbeats(host, vm_name).disk_md5s
+        if len(seen) > before:
+            return seen[-1]
+        time.sleep(0.5)
+    return None
 
 
 def freeze(host: str, daemon: str, frozen: bool) -> None:
