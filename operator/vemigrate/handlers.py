@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import os
 from collections.abc import Coroutine, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -68,6 +70,12 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     (`vemigrate run --kubeconfig`), so kopf and our status writes act as one identity."""
     in_cluster = kopf.login_with_service_account(**kwargs)
     if in_cluster is not None:
+        # kopf names https://kubernetes.default.svc, which only cluster DNS resolves; the kubelet's
+        # KUBERNETES_SERVICE_HOST/PORT are what client-go and our own client use, DNS or not.
+        host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT")
+        if host and port:
+            address = f"[{host}]" if ":" in host else host
+            return dataclasses.replace(in_cluster, server=f"https://{address}:{port}")
         return in_cluster
     cfg = world().kube.api_client.configuration
     # The kubernetes client keeps a kubeconfig's token as "Bearer <token>" under BearerToken (older

@@ -12,15 +12,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from tests.fixtures.controlplane import session_state_dir
-from tests.fixtures.node import IMAGE, require_node
+from tests.fixtures.node import IMAGE, NodeCluster, require_node
 from vemigrate.devenv.controlplane import ControlPlane
 from vemigrate.devenv.controlplane_accounts import api_client
-from vemigrate.devenv.controlplane_node import PAUSE_IMAGE, NodeInfo
+from vemigrate.devenv.controlplane_node import PAUSE_IMAGE
 
 T = TypeVar("T")
 TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
@@ -94,9 +93,17 @@ def _ready_pods(core: client.CoreV1Api, namespace: str, selector: str) -> list[A
     ]
 
 
-@pytest.mark.usefixtures("node")
-def test_deployment_of_the_image_runs_with_its_token_and_rolls(kube_admin: Any, namespace: str) -> None:
+def _fresh_namespace(core: client.CoreV1Api) -> str:
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    _until(f"namespace {name}'s default ServiceAccount", lambda: core.list_namespaced_service_account(name).items)
+    return name
+
+
+def test_deployment_of_the_image_runs_with_its_token_and_rolls(node_cluster: NodeCluster) -> None:
+    kube_admin = node_cluster.api
     core, apps = client.CoreV1Api(kube_admin), client.AppsV1Api(kube_admin)
+    namespace = _fresh_namespace(core)
     apps.create_namespaced_deployment(namespace, _deployment("web", "1"))
     (first,) = _until("the Deployment's Pod Ready", lambda: _ready_pods(core, namespace, "app=web"))
     assert first.spec.node_name == "vemigrate-node"
@@ -128,12 +135,13 @@ def test_deployment_of_the_image_runs_with_its_token_and_rolls(kube_admin: Any, 
     (second,) = _until("the Deployment rolled to a new Pod", rolled)
     assert second.metadata.labels["pod-template-hash"] != first.metadata.labels["pod-template-hash"]
     assert second.spec.containers[0].env[0].value == "2"
+    core.delete_namespace(namespace)
 
 
-def test_namespace_deletion_completes(node: NodeInfo, kube_admin: Any) -> None:
-    core = client.CoreV1Api(kube_admin)
-    name = f"t-{uuid.uuid4().hex[:10]}"
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+def test_namespace_deletion_completes(node_cluster: NodeCluster) -> None:
+    node = node_cluster.node
+    core = client.CoreV1Api(node_cluster.api)
+    name = _fresh_namespace(core)
     pod = client.V1Pod(
         metadata=client.V1ObjectMeta(name="held"),
         spec=client.V1PodSpec(
@@ -141,7 +149,6 @@ def test_namespace_deletion_completes(node: NodeInfo, kube_admin: Any) -> None:
             containers=[client.V1Container(name="pause", image=PAUSE_IMAGE, image_pull_policy="Never")],
         ),
     )
-    _until("the namespace's default ServiceAccount", lambda: core.list_namespaced_service_account(name).items)
     core.create_namespaced_pod(name, pod)
     _until("the Pod Ready", lambda: _ready_pods(core, name, ""))
     core.delete_namespace(name)
@@ -208,7 +215,9 @@ def test_down_leaves_nothing_behind() -> None:
         assert subprocess.run(["ip", "link", "show", state.bridge], capture_output=True, check=False).returncode == 0
         cgroups = list(Path("/sys/fs/cgroup").glob(f"*/{state.cgroup_root.lstrip('/')}"))
         assert cgroups
-        assert pod_ip in subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True).stdout
+        nat = subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True).stdout
+        assert pod_ip in nat  # the Pod's masquerading
+        assert f"vemigrate node {directory / 'node'}" in nat  # the route to the apiserver
         mounts = Path("/proc/self/mountinfo").read_text()
         assert str(directory / "node") in mounts
     finally:
@@ -217,7 +226,9 @@ def test_down_leaves_nothing_behind() -> None:
     assert str(directory / "node") not in Path("/proc/self/mountinfo").read_text()
     assert subprocess.run(["ip", "link", "show", state.bridge], capture_output=True, check=False).returncode != 0
     assert [path for path in cgroups if path.exists()] == []
-    assert pod_ip not in subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True).stdout
+    nat = subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True).stdout
+    assert pod_ip not in nat
+    assert str(directory) not in nat
     assert [
         link
         for link in Path("/var/log/containers").glob("*")

@@ -115,6 +115,10 @@ def _reap(pid: int) -> None:
 
 def _alive(pid: int, binary: Path) -> bool:
     """True if `pid` runs `binary` (guards against a recycled PID) and is not a zombie."""
+    child = _CHILDREN.get(pid)
+    if child is not None:
+        # Ours: between fork and exec /proc still names the Python binary, so ask the Popen.
+        return child.poll() is None
     _reap(pid)
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")

@@ -33,6 +33,7 @@ from vemigrate.devenv.controlplane_binaries import Binaries, Log
 
 NODE_NAME = "vemigrate-node"
 PAUSE_IMAGE = "vemigrate.local/pause:1"
+KUBERNETES_SERVICE_IP = "10.0.0.1"  # the first address of the apiserver's --service-cluster-ip-range
 CNI_BIN_DIR = Path("/usr/lib/cni")  # Debian's containernetworking-plugins
 _POD_NETWORK = ipaddress.IPv4Network("10.88.0.0/16")  # one /24 of it per node
 _READY_TIMEOUT = 120.0
@@ -48,6 +49,7 @@ class NodeState:
     pod_subnet: str
     binaries: str
     cgroup_root: str
+    apiserver_port: int
     containerd_pid: int = 0
     controller_manager_pid: int = 0
     scheduler_pid: int = 0
@@ -134,7 +136,8 @@ def _free_subnet() -> tuple[int, ipaddress.IPv4Network]:
     for index, subnet in enumerate(subnets):
         if index == 0:
             continue  # 10.88.0.0/24 is Podman's and containerd's default CNI network
-        if not any(subnet.overlaps(network) for network in used):
+        # A node's bridge exists before its first Pod gives it the subnet's route.
+        if not any(subnet.overlaps(network) for network in used) and not Path(f"/sys/class/net/vmgpod{index}").exists():
             return index, subnet
     raise RuntimeError(f"every /24 of {_POD_NETWORK} is routed on this machine; no Pod subnet is free")
 
@@ -256,6 +259,7 @@ class Node:
             name=NODE_NAME,
             bridge=f"vmgpod{index}",
             cgroup_root=f"/vemigrate-node-{index}",
+            apiserver_port=int(server.rsplit(":", 1)[1]),
             pod_subnet=str(subnet),
             binaries=str(binaries.directory),
             started=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -279,6 +283,7 @@ class Node:
 
         containerd_config = self._write_containerd_config(state)
         self._write_cni_config(state)
+        self._make_bridge(state)
         self.log(f"starting containerd (socket {self.socket}), Pod subnet {subnet} on bridge {state.bridge}")
         record(containerd_pid=spawn("containerd", [_containerd(), "--config", str(containerd_config)]))
         self._wait(lambda: self.socket.exists(), "containerd's socket", "containerd")
@@ -486,6 +491,9 @@ state = "{base / "state"}"
         self._stop_shims()
         self._unmount_all()
         _remove_cgroup(state.cgroup_root, self.log)
+        rule = self._apiserver_rule(state)
+        if subprocess.run(["iptables", "-t", "nat", "-C", *rule], capture_output=True, check=False).returncode == 0:
+            _run(["iptables", "-t", "nat", "-D", *rule])
         self._remove_bridge(state.bridge)
         self._remove_log_links()
         shutil.rmtree(self.directory, ignore_errors=True)
@@ -517,6 +525,30 @@ state = "{base / "state"}"
             for point in sorted(set(mounts), key=len, reverse=True):
                 subprocess.run(["umount", "-l", point], capture_output=True, check=False)
         self.log(f"mounts under {self.directory} remain after unmounting five times")
+
+    def _apiserver_rule(self, state: NodeState) -> list[str]:
+        """PREROUTING rule: the `kubernetes` Service's address, from the Pods' bridge, to the apiserver
+        on loopback (the job kube-proxy would do for this one Service; no kube-proxy runs)."""
+        return [
+            "PREROUTING",
+            "-i", state.bridge,
+            "-d", f"{KUBERNETES_SERVICE_IP}/32",
+            "-p", "tcp",
+            "--dport", "443",
+            "-m", "comment",
+            "--comment", f"vemigrate node {self.directory}",
+            "-j", "DNAT",
+            "--to-destination", f"127.0.0.1:{state.apiserver_port}",
+        ]  # fmt: skip
+
+    def _make_bridge(self, state: NodeState) -> None:
+        """The Pods' bridge, made before CNI would (it takes an existing bridge of its name), so the route
+        to the apiserver is in place before the first Pod: loopback as a destination allowed on this
+        bridge only (`route_localnet`), and the DNAT rule."""
+        _run(["ip", "link", "add", "name", state.bridge, "type", "bridge"])
+        _run(["ip", "link", "set", state.bridge, "up"])
+        Path(f"/proc/sys/net/ipv4/conf/{state.bridge}/route_localnet").write_text("1\n")
+        _run(["iptables", "-t", "nat", "-A", *self._apiserver_rule(state)])
 
     def _remove_bridge(self, name: str) -> None:
         link = subprocess.run(["ip", "-j", "-d", "link", "show", name], capture_output=True, text=True, check=False)

@@ -78,6 +78,8 @@ def generate(directory: Path) -> Pki:
         x509.DNSName("kubernetes"),
         x509.DNSName("kubernetes.default"),
         x509.DNSName("kubernetes.default.svc"),
+        # The `kubernetes` Service's ClusterIP: a Pod on the node reaches the apiserver there.
+        x509.IPAddress(ipaddress.ip_address("10.0.0.1")),
     ]
     serving = pki.issue(
         pki.name("kube-apiserver"),
