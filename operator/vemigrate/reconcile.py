@@ -168,6 +168,9 @@ def _plan(
     )
 
 
+_ENDED = (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED)
+
+
 async def _observe(
     world: World,
     body: Mapping[str, Any],
@@ -221,9 +224,11 @@ async def _observe(
     verified = disposed = leftovers = None
     if plan is not None:
         job = await _ask(src, lambda d: d.job(plan))
-        if job is not None and job.state == JobState.COMPLETED and phase in (Phase.TRANSFERRING, Phase.SWITCHOVER):
-            # The job may have ended after this pass looked the VE up: look again, so the result and the
-            # source's disposition come from after it (a renamed container is gone from the source).
+        if job is not None and job.state in _ENDED and phase in (Phase.TRANSFERRING, Phase.SWITCHOVER):
+            # The job may have ended after this pass looked the VE up: look again, so what is decided comes
+            # from after it: the result and the source's disposition (a renamed container is gone from the
+            # source), or, for a failed job, whether the VE is split between the hosts (a failed
+            # post-copy) so that nothing may be rolled back.
             source_ve, target_ve = await asyncio.gather(
                 _ask(src, lambda d: d.find_ve(spec.source.name)), _ask(dst, lambda d: d.find_ve(spec.source.name))
             )
