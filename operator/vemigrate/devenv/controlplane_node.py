@@ -594,18 +594,31 @@ def _make_cgroup(root: str) -> None:
                 (directory / name).write_text((hierarchy / name).read_text())
 
 
-def _remove_cgroup(root: str, log: Log) -> None:
-    """rmdir the node's cgroup tree, deepest first; rmdir refuses a cgroup that still holds a process."""
-    for hierarchy in _cgroup_hierarchies():
-        top = hierarchy / root.lstrip("/")
-        if not top.is_dir():
-            continue
-        tree = sorted((path for path in top.rglob("*") if path.is_dir()), key=lambda p: len(p.parts), reverse=True)
-        for directory in [*tree, top]:
-            try:
-                directory.rmdir()
-            except OSError as exc:
-                log(f"cgroup {directory} left: {exc}")
+def _remove_cgroup(root: str, log: Log, timeout: float = 10.0) -> None:
+    """rmdir the node's cgroup tree, deepest first. rmdir refuses (EBUSY) a cgroup that still holds a
+    process, and the processes just signalled may take a moment to be gone: try again until `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left: list[tuple[Path, OSError]] = []
+        for hierarchy in _cgroup_hierarchies():
+            top = hierarchy / root.lstrip("/")
+            if not top.is_dir():
+                continue
+            tree = sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True)
+            for directory in [*tree, top]:
+                try:
+                    directory.rmdir()
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    left.append((directory, exc))
+        if not left:
+            return
+        if time.monotonic() >= deadline:
+            for directory, error in left:
+                log(f"cgroup {directory} left: {error}")
+            return
+        time.sleep(0.2)
 
 
 def _containerd() -> str:
