@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 import libvirt
 import pytest
 
-from vemigrate.drivers.libvirt.facts import _post_copy_failed, unmoved_storage
+from vemigrate.drivers.libvirt.facts import _in_post_copy, _post_copy_failed, unmoved_storage
 
 EVERYTHING = """<domain type='kvm'>
   <name>web1</name>
@@ -101,3 +101,8 @@ def test_tpm_passthrough_is_named_with_its_device() -> None:
 )
 def test_post_copy_failure_is_read_from_the_state_reason(state: list[int], failed: bool) -> None:
     assert _post_copy_failed(state) is failed
+    under_way = state[1] in (libvirt.VIR_DOMAIN_PAUSED_POSTCOPY, libvirt.VIR_DOMAIN_RUNNING_POSTCOPY) and state[0] in (
+        libvirt.VIR_DOMAIN_PAUSED,
+        libvirt.VIR_DOMAIN_RUNNING,
+    )
+    assert _in_post_copy(state) is (under_way and not failed)

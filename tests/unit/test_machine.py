@@ -371,6 +371,19 @@ CASES = [
         message="'web1' paused after a failed post-copy",
     ),
     Case(
+        "job failed with post-copy still under way on the source, the target unreachable: stop, no rollback",
+        status_in(Phase.SWITCHOVER),
+        obs={
+            "job": job(JobState.FAILED, error_reason="ConnectionLost", error_class=ErrorClass.RETRYABLE),
+            "source_ve": ve(state=VEState.MIGRATING, in_post_copy=True),
+            "target": DOWN,
+            "target_ve": None,
+        },
+        phase=Phase.FAILED,
+        reason="NeedsAttention",
+        message="source 'node-a' has 'web1' migrating in post-copy",
+    ),
+    Case(
         "job failed while the target still holds the incoming VE: roll back as usual",
         status_in(Phase.TRANSFERRING),
         obs={"job": job(JobState.FAILED, error_reason="MigrationFailed"), "target_ve": ve(state=VEState.MIGRATING)},

@@ -44,8 +44,11 @@ jobs = st.none() | st.builds(
     error_class=st.none() | st.sampled_from(list(ErrorClass)),
 )
 ves = st.none() | st.builds(
-    lambda state, post_copy_failed: ve(state=state, post_copy_failed=post_copy_failed),
+    lambda state, post_copy_failed, in_post_copy: ve(
+        state=state, post_copy_failed=post_copy_failed, in_post_copy=in_post_copy
+    ),
     st.sampled_from(list(VEState)),
+    st.booleans(),
     st.booleans(),
 )
 # A target copy that a rollback must never remove: running, paused or migrating, or split by a failed post-copy.
@@ -97,6 +100,7 @@ def _safe(obs: Observation, kinds: set[ActionKind]) -> None:
         target, source = obs.target_ve, obs.source_ve
         assert target is None or not (target.state.live or target.post_copy_failed), "the target copy is active"
         assert source is not None and not source.post_copy_failed, "the source copy is split by a failed post-copy"
+        assert not source.in_post_copy, "the source copy is split by a post-copy still under way"
 
 
 @settings(max_examples=400, deadline=None)

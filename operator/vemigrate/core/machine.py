@@ -546,7 +546,7 @@ def _rolling_back(step: _Pass) -> None:
 def _described(role: str, host: str, name: str, ve: VEFacts | None) -> str:
     if ve is None:
         return f"{role} {host!r} has no VE {name!r}"
-    failed = " after a failed post-copy" if ve.post_copy_failed else ""
+    failed = " after a failed post-copy" if ve.post_copy_failed else " in post-copy" if ve.in_post_copy else ""
     return f"{role} {host!r} has {ve.name!r} {ve.state.value}{failed}"
 
 
@@ -561,15 +561,17 @@ def _settling(obs: Observation) -> bool:
         and not target.post_copy_failed
         and source is not None
         and not source.post_copy_failed
+        and not source.in_post_copy
     )
 
 
 def _hands_off(obs: Observation) -> bool:
     """A rollback must not touch these copies: the target's copy runs or is paused (the VE may have
-    moved, or run on both hosts), or a post-copy failed on either host (each holds part of the VE)."""
+    moved, or run on both hosts), or a post-copy failed or is still under way on the source after its
+    job ended (each host holds part of the VE; the target may not even be observable then)."""
     target, source = obs.target_ve, obs.source_ve
     target_active = target is not None and (target.state.live or target.post_copy_failed)
-    split = source is not None and source.post_copy_failed
+    split = source is not None and (source.post_copy_failed or source.in_post_copy)
     return (target_active or split) and not _settling(obs)
 
 

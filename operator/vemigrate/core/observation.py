@@ -68,6 +68,10 @@ class VEFacts:
     # After a failed post-copy migration (libvirt: paused or running with reason post-copy failed): the
     # VE's running state is split between the hosts, so neither copy alone is complete.
     post_copy_failed: bool = False
+    # libvirt's reason says post-copy is under way (paused on the source, running on the target). Normal
+    # while the job runs; once the job has ended (libvirt gave up, the link broke) QEMU may still be
+    # pulling pages, so the VE is split between the hosts as after a failed post-copy.
+    in_post_copy: bool = False
     # What the copy does not move, one description each ("NVRAM /var/lib/.../x_VARS.fd", "vTPM state",
     # "hdc: cdrom /srv/x.iso"): it would be lost with the source, so such VEs are refused.
     unmovable: tuple[str, ...] = ()

@@ -29,6 +29,7 @@ from vemigrate.drivers.libvirt.facts import (
     METADATA_NS,
     _disks,
     _host_status,
+    _in_post_copy,
     _migration_uid,
     _post_copy_failed,
     _private_area,
@@ -155,6 +156,7 @@ class LibvirtDriver:
                 private_area=private,
                 macs=macs,
                 post_copy_failed=_post_copy_failed(dom.state()),
+                in_post_copy=_in_post_copy(dom.state()),
                 unmovable=unmovable,
                 non_file_disks=non_file_disks,
             )

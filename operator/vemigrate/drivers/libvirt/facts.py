@@ -103,6 +103,15 @@ def _post_copy_failed(state: list[int]) -> bool:
     return bool(kind == libvirt.VIR_DOMAIN_RUNNING and reason == libvirt.VIR_DOMAIN_RUNNING_POSTCOPY_FAILED)
 
 
+def _in_post_copy(state: list[int]) -> bool:
+    """libvirt's `dom.state()` while post-copy is under way: the source paused, the target running, each
+    with reason post-copy (not yet failed)."""
+    kind, reason = state[0], state[1]
+    if kind == libvirt.VIR_DOMAIN_PAUSED:
+        return bool(reason == libvirt.VIR_DOMAIN_PAUSED_POSTCOPY)
+    return bool(kind == libvirt.VIR_DOMAIN_RUNNING and reason == libvirt.VIR_DOMAIN_RUNNING_POSTCOPY)
+
+
 _NON_FILE_DISKS = {
     "block": "block device",
     "volume": "storage pool volume",
