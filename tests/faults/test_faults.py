@@ -624,10 +624,6 @@ def test_link_cut_during_post_copy(run: int, scene: Scene) -> None:
         body = _final(scene.migrations, name, timeout=180)
         how = ""
         if (_status(body).get("failure") or {}).get("reason") == "NeedsAttention":
-            # Straight from the job's failure to NeedsAttention: no pass decided on VE states read before
-            # the job ended (that one would start a rollback of a split VE).
-            phases = [t["phase"] for t in _status(body).get("phaseTransitions") or []]
-            assert "RollingBack" not in phases, f"a failed post-copy went through RollingBack: {phases}"
             how = _needs_attention_resolved(scene, vm, body)
         return scene.outcome(vm, name, was_running=True, expected=("Failed", "Succeeded"), note=how)
 
