@@ -6,7 +6,6 @@ ServiceAccount's mounted token."""
 from __future__ import annotations
 
 import subprocess
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -15,21 +14,9 @@ from kubernetes import client
 
 from tests.cluster.objects import host
 from tests.fixtures.chart import install, uninstall
-from tests.fixtures.node import NodeCluster
+from tests.fixtures.node import NodeCluster, until
 from vemigrate.api.common import GROUP, VERSION
 from vemigrate.api.host import PLURAL
-
-
-def _until(what: str, probe: Any, timeout: float = 240.0) -> Any:
-    """Poll until `probe` returns something truthy; a deadline only against a hang."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not reached within {timeout:.0f}s")
-        time.sleep(1)
 
 
 def test_helm_install_runs_the_operator_pod_until_available(node_cluster: NodeCluster, tmp_path: Path) -> None:
@@ -48,7 +35,7 @@ def test_helm_install_runs_the_operator_pod_until_available(node_cluster: NodeCl
             )
             return current if done else None
 
-        _until(f"Deployment {name} Available", available)
+        until(f"Deployment {name} Available", available)
         (pod,) = core.list_namespaced_pod(namespace).items
         (status,) = pod.status.container_statuses
         assert status.ready and status.restart_count == 0, status
@@ -73,7 +60,7 @@ def test_helm_install_runs_the_operator_pod_until_available(node_cluster: NodeCl
             conditions = (body.get("status") or {}).get("conditions") or []
             return next((c.get("reason") for c in conditions if c["type"] == "Reachable"), None)
 
-        reason = _until("the operator Pod's Reachable condition on the host", reachable_reason)
+        reason = until("the operator Pod's Reachable condition on the host", reachable_reason)
         # The chart grants Secrets only in the namespaces it is told (rbac.secretNamespaces): the API
         # refused the Pod's ServiceAccount, and the operator said so on the host.
         assert reason == "SecretForbidden", core.read_namespaced_pod_log(pod.metadata.name, namespace)[-3000:]

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -16,7 +14,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from tests.fixtures.controlplane import session_state_dir
-from tests.fixtures.node import IMAGE, NodeCluster, require_node
+from tests.fixtures.node import IMAGE, NodeCluster, require_node, until
 from vemigrate.devenv.controlplane import ControlPlane
 from vemigrate.devenv.controlplane_accounts import api_client
 from vemigrate.devenv.controlplane_node import PAUSE_IMAGE
@@ -31,18 +29,6 @@ _PRINT_TOKEN = (
     f"print(pathlib.Path({TOKEN!r}).read_text(), flush=True)\n"
     "time.sleep(1e6)\n"
 )
-
-
-def _until(what: str, probe: Callable[[], T | None], timeout: float = 180.0) -> T:
-    """Poll until `probe` returns something truthy; a deadline only against a hang, not a timing claim."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not reached within {timeout:.0f}s")
-        time.sleep(0.5)
 
 
 def _deployment(name: str, env: str) -> dict[str, Any]:
@@ -96,7 +82,7 @@ def _ready_pods(core: client.CoreV1Api, namespace: str, selector: str) -> list[A
 def _fresh_namespace(core: client.CoreV1Api) -> str:
     name = f"t-{uuid.uuid4().hex[:10]}"
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    _until(f"namespace {name}'s default ServiceAccount", lambda: core.list_namespaced_service_account(name).items)
+    until(f"namespace {name}'s default ServiceAccount", lambda: core.list_namespaced_service_account(name).items)
     return name
 
 
@@ -105,14 +91,14 @@ def test_deployment_of_the_image_runs_with_its_token_and_rolls(node_cluster: Nod
     core, apps = client.CoreV1Api(kube_admin), client.AppsV1Api(kube_admin)
     namespace = _fresh_namespace(core)
     apps.create_namespaced_deployment(namespace, _deployment("web", "1"))
-    (first,) = _until("the Deployment's Pod Ready", lambda: _ready_pods(core, namespace, "app=web"))
+    (first,) = until("the Deployment's Pod Ready", lambda: _ready_pods(core, namespace, "app=web"))
     assert first.spec.node_name == "vemigrate-node"
     assert first.spec.service_account_name == "default"  # made by the controller-manager
     (status,) = first.status.container_statuses
     assert status.image_id  # containerd ran the imported image
     # The kubelet mounted a token the apiserver itself issued for this Pod's ServiceAccount, readable
     # by the image's user.
-    uid, token = _until(
+    uid, token = until(
         "the Pod's log holding its UID and token",
         lambda: core.read_namespaced_pod_log(first.metadata.name, namespace).split() or None,
     )
@@ -132,7 +118,7 @@ def test_deployment_of_the_image_runs_with_its_token_and_rolls(node_cluster: Nod
         names = {pod.metadata.name for pod in core.list_namespaced_pod(namespace, label_selector="app=web").items}
         return ready if len(ready) == 1 and first.metadata.name not in names else None
 
-    (second,) = _until("the Deployment rolled to a new Pod", rolled)
+    (second,) = until("the Deployment rolled to a new Pod", rolled)
     assert second.metadata.labels["pod-template-hash"] != first.metadata.labels["pod-template-hash"]
     assert second.spec.containers[0].env[0].value == "2"
     core.delete_namespace(namespace)
@@ -150,7 +136,7 @@ def test_namespace_deletion_completes(node_cluster: NodeCluster) -> None:
         ),
     )
     core.create_namespaced_pod(name, pod)
-    _until("the Pod Ready", lambda: _ready_pods(core, name, ""))
+    until("the Pod Ready", lambda: _ready_pods(core, name, ""))
     core.delete_namespace(name)
 
     def gone() -> bool:
@@ -160,7 +146,7 @@ def test_namespace_deletion_completes(node_cluster: NodeCluster) -> None:
             return exc.status == 404
         return False
 
-    _until(f"namespace {name} deleted", gone)
+    until(f"namespace {name} deleted", gone)
     # ... and the node really stopped its Pod: no container of that namespace has a running task.
     ours = _run(node.ctr("containers", "ls", "-q", f"labels.io.kubernetes.pod.namespace=={name}")).split()
     assert ours  # the Pod's sandbox and container, stopped (the kubelet removes them later)
@@ -197,7 +183,7 @@ def test_down_leaves_nothing_behind() -> None:
         assert node is not None and state is not None
         api = api_client(info.kubeconfig)
         core = client.CoreV1Api(api)
-        _until("the default ServiceAccount", lambda: core.list_namespaced_service_account("default").items)
+        until("the default ServiceAccount", lambda: core.list_namespaced_service_account("default").items)
         core.create_namespaced_pod(
             "default",
             client.V1Pod(
@@ -207,7 +193,7 @@ def test_down_leaves_nothing_behind() -> None:
                 ),
             ),
         )
-        (pod,) = _until("the Pod Ready", lambda: _ready_pods(core, "default", ""))
+        (pod,) = until("the Pod Ready", lambda: _ready_pods(core, "default", ""))
         api.close()  # type: ignore[no-untyped-call]
         pod_ip = pod.status.pod_ip
         # What the running node holds outside its directory, seen before `down`:

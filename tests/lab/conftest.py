@@ -15,6 +15,7 @@ from vemigrate.devenv.controlplane import ControlPlaneInfo
 from vemigrate.devenv.lab import Lab, LabInfo
 from vemigrate.devenv.lab import kube as lab_kube
 from vemigrate.devenv.lab.ct import lxc_driver_installed
+from vemigrate.devenv.lab.host import ensure_prlctl_standin
 
 
 def _quiet(_ctx: Any, _err: Any) -> None:
@@ -77,4 +78,13 @@ def lxc() -> None:
 def hosts(lab: LabInfo, control_plane: ControlPlaneInfo, namespace: str) -> LabInfo:
     """The lab's HypervisorHosts and Secrets in this test's namespace, for the operator's tests."""
     lab_kube.apply(lab, namespace, str(control_plane.kubeconfig))
+    return lab
+
+
+@pytest.fixture
+def vz(lab: LabInfo, control_plane: ControlPlaneInfo, namespace: str) -> LabInfo:
+    """Every lab host with the stand-in on its PATH, published as <host>-vz with driver prlctl."""
+    for h in lab.hosts:
+        ensure_prlctl_standin(h.dir, h.holder_pid)
+    lab_kube.apply(lab, namespace, str(control_plane.kubeconfig), prlctl=True)
     return lab

@@ -14,23 +14,11 @@ import pytest
 
 from tests.fixtures.operator import Migrations, OperatorProcess
 from tests.lab.evidence import beating_on, domain, first_beat
-from vemigrate.devenv.controlplane import ControlPlaneInfo
 from vemigrate.devenv.lab import Lab, LabInfo, VMState
-from vemigrate.devenv.lab import kube as lab_kube
-from vemigrate.devenv.lab.host import ensure_prlctl_standin
 from vemigrate.drivers.hostjob import JOBS_DIR
 
 Cleanup = Callable[[str], str]
 SRC, DST = "lab1-vz", "lab2-vz"
-
-
-@pytest.fixture
-def vz(lab: LabInfo, control_plane: ControlPlaneInfo, namespace: str) -> LabInfo:
-    """Every lab host with the stand-in on its PATH, published as <host>-vz with driver prlctl."""
-    for h in lab.hosts:
-        ensure_prlctl_standin(h.dir, h.holder_pid)
-    lab_kube.apply(lab, namespace, str(control_plane.kubeconfig), prlctl=True)
-    return lab
 
 
 @pytest.fixture

@@ -15,22 +15,10 @@ import pytest
 
 from tests.fixtures.operator import Migrations
 from tests.lab.evidence import domain
-from vemigrate.devenv.controlplane import ControlPlaneInfo
 from vemigrate.devenv.lab import Lab, LabInfo, VMState
-from vemigrate.devenv.lab import kube as lab_kube
-from vemigrate.devenv.lab.host import ensure_prlctl_standin
 from vemigrate.drivers.hostjob import JOBS_DIR
 
 Cleanup = Callable[[str], str]
-
-
-@pytest.fixture
-def vz(lab: LabInfo, control_plane: ControlPlaneInfo, namespace: str) -> LabInfo:
-    """Every lab host with the stand-in on its PATH, published as <host>-vz with driver prlctl."""
-    for h in lab.hosts:
-        ensure_prlctl_standin(h.dir, h.holder_pid)
-    lab_kube.apply(lab, namespace, str(control_plane.kubeconfig), prlctl=True)
-    return lab
 
 
 def _md5(host: str, path: str) -> str:
