@@ -351,9 +351,7 @@ def test_operator_killed_between_job_start_and_status(run: int, scene: Scene) ->
         return scene.outcome(vm, name, restarted=True, was_running=False, expected=("Succeeded",))
 
     outcome = scene.run("operator SIGKILLed after the job started, before its status", f"fjob{run}", attempt)
-    status = scene.migrations.get(outcome_name(outcome, f"fjob{run}"))["status"]
-    assert status["attempts"] == 1, status
-    assert [t["phase"] for t in status["phaseTransitions"]].count("Transferring") == 1, "one job only"
+    _one_job(scene, outcome_name(outcome, f"fjob{run}"))
 
 
 @runs
@@ -631,6 +629,13 @@ def test_link_cut_during_post_copy(run: int, scene: Scene) -> None:
     assert outcome.phase == "Succeeded" or outcome.reason == "NeedsAttention", outcome.explain()
 
 
+def _one_job(scene: Scene, name: str) -> None:
+    """The restarted operator adopted what the killed one started: one attempt, one job."""
+    status = scene.migrations.get(name)["status"]
+    assert status["attempts"] == 1, status
+    assert [t["phase"] for t in status["phaseTransitions"]].count("Transferring") == 1, "one job only"
+
+
 def _until(ready: Callable[[], object], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not ready():
@@ -724,9 +729,7 @@ def test_operator_killed_after_the_source_undefine(run: int, scene: Scene) -> No
         return scene.outcome(vm, name, restarted=True, was_running=True, expected=("Succeeded",))
 
     outcome = scene.run("operator SIGKILLed after the source's undefine, before its status", f"fdisp{run}", attempt)
-    status = scene.migrations.get(outcome_name(outcome, f"fdisp{run}"))["status"]
-    assert status["attempts"] == 1, status
-    assert [t["phase"] for t in status["phaseTransitions"]].count("Transferring") == 1, "one job only"
+    _one_job(scene, outcome_name(outcome, f"fdisp{run}"))
 
 
 @runs
