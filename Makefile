@@ -14,9 +14,10 @@ lint: setup
 	lint-imports
 	vemigrate crds --check --also charts/ve-migrate/crds
 
-# All tiers this machine can run; pytest's summary (-ra) names every skipped test and why.
+# All tiers this machine can run; pytest's summary (-ra) names every skipped test and why. Two
+# pytest runs at once, each on a lab of its own (tools/test.sh); VEMIGRATE_TEST_SPLIT=0: one run.
 test: lint
-	pytest
+	tools/test.sh
 
 unit: setup
 	pytest -m unit

@@ -11,12 +11,13 @@ import subprocess
 from pathlib import Path
 
 import libvirt
+import pytest
 
 from tests.lab.test_containers import container_init
 from vemigrate.devenv.lab import Lab, LabInfo
 from vemigrate.devenv.lab.ct import lxc_uri
 from vemigrate.devenv.lab.process import Tracked
-from vemigrate.devenv.lab.state import LabState, lab_dir
+from vemigrate.devenv.lab.state import LabState, lab_dir, names
 
 
 def _our_pids(state: LabState) -> list[Tracked]:
@@ -30,13 +31,14 @@ def _our_pids(state: LabState) -> list[Tracked]:
 
 
 def _assert_nothing_left(procs: list[Tracked]) -> None:
+    ours = names()
     netns = json.loads(subprocess.run(["ip", "-j", "netns", "list"], capture_output=True, text=True).stdout or "[]")
-    assert not [n["name"] for n in netns if n["name"].startswith("vemigrate-")]
+    assert not [n["name"] for n in netns if n["name"].startswith(ours.netns_prefix)]
     links = json.loads(subprocess.run(["ip", "-j", "link"], capture_output=True, text=True).stdout)
-    assert not [lk["ifname"] for lk in links if lk["ifname"].startswith("vmlab")]
+    assert not [lk["ifname"] for lk in links if lk["ifname"].startswith(ours.link_prefix)]
     mounts = Path("/proc/self/mountinfo").read_text()
-    assert str(lab_dir()) not in mounts
-    assert "/run/netns/vemigrate-" not in mounts
+    assert str(lab_dir()) + "/" not in mounts
+    assert f"/run/netns/{ours.netns_prefix}" not in mounts
     assert [p.pid for p in procs if p.alive()] == []
     assert not (lab_dir() / "hosts").exists()
     assert Lab.info() is None
@@ -74,5 +76,30 @@ def test_next_up_cleans_a_crashed_run(lab_session: None, lxc: None) -> None:
     new_state = LabState.load()
     assert new_state is not None
     procs = _our_pids(new_state)
+    Lab.down()
+    _assert_nothing_left(procs)
+
+
+def test_a_second_lab_beside_the_first_takes_nothing_of_it(lab: LabInfo, monkeypatch: pytest.MonkeyPatch) -> None:
+    """VEMIGRATE_LAB_INSTANCE=2 is a lab of its own (directory, namespaces, links, subnet), as `make
+    test` runs the fault suite on lab 1 beside the default lab: `down` of either takes nothing of the
+    other, and each one's `down` leaves nothing of its own."""
+    monkeypatch.setenv("VEMIGRATE_LAB_INSTANCE", "2")
+    second = Lab.up(hosts=1)
+    second_state = LabState.load()
+    assert second_state is not None
+    assert second.hosts[0].address == "10.231.79.11" and second_state.hosts[0].netns == "vemigrate2-lab1"
+    assert lab_dir().name == "lab-2"
+    monkeypatch.delenv("VEMIGRATE_LAB_INSTANCE")
+    first = LabState.load()
+    assert first is not None and {h.address for h in first.hosts}.isdisjoint({second.hosts[0].address})
+    procs = _our_pids(first)
+    Lab.down()  # the default lab: also sweeps leftovers by name prefix, which must not match lab 2's
+    _assert_nothing_left(procs)
+    monkeypatch.setenv("VEMIGRATE_LAB_INSTANCE", "2")
+    seen = Lab.exec("lab1", ["cat", "/proc/sys/kernel/hostname"], capture=True)
+    assert seen.returncode == 0 and seen.stdout.strip() == "lab1", "lab 2 was taken down with the default lab"
+    assert all(p.alive() for p in _our_pids(second_state))
+    procs = _our_pids(second_state)
     Lab.down()
     _assert_nothing_left(procs)

@@ -21,12 +21,11 @@ from vemigrate.devenv.lab import ct, guest, host, network, vm
 from vemigrate.devenv.lab.process import CommandError, Tracked, run, stop_pids
 from vemigrate.devenv.lab.state import (
     DEFAULT_GUEST_BRIDGE,
-    DEFAULT_SUBNET,
-    NETNS_PREFIX,
     HostState,
     LabState,
     exclusive,
     lab_dir,
+    names,
 )
 
 REQUIRED_TOOLS = (
@@ -184,10 +183,11 @@ class Lab:
             raise RuntimeError(reason)
         if not 1 <= hosts <= 50:
             raise RuntimeError("--hosts must be between 1 and 50")
-        plan = network.Plan.parse(subnet or os.environ.get("VEMIGRATE_LAB_SUBNET") or DEFAULT_SUBNET)
+        lab = names()
+        plan = network.Plan.parse(subnet or os.environ.get("VEMIGRATE_LAB_SUBNET") or lab.subnet)
         bridges = dict(guest_bridges or {})
-        names = [f"lab{i}" for i in range(1, hosts + 1)]
-        unknown = set(bridges) - set(names)
+        host_names = [f"lab{i}" for i in range(1, hosts + 1)]
+        unknown = set(bridges) - set(host_names)
         if unknown:
             raise RuntimeError(f"guest bridge given for unknown host(s): {', '.join(sorted(unknown))}")
         Lab.down()
@@ -199,12 +199,12 @@ class Lab:
         host.prepare_lab_keys()
         caps = lab_dir() / "qemu-capabilities"
         try:
-            for i, name in enumerate(names, start=1):
+            for i, name in enumerate(host_names, start=1):
                 h = HostState(
                     name=name,
                     address=plan.host_address(i),
-                    netns=f"{NETNS_PREFIX}{name}",
-                    veth=f"vmlab-{name}",
+                    netns=f"{lab.netns_prefix}{name}",
+                    veth=lab.veth(name),
                     guest_bridge=bridges.get(name, DEFAULT_GUEST_BRIDGE),
                     dir=lab_dir() / "hosts" / name,
                 )

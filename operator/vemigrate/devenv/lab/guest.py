@@ -10,6 +10,7 @@ kernel command line makes it rewrite N MiB of a tmpfs working set every second.
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import hashlib
 import lzma
@@ -107,6 +108,15 @@ def ensure_image() -> GuestImage:
     if kernel.exists() and initrd.exists() and stamp.exists() and stamp.read_text() == init_digest:
         return GuestImage(kernel, initrd, version.read_text().strip())
     d.mkdir(parents=True, exist_ok=True)
+    # Two labs may start at once (`make test` runs two): one builds, the other waits and reuses it.
+    with (d / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (kernel.exists() and initrd.exists() and stamp.exists() and stamp.read_text() == init_digest):
+            _build(kernel, initrd, version, stamp, init_digest)
+    return GuestImage(kernel, initrd, version.read_text().strip())
+
+
+def _build(kernel: Path, initrd: Path, version: Path, stamp: Path, init_digest: str) -> None:
     with tempfile.TemporaryDirectory(prefix="vemigrate-guest-") as tmp:
         work = Path(tmp)
         pkg = _kernel_package()
@@ -131,7 +141,6 @@ def ensure_image() -> GuestImage:
         shutil.copyfile(work / "initrd.gz", initrd)
         version.write_text(pkg + "\n")
         stamp.write_text(init_digest)
-    return GuestImage(kernel, initrd, version.read_text().strip())
 
 
 def _uncompressed(bzimage: bytes) -> bytes:

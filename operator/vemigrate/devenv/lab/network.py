@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass
 
 from vemigrate.devenv.lab.process import CommandError, children, command_name, run
-from vemigrate.devenv.lab.state import LINK_PREFIX, NETNS_PREFIX, ROOT_BRIDGE, HostState
+from vemigrate.devenv.lab.state import HostState, names
 
 
 @dataclass(frozen=True)
@@ -44,10 +44,11 @@ def _link_exists(name: str, netns: str | None = None) -> bool:
 
 
 def ensure_root_bridge(plan: Plan) -> None:
-    if not _link_exists(ROOT_BRIDGE):
-        run(["ip", "link", "add", ROOT_BRIDGE, "type", "bridge"])
-    run(["ip", "addr", "replace", f"{plan.bridge_address}/{plan.subnet.prefixlen}", "dev", ROOT_BRIDGE])
-    run(["ip", "link", "set", ROOT_BRIDGE, "up"])
+    bridge = names().root_bridge
+    if not _link_exists(bridge):
+        run(["ip", "link", "add", bridge, "type", "bridge"])
+    run(["ip", "addr", "replace", f"{plan.bridge_address}/{plan.subnet.prefixlen}", "dev", bridge])
+    run(["ip", "link", "set", bridge, "up"])
 
 
 def create_host_network(host: HostState, prefixlen: int) -> None:
@@ -55,7 +56,7 @@ def create_host_network(host: HostState, prefixlen: int) -> None:
     ns = host.netns
     run(["ip", "netns", "add", ns])
     run(["ip", "link", "add", host.veth, "type", "veth", "peer", "name", "eth0", "netns", ns])
-    run(["ip", "link", "set", host.veth, "master", ROOT_BRIDGE, "up"])
+    run(["ip", "link", "set", host.veth, "master", names().root_bridge, "up"])
     run(["ip", "-n", ns, "link", "set", "lo", "up"])
     run(["ip", "-n", ns, "addr", "add", f"{host.address}/{prefixlen}", "dev", "eth0"])
     run(["ip", "-n", ns, "link", "set", "eth0", "up"])
@@ -74,8 +75,9 @@ def remove_host_network(netns: str, veth: str) -> None:
 
 
 def remove_root_bridge() -> None:
-    if _link_exists(ROOT_BRIDGE):
-        run(["ip", "link", "del", ROOT_BRIDGE])
+    bridge = names().root_bridge
+    if _link_exists(bridge):
+        run(["ip", "link", "del", bridge])
 
 
 def list_netns() -> list[str]:
@@ -84,12 +86,12 @@ def list_netns() -> list[str]:
 
 
 def leftover_netns() -> list[str]:
-    return [ns for ns in list_netns() if ns.startswith(NETNS_PREFIX)]
+    return [ns for ns in list_netns() if ns.startswith(names().netns_prefix)]
 
 
 def leftover_links() -> list[str]:
-    out = run(["ip", "-j", "link", "show"]).stdout
-    return [str(e["ifname"]) for e in json.loads(out or "[]") if str(e["ifname"]).startswith(LINK_PREFIX)]
+    out, prefix = run(["ip", "-j", "link", "show"]).stdout, names().link_prefix
+    return [str(e["ifname"]) for e in json.loads(out or "[]") if str(e["ifname"]).startswith(prefix)]
 
 
 def netns_pids(netns: str) -> list[int]:

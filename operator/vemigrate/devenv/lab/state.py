@@ -15,13 +15,38 @@ from typing import Any
 
 from vemigrate.devenv.lab.process import Tracked
 
-# Names of everything the lab creates in the root namespace start with these prefixes, so an
-# interrupted run whose state file is gone can still be found and cleaned.
-NETNS_PREFIX = "vemigrate-"
-LINK_PREFIX = "vmlab"
-ROOT_BRIDGE = "vmlab0"
-DEFAULT_SUBNET = "10.231.77.0/24"
 DEFAULT_GUEST_BRIDGE = "vmbr0"
+
+
+@dataclass(frozen=True)
+class Names:
+    """What the lab calls what it makes outside its directory. Everything it creates in the root
+    namespace starts with these prefixes, so an interrupted run whose state file is gone can still
+    be found and cleaned, and two labs never take each other's."""
+
+    instance: str
+    netns_prefix: str
+    link_prefix: str
+    subnet: str
+
+    @property
+    def root_bridge(self) -> str:
+        return f"{self.link_prefix}0"
+
+    def veth(self, host: str) -> str:
+        return f"{self.link_prefix}-{host}"
+
+
+def names() -> Names:
+    """The default lab, or with $VEMIGRATE_LAB_INSTANCE=N (1-9) the N-th lab beside it (its own
+    directory, namespaces, links and subnet 10.231.77+N.0/24): two test runs at once, e.g. `make test`
+    runs the fault suite on lab 1 while the other tiers use the default lab."""
+    instance = os.environ.get("VEMIGRATE_LAB_INSTANCE", "")
+    if not instance:
+        return Names("", "vemigrate-", "vmlab", "10.231.77.0/24")
+    if not (len(instance) == 1 and "1" <= instance <= "9"):
+        raise RuntimeError(f"VEMIGRATE_LAB_INSTANCE must be a digit 1-9 (or empty), not {instance!r}")
+    return Names(instance, f"vemigrate{instance}-", f"vmi{instance}", f"10.231.{77 + int(instance)}.0/24")
 
 
 def cache_dir() -> Path:
@@ -34,7 +59,8 @@ def cache_dir() -> Path:
 
 
 def lab_dir() -> Path:
-    return cache_dir() / "lab"
+    instance = names().instance
+    return cache_dir() / (f"lab-{instance}" if instance else "lab")
 
 
 @dataclass
@@ -129,26 +155,25 @@ class LabState:
         raise RuntimeError(f"no lab host named {name!r} (hosts: {known})")
 
 
-# One lab per machine, shared by every process: `up`, `down` and a test session that uses the lab
-# hold this lock, so a second test run (or a `lab up` typed meanwhile) cannot tear the lab down under
-# the first. Re-entrant within a process: flock would otherwise conflict with itself.
-_lock_fd: int | None = None
-_lock_depth = 0
+# One lab (per instance) per machine, shared by every process: `up`, `down` and a test session that
+# uses the lab hold this lock, so a second test run (or a `lab up` typed meanwhile) cannot tear the lab
+# down under the first. Re-entrant within a process (flock would otherwise conflict with itself), per
+# lab directory: holding the default lab does not hold lab 2.
+_held: dict[Path, int] = {}  # lab directory -> depth
 
 
 @contextlib.contextmanager
 def exclusive(purpose: str, wait: float = 0.0, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
     """Hold the lab for `purpose`; wait up to `wait` seconds for another holder (telling `on_wait`
     who it is, once), then give up with a sentence naming it."""
-    global _lock_fd, _lock_depth
-    if _lock_fd is not None:
-        _lock_depth += 1
+    d = lab_dir()
+    if d in _held:
+        _held[d] += 1
         try:
             yield
         finally:
-            _lock_depth -= 1
+            _held[d] -= 1
         return
-    d = lab_dir()
     d.mkdir(parents=True, exist_ok=True)
     fd = os.open(d / "lock", os.O_RDWR | os.O_CREAT, 0o644)
     deadline = time.monotonic() + wait
@@ -168,10 +193,9 @@ def exclusive(purpose: str, wait: float = 0.0, on_wait: Callable[[str], None] | 
     (d / "lock.owner").write_text(f"{purpose} (pid {os.getpid()})\n")
     with (d / "lock.log").open("a") as log:  # who held the lab when: for "who tore my lab down?"
         log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {purpose} (pid {os.getpid()})\n")
-    _lock_fd, _lock_depth = fd, 1
+    _held[d] = 1
     try:
         yield
     finally:
-        _lock_fd = None
-        _lock_depth = 0
+        del _held[d]
         os.close(fd)  # releases the flock
