@@ -109,9 +109,12 @@ def examine(
     foreign: tuple[str, ...] = (),
     samples: Samples | None = None,
     expected: tuple[str, ...] = (),
+    shared: bool = False,
 ) -> Outcome:
     """Where the VE is now, and what this migration left behind, against what its phase claims.
     `foreign`: files on the target that were there before (another VE's), never leftovers.
+    `shared`: the VE's disk is on storage both hosts share: one file, which must stay whatever the end
+    (its loss shows as a lost VE: neither domain is complete without it).
     `samples`: what was sampled during the run; a lost VE or two running copies seen at any instant
     count as if seen at the end."""
     status = body.get("status") or {}
@@ -127,12 +130,12 @@ def examine(
     if phase == "Succeeded":
         if source is not None:
             leftovers.append("the source domain was not removed")
-        elif _exists("lab1", vm.disk):
+        elif _exists("lab1", vm.disk) and not shared:
             leftovers.append(f"{vm.disk} on the source (the domain went, its disk stayed)")
     else:
         if target is not None and source is not None:
             leftovers.append("a domain on the target")
-        for path in (f"{POOL}/{vm.uuid}", vm.disk):
+        for path in (f"{POOL}/{vm.uuid}", *([] if shared else [vm.disk])):
             if path not in foreign and (target is None or path not in target[2]) and _exists("lab2", path):
                 leftovers.append(f"{path} on the target")
         if source_md5 is not None and source is not None and md5("lab1", vm.disk) != source_md5:

@@ -49,6 +49,7 @@ from tests.fixtures.lab import restored
 from tests.fixtures.operator import Migrations, OperatorProcess
 from vemigrate.devenv.controlplane import ControlPlane, ControlPlaneInfo
 from vemigrate.devenv.lab import Lab, LabInfo, VMState
+from vemigrate.devenv.lab.host import SHARED_PATH
 from vemigrate.devenv.lab.vm import VMInfo
 
 Cleanup = Callable[[str], str]
@@ -135,6 +136,7 @@ class Try:
     foreign: Foreign
     own: dict[str, list[str]]  # the VE's own files per host, never foreign
     sums: dict[str, str]  # a stopped VE's disks: {device: md5}
+    shared: bool  # its disk on the storage both hosts share
     hits: list[str] = field(default_factory=list)  # what was seen at each injection
     missed: list[str] = field(default_factory=list)  # the injections that did not land
 
@@ -157,24 +159,36 @@ class Scene:
     names: list[str] = field(default_factory=list)  # VMs made by the current go
 
     def vm(
-        self, name: str, *, state: VMState = VMState.RUNNING, dirty_mib: int = 1, host: str = "lab1", disk_mib: int = 64
+        self,
+        name: str,
+        *,
+        state: VMState = VMState.RUNNING,
+        dirty_mib: int = 1,
+        host: str = "lab1",
+        disk_mib: int = 64,
+        shared: bool = False,
     ) -> VMInfo:
+        """A VM for the scenario; `shared`: its disk on the storage both hosts share."""
         self.names.append(name)
-        return Lab.create_vm(host, self.cleanup(name), state=state, dirty_mib=dirty_mib, disk_mib=disk_mib)
+        where = {"disk_dir": Lab.shared_storage()} if shared else {}
+        return Lab.create_vm(host, self.cleanup(name), state=state, dirty_mib=dirty_mib, disk_mib=disk_mib, **where)
 
     def migrate(self, vm: VMInfo, name: str, spec: dict[str, Any]) -> str:
         """The start of the run proper: files that are not the VE's planted and checksummed on both
-        hosts, a stopped VE's disks checksummed, the metrics read, the sampler started; then the
-        migration is created. Returns its UID."""
+        hosts (in the pool, and in the shared directory when the VE's disk is there), a stopped VE's
+        disks checksummed, the metrics read, the sampler started; then the migration is created.
+        Returns its UID."""
         disks = domain_disks(self.lab, "lab1", vm.uuid) or {}
-        own = {"lab1": list(disks.values())}
+        shared = vm.disk.startswith(SHARED_PATH + "/")
+        # A shared disk is the one file both hosts see: the VE's own on either.
+        own = {"lab1": list(disks.values()), **({"lab2": list(disks.values())} if shared else {})}
         sums = {}
         if vm.state == VMState.STOPPED:
             sums = {dev: file_md5(self.lab, "lab1", path) or "missing" for dev, path in disks.items()}
-        foreign = Foreign.plant(self.lab, name, own)
+        foreign = Foreign.plant(self.lab, name, own, roots=(POOL, SHARED_PATH) if shared else (POOL,))
         counted = Counted(self.operator)
         sampler = Sampler(self.lab, vm.uuid)
-        self.current = Try(vm, "", counted, sampler, foreign, own, sums)
+        self.current = Try(vm, "", counted, sampler, foreign, own, sums, shared)
         self.current.uid = self.migrations.create(name, spec)["metadata"]["uid"]
         return self.current.uid
 
@@ -222,7 +236,8 @@ class Scene:
         body = _final(self.migrations, name, timeout=timeout)
         now = self.now
         counted = now.counted(_phase(body), restarted=restarted)
-        outcome = examine(self.lab, self.title, vm, body, counted=counted, samples=now.sampler.stop(), **kwargs)
+        samples = now.sampler.stop()
+        outcome = examine(self.lab, self.title, vm, body, counted=counted, samples=samples, shared=now.shared, **kwargs)
         outcome.foreign = now.foreign.touched(now.own)
         if outcome.phase == "Succeeded":
             payload = vm.payload_md5 if vm.state != VMState.STOPPED else None
@@ -574,6 +589,43 @@ def test_job_killed_mid_transfer_is_retried(run: int, scene: Scene) -> None:
     assert status["attempts"] == 2, status
     phases = [t["phase"] for t in status["phaseTransitions"]]
     assert phases.count("Transferring") == 2 and "RollingBack" in phases, phases
+
+
+@runs
+def test_shared_storage_through_a_rollback_and_a_retry(run: int, scene: Scene) -> None:
+    """The VM's disk is on storage both hosts share (the lab's shared directory, as NFS mounted alike):
+    the target's libvirtd is killed mid-transfer, attempt 1 fails and rolls back, attempt 2 moves the
+    VE (retry.maxAttempts 2). Neither the rollback nor the source's disposal may remove the one disk
+    file the other host uses: it stays, the guest's data in it, and files beside it are untouched."""
+
+    def attempt(name: str) -> Outcome:
+        vm = scene.vm(name, shared=True)
+        identity = _identity(scene.lab, vm.disk)
+        uid = scene.migrate(vm, name, _slow(name, retry={"maxAttempts": 2, "backoffSeconds": 1}))
+        _copied(scene.migrations, name)
+        with restored(lambda: Lab.start("lab2", "libvirtd")):
+            scene.inject(name, "Transferring", lambda: Lab.kill("lab2", "libvirtd"), what="SIGKILL of libvirtd")
+            time.sleep(5)
+        outcome = scene.outcome(vm, name, was_running=True, expected=("Succeeded",))
+        assert _identity(scene.lab, vm.disk) == identity, f"{vm.disk} is not the file it was (migration {uid})"
+        return outcome
+
+    outcome = scene.run(
+        "storage shared by both hosts: target libvirtd killed mid-transfer, retry.maxAttempts 2",
+        f"fshare{run}",
+        attempt,
+    )
+    status = scene.migrations.get(outcome_name(outcome, f"fshare{run}"))["status"]
+    phases = [t["phase"] for t in status["phaseTransitions"]]
+    assert status["attempts"] == 2 and "RollingBack" in phases, phases
+
+
+def _identity(lab: LabInfo, path: str) -> str:
+    """device:inode of a file as each lab host sees it (one file on shared storage; its size grows as
+    the running guest writes)."""
+    seen = {Lab.exec(h, ["stat", "-c", "%d:%i", "--", path], capture=True).stdout.strip() for h in ("lab1", "lab2")}
+    assert len(seen) == 1 and "" not in seen, f"{path} is not one file both hosts see: {seen}"
+    return seen.pop()
 
 
 @runs

@@ -264,21 +264,27 @@ class Foreign:
     before: dict[tuple[str, str], str]
     planted: list[tuple[str, str]]
 
+    roots: tuple[str, ...] = (POOL,)
+
     @classmethod
-    def plant(cls, lab: LabInfo, tag: str, own: Mapping[str, Iterable[str]]) -> Foreign:
-        """`own`: per host, the VE's own files (its disks on the source), which are not foreign."""
+    def plant(
+        cls, lab: LabInfo, tag: str, own: Mapping[str, Iterable[str]], roots: tuple[str, ...] = (POOL,)
+    ) -> Foreign:
+        """`own`: per host, the VE's own files (its disks on the source), which are not foreign.
+        `roots`: the directories watched, the pool and e.g. the storage both hosts share."""
         planted: list[tuple[str, str]] = []
         for host in HOSTS:
             other = str(uuid.uuid4())
-            for path in (f"{POOL}/{tag}-bystander.qcow2", f"{POOL}/{other}/vda.qcow2"):
-                where = lab.host(host).path(path)
-                where.parent.mkdir(exist_ok=True)
-                where.write_bytes(f"another VE's disk, not {tag}'s\n".encode() + secrets.token_bytes(256 << 10))
-                planted.append((host, path))
-        return cls(lab, _pool_sums(lab, own), planted)
+            for root in roots:
+                for path in (f"{root}/{tag}-{host}-bystander.qcow2", f"{root}/{other}/vda.qcow2"):
+                    where = lab.host(host).path(path)
+                    where.parent.mkdir(exist_ok=True)
+                    where.write_bytes(f"another VE's disk, not {tag}'s\n".encode() + secrets.token_bytes(256 << 10))
+                    planted.append((host, path))
+        return cls(lab, _pool_sums(lab, own, roots), planted, roots)
 
     def touched(self, own: Mapping[str, Iterable[str]]) -> list[str]:
-        after = _pool_sums(self.lab, own)
+        after = _pool_sums(self.lab, own, self.roots)
         said = []
         for (host, path), digest in sorted(self.before.items()):
             now = after.get((host, path))
@@ -293,25 +299,28 @@ class Foreign:
         for host, path in self.planted:
             where = self.lab.host(host).path(path)
             where.unlink(missing_ok=True)
-            if where.parent != self.lab.host(host).path(POOL):
+            if where.parent not in {self.lab.host(host).path(root) for root in self.roots}:
                 with contextlib.suppress(OSError):
                     where.parent.rmdir()
         self.planted = []
 
 
-def _pool_sums(lab: LabInfo, own: Mapping[str, Iterable[str]]) -> dict[tuple[str, str], str]:
+def _pool_sums(
+    lab: LabInfo, own: Mapping[str, Iterable[str]], roots: tuple[str, ...] = (POOL,)
+) -> dict[tuple[str, str], str]:
     sums: dict[tuple[str, str], str] = {}
     for host in HOSTS:
-        root = lab.host(host).path(POOL)
         mine = set(own.get(host, ()))
-        for directory, _dirs, files in os.walk(root):
-            for name in files:
-                inside = f"{POOL}/{Path(directory, name).relative_to(root)}"
-                if name in LAB_FILES or inside in mine or not Path(directory, name).is_file():
-                    continue
-                digest = file_md5(lab, host, inside)
-                if digest is not None:
-                    sums[(host, inside)] = digest
+        for watched in roots:
+            root = lab.host(host).path(watched)
+            for directory, _dirs, files in os.walk(root):
+                for name in files:
+                    inside = f"{watched}/{Path(directory, name).relative_to(root)}"
+                    if name in LAB_FILES or inside in mine or not Path(directory, name).is_file():
+                        continue
+                    digest = file_md5(lab, host, inside)
+                    if digest is not None:
+                        sums[(host, inside)] = digest
     return sums
 
 
