@@ -7,7 +7,8 @@ import xml.etree.ElementTree as ET
 import libvirt
 import pytest
 
-from vemigrate.drivers.libvirt.facts import _in_post_copy, _post_copy_failed, unmoved_storage
+from vemigrate.core.observation import JobState
+from vemigrate.drivers.libvirt.facts import _in_post_copy, _post_copy_failed, live_job_state, unmoved_storage
 
 EVERYTHING = """<domain type='kvm'>
   <name>web1</name>
@@ -106,3 +107,19 @@ def test_post_copy_failure_is_read_from_the_state_reason(state: list[int], faile
         libvirt.VIR_DOMAIN_RUNNING,
     )
     assert _in_post_copy(state) is (under_way and not failed)
+
+
+@pytest.mark.parametrize(
+    ("state", "job"),
+    [
+        ([libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_RUNNING_MIGRATED], JobState.RUNNING),  # pre-copy
+        ([libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_MIGRATION], JobState.SWITCHOVER),  # the last copy
+        ([libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_POSTCOPY], JobState.POST_COPY),
+        # The link to the target cut in post-copy: libvirt says so before virsh returns. Read as a
+        # paused, running job before, it timed out (no bytes moved) and was aborted: RollingBack.
+        ([libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_POSTCOPY_FAILED], JobState.POST_COPY),
+        ([libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_USER], JobState.RUNNING),  # a pause of its own
+    ],
+)
+def test_a_live_job_in_or_after_post_copy_is_post_copy(state: list[int], job: JobState) -> None:
+    assert live_job_state(state) == job

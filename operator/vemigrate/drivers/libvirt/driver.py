@@ -34,6 +34,7 @@ from vemigrate.drivers.libvirt.facts import (
     _post_copy_failed,
     _private_area,
     _state,
+    live_job_state,
     unmoved_storage,
 )
 from vemigrate.drivers.libvirt.jobs import (
@@ -287,18 +288,11 @@ class LibvirtDriver:
     async def _live_progress(self, plan: MigrationPlan) -> JobObservation:
         assert plan.ve is not None
 
-        def read(conn: Any) -> tuple[dict[str, int], VEState]:
+        def read(conn: Any) -> tuple[dict[str, int], JobState]:
             dom = self._lookup(conn, plan.ve.uuid)  # type: ignore[union-attr]
-            return dom.jobStats(0), _state(dom)
+            return dom.jobStats(0), live_job_state(dom.state())
 
-        stats, state = await self.libvirtd.call("reading job statistics", read)
-        job_state = JobState.RUNNING
-        if state == VEState.MIGRATING:
-            reason = await self.libvirtd.call(
-                "reading the domain state",
-                lambda c: self._lookup(c, plan.ve.uuid).state()[1],  # type: ignore[union-attr]
-            )
-            job_state = JobState.POST_COPY if reason == libvirt.VIR_DOMAIN_PAUSED_POSTCOPY else JobState.SWITCHOVER
+        stats, job_state = await self.libvirtd.call("reading job statistics", read)
         return JobObservation(
             state=job_state,
             stats=JobStats(
@@ -313,13 +307,20 @@ class LibvirtDriver:
     async def abort_job(self, plan: MigrationPlan) -> None:
         if plan.mode == Mode.LIVE and plan.ve is not None:
 
-            def abort(conn: Any) -> None:
+            def abort(conn: Any) -> bool:
                 dom = self._lookup(conn, plan.ve.uuid)  # type: ignore[union-attr]
+                if dom is not None and live_job_state(dom.state()) == JobState.POST_COPY:
+                    return False  # split between the hosts: neither the job nor its virsh may be stopped
                 if dom is not None and dom.jobInfo()[0] != libvirt.VIR_DOMAIN_JOB_NONE:
                     dom.abortJob()
+                return True
 
-            with contextlib.suppress(PermanentError):
-                await self.libvirtd.call("aborting the migration", abort)
+            try:
+                stoppable = await self.libvirtd.call("aborting the migration", abort)
+            except PermanentError:
+                stoppable = True  # no such domain (any more): only the job's processes are left to stop
+            if not stoppable:
+                return
         await hostjob.kill(self.ssh, plan.uid, plan.attempt)
 
     async def force_complete(self, plan: MigrationPlan) -> None:

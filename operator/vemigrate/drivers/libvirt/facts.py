@@ -17,7 +17,7 @@ import libvirt
 
 from vemigrate.api.host import CPUFacts, HostStatus, StorageFacts, VEKind, VersionFacts
 from vemigrate.core.access import HostAccess
-from vemigrate.core.observation import VEState
+from vemigrate.core.observation import JobState, VEState
 from vemigrate.drivers import hostfacts
 
 DEFAULT_POOL_PATH = "/var/lib/libvirt/images"
@@ -110,6 +110,17 @@ def _in_post_copy(state: list[int]) -> bool:
     if kind == libvirt.VIR_DOMAIN_PAUSED:
         return bool(reason == libvirt.VIR_DOMAIN_PAUSED_POSTCOPY)
     return bool(kind == libvirt.VIR_DOMAIN_RUNNING and reason == libvirt.VIR_DOMAIN_RUNNING_POSTCOPY)
+
+
+def live_job_state(state: list[int]) -> JobState:
+    """A running live job's state from the source domain's `dom.state()`: paused for the last copy is
+    the switchover; in post-copy, and after a failed one, the VE is split between the hosts (post-copy
+    too: such a job is never aborted or timed out, only finished, resumed or left to a person)."""
+    if _in_post_copy(state) or _post_copy_failed(state):
+        return JobState.POST_COPY
+    if state[0] == libvirt.VIR_DOMAIN_PAUSED and state[1] == libvirt.VIR_DOMAIN_PAUSED_MIGRATION:
+        return JobState.SWITCHOVER
+    return JobState.RUNNING
 
 
 _NON_FILE_DISKS = {
