@@ -116,6 +116,17 @@ def migrations(body: kopf.Body, uid: str, spec: kopf.Spec, meta: kopf.Meta, **_:
     }
 
 
+@kopf.on.event(GROUP, VERSION, migration_api.PLURAL)
+def failed_series(event: kopf.RawEvent, body: kopf.Body, name: str, namespace: str | None, **_: Any) -> None:
+    """One metric series per Failed migration object, from the watch rather than from a pass: no pass
+    runs for a migration that failed before this process started, nor for its deletion."""
+    status = body.get("status") or {}
+    reason = None
+    if event.get("type") != "DELETED" and _phase(body) == Phase.FAILED.value:
+        reason = str((status.get("failure") or {}).get("reason") or status.get("reason") or "Unknown")
+    metrics.track_failed(str(namespace), name, reason)
+
+
 def _others(index: kopf.Index[str, OtherMigration], body: Mapping[str, Any]) -> list[OtherMigration]:
     global _phases_counted
     if not _phases_counted:  # kopf keeps the index current: the gauge reads it at every scrape

@@ -1,8 +1,10 @@
-"""Prometheus metrics, prefix `vemigrate_`. No VE or migration names in labels: bounded cardinality.
+"""Prometheus metrics, prefix `vemigrate_`. No VE or migration names in labels (bounded cardinality),
+except `vemigrate_migration_failed`: one series per Failed migration object that still exists, so an
+alert names the object and resolves when it is deleted.
 
-Outcomes are counters, so alerts still see a failure after its migration object is deleted. The series
-alerts use are created at zero when the operator starts: `increase()` sees no increase in a series whose
-first sample is already 1. Every metric and the alerts built on them: docs/metrics.md.
+Outcomes are also counters, for rates over time. The counter series alerts use are created at zero when
+the operator starts: `increase()` sees no increase in a series whose first sample is already 1. Every
+metric and the alerts built on them: docs/metrics.md.
 """
 
 from __future__ import annotations
@@ -80,6 +82,13 @@ IN_PHASE = Gauge(
     ["phase"],
     registry=REGISTRY,
 )
+FAILED = Gauge(
+    "vemigrate_migration_failed",
+    "1 for each migration object in phase Failed, by its namespace, name and status.failure.reason; "
+    "the series goes with the object.",
+    ["namespace", "name", "reason"],
+    registry=REGISTRY,
+)
 PREFLIGHT_FAILURES = Counter(
     "vemigrate_preflight_failures",
     "Pre-flight checks that failed, by check name.",
@@ -124,6 +133,8 @@ _RESULTS = tuple(p.value for p in sorted(FINAL_PHASES))
 _QUEUE_FRESH_SECONDS = 180.0
 # uid -> (ready since, last seen), both Unix times.
 _ready: dict[str, tuple[float, float]] = {}
+# (namespace, name) -> failure reason of the Failed migration objects: which FAILED series exist.
+_failed: dict[tuple[str, str], str] = {}
 
 
 def _longest_wait() -> float:
@@ -178,6 +189,18 @@ def forget_host(namespace: str, name: str) -> None:
     """A deleted HypervisorHost leaves no reachability series behind (it would alert forever)."""
     with contextlib.suppress(KeyError):  # never probed by this process
         HOST_REACHABLE.remove(namespace, name)
+
+
+def track_failed(namespace: str, name: str, reason: str | None) -> None:
+    """The migration object namespace/name is Failed with `reason` now, or (None) it is not, or gone."""
+    key = (namespace, name)
+    if _failed.get(key) == reason:
+        return
+    if key in _failed:  # a re-created object of that name, or its deletion
+        FAILED.remove(namespace, name, _failed.pop(key))
+    if reason is not None:
+        FAILED.labels(namespace=namespace, name=name, reason=reason).set(1)
+        _failed[key] = reason
 
 
 def _record_timeout(before: MigrationStatus | None, after: MigrationStatus) -> None:

@@ -163,3 +163,25 @@ def test_migrations_per_phase_follow_the_objects_at_every_scrape() -> None:
     phases[0] = "Succeeded"  # what the watch brings into kopf's index; no pass runs
     assert _value("vemigrate_migrations_in_phase", phase="Transferring") == 0
     assert _value("vemigrate_migrations_in_phase", phase="Succeeded") == 1
+
+
+def _failed(namespace: str, name: str, reason: str) -> float | None:
+    labels = {"namespace": namespace, "name": name, "reason": reason}
+    return metrics.REGISTRY.get_sample_value("vemigrate_migration_failed", labels)
+
+
+def test_a_failed_object_is_one_series_until_it_is_deleted_or_re_created_not_failed() -> None:
+    metrics.track_failed("prod", "vm1", "PreflightFailed")
+    metrics.track_failed("prod", "vm1", "PreflightFailed")  # every later watch event of the object
+    metrics.track_failed("dev", "vm1", "NoSpace")
+    assert _failed("prod", "vm1", "PreflightFailed") == 1
+    assert _failed("dev", "vm1", "NoSpace") == 1
+    metrics.track_failed("prod", "vm1", None)  # deleted
+    assert _failed("prod", "vm1", "PreflightFailed") is None
+    assert _failed("dev", "vm1", "NoSpace") == 1
+    metrics.track_failed("dev", "vm1", "HostUnreachable")  # re-created and failed otherwise: one series
+    assert _failed("dev", "vm1", "NoSpace") is None
+    assert _failed("dev", "vm1", "HostUnreachable") == 1
+    metrics.track_failed("dev", "vm1", None)
+    metrics.track_failed("dev", "never-failed", None)  # no error
+    assert not [s for f in metrics.REGISTRY.collect() if f.name == "vemigrate_migration_failed" for s in f.samples]
