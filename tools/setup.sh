@@ -17,11 +17,14 @@ if ((${#missing[@]})); then
     [ "$(id -u)" = 0 ] || { echo "setup: need root to install Debian packages" >&2; exit 1; }
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    # prometheus is installed on its own: the tests start their own servers, and the package's
-    # service (a server on :9090, the operator's default metrics port) must neither start now
-    # (policy-rc.d forbids it during this install) nor at boot (disabled).
+    # prometheus and prometheus-alertmanager are installed on their own: the tests start their own
+    # servers, and the packages' services (a server on :9090, the operator's default metrics port;
+    # Alertmanager on :9093 and its cluster port :9094) must neither start now (policy-rc.d forbids it
+    # during this install) nor at boot (disabled).
     rest=() prom=()
-    for pkg in "${missing[@]}"; do [ "$pkg" = prometheus ] && prom=(prometheus) || rest+=("$pkg"); done
+    for pkg in "${missing[@]}"; do
+        case $pkg in prometheus | prometheus-alertmanager) prom+=("$pkg") ;; *) rest+=("$pkg") ;; esac
+    done
     # --force-confnew: libvirt-daemon-system otherwise stops at a qemu.conf prompt.
     if ((${#rest[@]})); then
         apt-get install -y -qq --no-install-recommends -o Dpkg::Options::=--force-confnew "${rest[@]}" >/dev/null
@@ -33,11 +36,13 @@ if ((${#missing[@]})); then
         fi
         apt-get install -y -qq --no-install-recommends "${prom[@]}" >/dev/null || { [ -z "$ours" ] || rm -f "$policy"; exit 1; }
         [ -z "$ours" ] || rm -f "$policy"
-        if [ -d /run/systemd/system ]; then
-            systemctl disable --now prometheus.service >/dev/null 2>&1 || true
-        else
-            update-rc.d prometheus disable >/dev/null 2>&1 || true
-        fi
+        for service in "${prom[@]}"; do
+            if [ -d /run/systemd/system ]; then
+                systemctl disable --now "$service.service" >/dev/null 2>&1 || true
+            else
+                update-rc.d "$service" disable >/dev/null 2>&1 || true
+            fi
+        done
     fi
 fi
 
