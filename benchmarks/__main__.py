@@ -17,8 +17,8 @@ from pathlib import Path
 
 from benchmarks import fleet, harness, live, machine, offline, profile, report, validating
 from benchmarks.harness import say
-from vemigrate.devenv.controlplane_accounts import api_client
-from vemigrate.devenv.lab import kube as lab_kube
+from vemigrate_dev.controlplane_accounts import api_client
+from vemigrate_dev.lab import kube as lab_kube
 
 PARTS = ("live", "sweep", "offline", "fleet")
 DOC = harness.REPO / "docs" / "performance.md"

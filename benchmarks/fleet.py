@@ -29,7 +29,7 @@ from vemigrate.api.host import (
     HypervisorHost,
 )
 from vemigrate.api.host import PLURAL as HOST_PLURAL
-from vemigrate.devenv.controlplane import ControlPlaneInfo
+from vemigrate_dev.controlplane import ControlPlaneInfo
 
 KEY_SECRET = "sim-ssh-key"  # noqa: S105 (a Secret's name)
 KNOWN_HOSTS_SECRET = "sim-known-hosts"  # noqa: S105 (a Secret's name)

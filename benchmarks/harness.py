@@ -23,11 +23,11 @@ from kubernetes import client
 
 from vemigrate.api.common import GROUP, VERSION
 from vemigrate.api.migration import PLURAL
-from vemigrate.devenv.controlplane import ControlPlane, ControlPlaneInfo, free_ports
-from vemigrate.devenv.controlplane_accounts import api_client
-from vemigrate.devenv.controlplane_binaries import cache_root
-from vemigrate.devenv.lab import Lab, LabInfo, why_not_runnable
-from vemigrate.devenv.lab.state import exclusive
+from vemigrate_dev.controlplane import ControlPlane, ControlPlaneInfo, free_ports
+from vemigrate_dev.controlplane_accounts import api_client
+from vemigrate_dev.controlplane_binaries import cache_root
+from vemigrate_dev.lab import Lab, LabInfo, why_not_runnable
+from vemigrate_dev.lab.state import exclusive
 
 REPO = Path(__file__).resolve().parents[1]
 WAIT_FOR_LAB = 3600.0  # other test runs hold the lab for minutes at a time: wait, do not fight

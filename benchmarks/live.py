@@ -24,10 +24,10 @@ from vemigrate.api.host import VEKind
 from vemigrate.api.migration import MigrationSpec, Mode
 from vemigrate.core.access import HostAccess
 from vemigrate.core.observation import VEFacts, VEState
-from vemigrate.devenv.lab import Lab, LabInfo, VMState
 from vemigrate.drivers.hostjob import JOBS_DIR
 from vemigrate.drivers.libvirt import completed_stats, live_argv
 from vemigrate.drivers.protocol import MigrationPlan
+from vemigrate_dev.lab import Lab, LabInfo, VMState
 
 _ELAPSED = re.compile(r"Time elapsed:\s+(\d+)\s*ms")
 _NS = re.compile(r"^elapsed_ns=(\d+)$", re.MULTILINE)

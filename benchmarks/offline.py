@@ -17,8 +17,8 @@ from pathlib import Path
 
 from benchmarks import report, stats
 from benchmarks.harness import Migrations, Operator, say
-from vemigrate.devenv.lab import Lab, LabInfo, VMState
 from vemigrate.drivers.hostjob import JOBS_DIR
+from vemigrate_dev.lab import Lab, LabInfo, VMState
 
 POOL = "/var/lib/libvirt/images"
 _NS = re.compile(r"^elapsed_ns=(\d+)$", re.MULTILINE)

@@ -13,9 +13,9 @@ from typing import Any
 from benchmarks import report, stats
 from vemigrate.api.migration import MigrationSpec, Mode
 from vemigrate.core.access import HostAccess
-from vemigrate.devenv.lab import LabInfo
 from vemigrate.drivers.libvirt import LibvirtDriver
 from vemigrate.drivers.protocol import MigrationPlan
+from vemigrate_dev.lab import LabInfo
 
 
 def _access(lab: LabInfo, name: str) -> HostAccess:

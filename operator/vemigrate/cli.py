@@ -12,9 +12,9 @@ from collections.abc import Sequence
 # defaults carry `func(args) -> int`. Imported lazily so `vemigrate crds` needs none of them.
 _COMMAND_MODULES = (
     "vemigrate.api.crd",
-    "vemigrate.devenv.controlplane",
-    "vemigrate.devenv.lab",
-    "vemigrate.devenv.demo",
+    "vemigrate_dev.controlplane",
+    "vemigrate_dev.lab",
+    "vemigrate_dev.demo",
 )
 
 

@@ -14,7 +14,7 @@ from kubernetes import client
 from tests.cluster.objects import GROUP, MIGRATIONS, loopback_hosts, migration
 from tests.fixtures.operator import OperatorProcess
 from vemigrate.api.common import VERSION
-from vemigrate.devenv.controlplane import ControlPlaneInfo
+from vemigrate_dev.controlplane import ControlPlaneInfo
 
 
 def test_a_host_limit_admits_exactly_that_many_and_counts_each_once(

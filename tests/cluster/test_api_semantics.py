@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from tests.cluster.objects import GROUP, MIGRATIONS, VERSION, migration
-from vemigrate.devenv.controlplane import ControlPlaneInfo
+from vemigrate_dev.controlplane import ControlPlaneInfo
 
 
 def _watch(info: ControlPlaneInfo, path: str, seconds: int) -> Iterator[dict[str, Any]]:

@@ -15,8 +15,8 @@ from kubernetes.client.exceptions import ApiException
 
 from tests.fixtures.chart import install
 from tests.fixtures.controlplane import session_state_dir
-from vemigrate.devenv.controlplane import ControlPlane, ControlPlaneInfo
-from vemigrate.devenv.controlplane_accounts import api_client
+from vemigrate_dev.controlplane import ControlPlane, ControlPlaneInfo
+from vemigrate_dev.controlplane_accounts import api_client
 
 PEERING = ("clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev")
 

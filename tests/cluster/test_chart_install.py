@@ -30,8 +30,8 @@ from tests.fixtures.chart import (
     uninstall,
 )
 from vemigrate.api.host import SECRET_MARK_LABEL
-from vemigrate.devenv.controlplane import ControlPlaneInfo
-from vemigrate.devenv.controlplane_accounts import api_client
+from vemigrate_dev.controlplane import ControlPlaneInfo
+from vemigrate_dev.controlplane_accounts import api_client
 
 __all__ = ["admin_operator_paused"]  # a fixture these tests use
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from tests.fixtures.controlplane import session_state_dir
-from vemigrate.devenv.controlplane import ControlPlane, ControlPlaneInfo
+from vemigrate_dev.controlplane import ControlPlane, ControlPlaneInfo
 
 
 def _listening(port: int) -> bool:

@@ -12,8 +12,8 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from vemigrate.devenv.controlplane import ControlPlaneInfo
-from vemigrate.devenv.controlplane_binaries import REPO_ROOT
+from vemigrate_dev.controlplane import ControlPlaneInfo
+from vemigrate_dev.controlplane_binaries import REPO_ROOT
 
 EXAMPLES = sorted(
     path

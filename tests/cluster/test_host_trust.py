@@ -18,7 +18,7 @@ from kubernetes.client.exceptions import ApiException
 from tests.cluster.objects import GROUP, HOSTS, MIGRATIONS, VERSION, host, migration, rejection
 from tests.fixtures.operator import OperatorProcess, session_operator
 from vemigrate.api.host import SECRET_MARK_LABEL
-from vemigrate.devenv.controlplane import ControlPlaneInfo
+from vemigrate_dev.controlplane import ControlPlaneInfo
 
 # One word, so asyncssh's own error would quote it ("Invalid known hosts entry: <line>").
 LEAK = "payroll-db-password-Zq8T2vLk"

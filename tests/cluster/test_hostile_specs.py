@@ -23,7 +23,7 @@ from kubernetes.client.exceptions import ApiException
 from tests.cluster.objects import GROUP, MIGRATIONS, VERSION, loopback_hosts, rejection
 from tests.fixtures.operator import OperatorProcess
 from vemigrate.api.checks import CheckName
-from vemigrate.devenv.controlplane import ControlPlaneInfo
+from vemigrate_dev.controlplane import ControlPlaneInfo
 
 EXAMPLES = int(os.environ.get("VEMIGRATE_HOSTILE_SPECS", "40"))
 

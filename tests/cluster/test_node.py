@@ -15,9 +15,9 @@ from kubernetes.client.exceptions import ApiException
 
 from tests.fixtures.controlplane import session_state_dir
 from tests.fixtures.node import IMAGE, NodeCluster, require_node, until
-from vemigrate.devenv.controlplane import ControlPlane
-from vemigrate.devenv.controlplane_accounts import api_client
-from vemigrate.devenv.controlplane_node import PAUSE_IMAGE
+from vemigrate_dev.controlplane import ControlPlane
+from vemigrate_dev.controlplane_accounts import api_client
+from vemigrate_dev.controlplane_node import PAUSE_IMAGE
 
 T = TypeVar("T")
 TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"

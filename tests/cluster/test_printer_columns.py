@@ -6,7 +6,7 @@ import subprocess
 from typing import Any
 
 from tests.cluster.objects import GROUP, HOSTS, MIGRATIONS, VERSION, host, migration
-from vemigrate.devenv.controlplane import ControlPlaneInfo
+from vemigrate_dev.controlplane import ControlPlaneInfo
 
 
 def _kubectl_table(info: ControlPlaneInfo, *args: str) -> list[list[str]]:

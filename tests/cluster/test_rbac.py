@@ -14,8 +14,8 @@ from kubernetes.client.exceptions import ApiException
 
 from tests.cluster.objects import GROUP, HOSTS, MIGRATIONS, VERSION, migration
 from tests.fixtures.controlplane import Rule
-from vemigrate.devenv.controlplane import ControlPlaneInfo
-from vemigrate.devenv.controlplane_accounts import api_client
+from vemigrate_dev.controlplane import ControlPlaneInfo
+from vemigrate_dev.controlplane_accounts import api_client
 
 READ_MIGRATIONS = Rule(api_groups=[GROUP], resources=[MIGRATIONS], verbs=["get", "list", "watch"])
 

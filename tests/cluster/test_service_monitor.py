@@ -31,7 +31,7 @@ from tests.fixtures.prometheus import (
 )
 from vemigrate.api.common import GROUP, VERSION
 from vemigrate.api.host import PLURAL
-from vemigrate.devenv.controlplane import ControlPlaneInfo
+from vemigrate_dev.controlplane import ControlPlaneInfo
 
 POD = "vem-ve-migrate-0"
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ"

@@ -12,8 +12,8 @@ from typing import Any
 import libvirt
 
 from tests.faults.watch import Samples
-from vemigrate.devenv.lab import Lab, LabInfo
-from vemigrate.devenv.lab.vm import VMInfo
+from vemigrate_dev.lab import Lab, LabInfo
+from vemigrate_dev.lab.vm import VMInfo
 
 FINAL = ("Succeeded", "Failed", "Cancelled")
 JOBS_DIR = "/var/lib/libvirt/vemigrate/jobs"

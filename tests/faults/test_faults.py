@@ -47,10 +47,10 @@ from tests.faults.watch import (
 )
 from tests.fixtures.lab import restored
 from tests.fixtures.operator import Migrations, OperatorProcess
-from vemigrate.devenv.controlplane import ControlPlane, ControlPlaneInfo
-from vemigrate.devenv.lab import Lab, LabInfo, VMState
-from vemigrate.devenv.lab.host import SHARED_PATH
-from vemigrate.devenv.lab.vm import VMInfo
+from vemigrate_dev.controlplane import ControlPlane, ControlPlaneInfo
+from vemigrate_dev.lab import Lab, LabInfo, VMState
+from vemigrate_dev.lab.host import SHARED_PATH
+from vemigrate_dev.lab.vm import VMInfo
 
 Cleanup = Callable[[str], str]
 runs = pytest.mark.parametrize("run", range(RUNS), ids=lambda r: f"run{r + 1}")

@@ -23,9 +23,9 @@ from typing import Any
 
 import libvirt
 
-from vemigrate.devenv.lab import Lab, LabHost, LabInfo
-from vemigrate.devenv.lab.guest import DISK_EVERY, PAYLOAD_OFFSET, PAYLOAD_SIZE
-from vemigrate.devenv.lab.state import LabState
+from vemigrate_dev.lab import Lab, LabHost, LabInfo
+from vemigrate_dev.lab.guest import DISK_EVERY, PAYLOAD_OFFSET, PAYLOAD_SIZE
+from vemigrate_dev.lab.state import LabState
 
 JOBS_DIR = "/var/lib/libvirt/vemigrate/jobs"
 POOL = "/var/lib/libvirt/images"

@@ -11,11 +11,11 @@ from typing import Any
 import libvirt
 import pytest
 
-from vemigrate.devenv.controlplane import ControlPlaneInfo
-from vemigrate.devenv.lab import Lab, LabInfo
-from vemigrate.devenv.lab import kube as lab_kube
-from vemigrate.devenv.lab.ct import lxc_driver_installed
-from vemigrate.devenv.lab.host import ensure_prlctl_standin
+from vemigrate_dev.controlplane import ControlPlaneInfo
+from vemigrate_dev.lab import Lab, LabInfo
+from vemigrate_dev.lab import kube as lab_kube
+from vemigrate_dev.lab.ct import lxc_driver_installed
+from vemigrate_dev.lab.host import ensure_prlctl_standin
 
 
 def _quiet(_ctx: Any, _err: Any) -> None:

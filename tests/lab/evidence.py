@@ -12,7 +12,7 @@ from typing import Any
 import libvirt
 import pytest
 
-from vemigrate.devenv.lab import Lab, LabInfo
+from vemigrate_dev.lab import Lab, LabInfo
 
 
 def domain(lab: LabInfo, host: str, name: str) -> Any:

@@ -19,7 +19,7 @@ from kubernetes import client
 from tests.fixtures.argocd import Recorder, health, store
 from tests.fixtures.chart import ChartOperator, admin_operator_paused, chart_operator
 from tests.fixtures.operator import Migrations
-from vemigrate.devenv.lab import Lab, LabInfo, VMState
+from vemigrate_dev.lab import Lab, LabInfo, VMState
 
 __all__ = ["admin_operator_paused", "chart_operator"]  # fixtures these tests use
 

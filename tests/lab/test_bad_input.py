@@ -13,8 +13,8 @@ from tests.fixtures.operator import Migrations
 from vemigrate.api.common import GROUP, VERSION
 from vemigrate.api.host import PLURAL as HOST_PLURAL
 from vemigrate.api.host import SECRET_MARK_LABEL
-from vemigrate.devenv.lab import LabInfo
-from vemigrate.devenv.lab.kube import KEY_SECRET
+from vemigrate_dev.lab import LabInfo
+from vemigrate_dev.lab.kube import KEY_SECRET
 
 
 def _host(kube_admin: Any, namespace: str, name: str, spec: dict[str, Any]) -> None:

@@ -18,8 +18,8 @@ from tests.fixtures.argocd import Recorder, health, store
 from tests.fixtures.chart import ChartOperator, admin_operator_paused, chart_operator, permission_complaints
 from tests.fixtures.operator import Migrations
 from tests.lab.evidence import beating_on, domain, first_beat
-from vemigrate.devenv.controlplane_accounts import api_client
-from vemigrate.devenv.lab import Lab, LabInfo, VMState
+from vemigrate_dev.controlplane_accounts import api_client
+from vemigrate_dev.lab import Lab, LabInfo, VMState
 
 __all__ = ["admin_operator_paused", "chart_operator"]  # fixtures these tests use
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import libvirt
 
-from vemigrate.devenv.lab import Lab, LabInfo
-from vemigrate.devenv.lab.ct import lxc_uri
-from vemigrate.devenv.lab.state import LabState
+from vemigrate_dev.lab import Lab, LabInfo
+from vemigrate_dev.lab.ct import lxc_uri
+from vemigrate_dev.lab.state import LabState
 
 
 def container_init(dom: libvirt.virDomain) -> int:

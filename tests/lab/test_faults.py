@@ -11,9 +11,9 @@ from collections.abc import Callable
 import libvirt
 import pytest
 
-from vemigrate.devenv.lab import Lab, LabInfo, VMState
-from vemigrate.devenv.lab.network import netem_available
-from vemigrate.devenv.lab.state import LabState
+from vemigrate_dev.lab import Lab, LabInfo, VMState
+from vemigrate_dev.lab.network import netem_available
+from vemigrate_dev.lab.state import LabState
 
 
 def _tcp_reachable(address: str, port: int = 22, timeout: float = 1.5) -> bool:

@@ -10,7 +10,7 @@ import libvirt
 import pytest
 
 from vemigrate.cli import main
-from vemigrate.devenv.lab import LabInfo
+from vemigrate_dev.lab import LabInfo
 
 
 def _ssh(info: LabInfo, address: str, command: str, known_hosts: str) -> subprocess.CompletedProcess[str]:
@@ -79,7 +79,7 @@ def test_sshd_accepts_the_lab_key_and_its_host_key_is_verified(lab: LabInfo, tmp
 
 def test_hosts_reach_each_other_over_qemu_ssh(lab: LabInfo) -> None:
     """libvirtd on lab1 must reach lab2 by qemu+ssh:// with the lab key and strict host keys."""
-    from vemigrate.devenv.lab import Lab
+    from vemigrate_dev.lab import Lab
 
     out = Lab.exec(lab.hosts[0].name, ["virsh", "-c", lab.hosts[1].ssh_uri, "hostname"], capture=True)
     assert out.returncode == 0, out.stderr
@@ -99,7 +99,7 @@ def test_status_reports_accelerator_and_daemons(lab: LabInfo, capsys: pytest.Cap
 
 def test_manifests_describe_every_host(lab: LabInfo) -> None:
     from vemigrate.api.host import HypervisorHost
-    from vemigrate.devenv.lab import kube
+    from vemigrate_dev.lab import kube
 
     objs = kube.objects(lab, "lab-test")
     hosts = [HypervisorHost.model_validate(o) for o in objs if o["kind"] == "HypervisorHost"]

@@ -11,7 +11,7 @@ from kubernetes import client
 
 from vemigrate.api.common import GROUP, VERSION
 from vemigrate.api.host import PLURAL
-from vemigrate.devenv.lab import LabInfo, kube
+from vemigrate_dev.lab import LabInfo, kube
 
 
 def test_lab_hosts_are_applied_as_hypervisor_hosts(

@@ -18,7 +18,7 @@ import pytest
 
 from tests.fixtures.operator import Migrations
 from tests.lab.evidence import domain
-from vemigrate.devenv.lab import Lab, LabInfo, VMState
+from vemigrate_dev.lab import Lab, LabInfo, VMState
 
 Cleanup = Callable[[str], str]
 POOL = "/var/lib/libvirt/images"

@@ -14,10 +14,10 @@ import libvirt
 
 from tests.fixtures.operator import Migrations
 from tests.lab.evidence import beating_on, domain, first_beat
-from vemigrate.devenv.lab import Lab, LabInfo, VMState
-from vemigrate.devenv.lab.guest import DISK_EVERY
-from vemigrate.devenv.lab.host import POOL_PATH
 from vemigrate.drivers.hostjob import JOBS_DIR
+from vemigrate_dev.lab import Lab, LabInfo, VMState
+from vemigrate_dev.lab.guest import DISK_EVERY
+from vemigrate_dev.lab.host import POOL_PATH
 
 Cleanup = Callable[[str], str]
 LIVE_PATH = "/var/lib/libvirt/ves-live"

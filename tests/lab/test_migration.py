@@ -12,8 +12,8 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from vemigrate.devenv.lab import Heartbeats, Lab, LabHost, LabInfo, VMState
-from vemigrate.devenv.lab.guest import DISK_EVERY, PAYLOAD_OFFSET, PAYLOAD_SIZE
+from vemigrate_dev.lab import Heartbeats, Lab, LabHost, LabInfo, VMState
+from vemigrate_dev.lab.guest import DISK_EVERY, PAYLOAD_OFFSET, PAYLOAD_SIZE
 
 LIVE_FLAGS = (
     libvirt.VIR_MIGRATE_LIVE

@@ -7,9 +7,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from vemigrate.devenv.lab import Heartbeats, Lab, LabHost, LabInfo
-from vemigrate.devenv.lab.guest import DISK_EVERY
-from vemigrate.devenv.lab.tls import CERT_DIR
+from vemigrate_dev.lab import Heartbeats, Lab, LabHost, LabInfo
+from vemigrate_dev.lab.guest import DISK_EVERY
+from vemigrate_dev.lab.tls import CERT_DIR
 
 NAME = "tls-live"
 

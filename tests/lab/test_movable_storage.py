@@ -10,7 +10,7 @@ import libvirt
 
 from tests.fixtures.operator import Migrations
 from tests.lab.evidence import domain
-from vemigrate.devenv.lab import Lab, LabInfo, VMState
+from vemigrate_dev.lab import Lab, LabInfo, VMState
 
 _BLOCK_DISK = (
     "<disk type='block' device='disk'><driver name='qemu' type='raw'/>"

@@ -17,8 +17,8 @@ import pytest
 
 from tests.fixtures.operator import Migrations, OperatorProcess, events_for
 from tests.lab.evidence import beating_on, domain, first_beat
-from vemigrate.devenv.controlplane import ControlPlaneInfo
-from vemigrate.devenv.lab import Lab, LabInfo, VMState
+from vemigrate_dev.controlplane import ControlPlaneInfo
+from vemigrate_dev.lab import Lab, LabInfo, VMState
 
 
 def _state(lab: LabInfo, host: str, name: str) -> int | None:

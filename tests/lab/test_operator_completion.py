@@ -12,7 +12,7 @@ import libvirt
 
 from tests.fixtures.operator import Migrations, events_for
 from tests.lab.evidence import beating_on, domain, first_beat
-from vemigrate.devenv.lab import Lab, LabInfo, VMState
+from vemigrate_dev.lab import Lab, LabInfo, VMState
 
 Cleanup = Callable[[str], str]
 # The disk is copied first, at the same 1 MiB/s: 8 MiB keep that short; memory is what never converges.

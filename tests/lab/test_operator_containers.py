@@ -16,11 +16,11 @@ import libvirt
 import pytest
 
 from tests.fixtures.operator import Migrations
-from vemigrate.devenv.controlplane import ControlPlaneInfo
-from vemigrate.devenv.lab import Lab, LabInfo
-from vemigrate.devenv.lab import kube as lab_kube
-from vemigrate.devenv.lab.ct import lxc_uri
-from vemigrate.devenv.lab.state import LabState
+from vemigrate_dev.controlplane import ControlPlaneInfo
+from vemigrate_dev.lab import Lab, LabInfo
+from vemigrate_dev.lab import kube as lab_kube
+from vemigrate_dev.lab.ct import lxc_uri
+from vemigrate_dev.lab.state import LabState
 
 
 @pytest.fixture

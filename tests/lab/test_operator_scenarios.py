@@ -13,7 +13,7 @@ import pytest
 
 from tests.fixtures.operator import Migrations, OperatorProcess
 from tests.lab.evidence import beating_on, domain, first_beat
-from vemigrate.devenv.lab import Lab, LabInfo, VMState
+from vemigrate_dev.lab import Lab, LabInfo, VMState
 
 Cleanup = Callable[[str], str]
 

@@ -12,8 +12,8 @@ import libvirt
 
 from tests.fixtures.operator import Migrations, events_for
 from tests.lab.evidence import domain
-from vemigrate.devenv.lab import Lab, LabInfo, VMState
 from vemigrate.drivers.hostjob import JOBS_DIR
+from vemigrate_dev.lab import Lab, LabInfo, VMState
 
 Cleanup = Callable[[str], str]
 FOREIGN = "someone else's disk, not the migration's\n" * 200

@@ -21,8 +21,8 @@ import pytest
 
 from tests.fixtures.operator import Migrations
 from tests.lab.evidence import domain
-from vemigrate.devenv.lab import Lab, LabInfo, VMState
-from vemigrate.devenv.lab.host import client_config_path, known_hosts_path
+from vemigrate_dev.lab import Lab, LabInfo, VMState
+from vemigrate_dev.lab.host import client_config_path, known_hosts_path
 
 Cleanup = Callable[[str], str]
 

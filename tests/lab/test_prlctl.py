@@ -14,8 +14,8 @@ import pytest
 
 from tests.fixtures.operator import Migrations, OperatorProcess
 from tests.lab.evidence import beating_on, domain, first_beat
-from vemigrate.devenv.lab import Lab, LabInfo, VMState
 from vemigrate.drivers.hostjob import JOBS_DIR
+from vemigrate_dev.lab import Lab, LabInfo, VMState
 
 Cleanup = Callable[[str], str]
 SRC, DST = "lab1-vz", "lab2-vz"

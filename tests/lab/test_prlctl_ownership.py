@@ -15,8 +15,8 @@ import pytest
 
 from tests.fixtures.operator import Migrations
 from tests.lab.evidence import domain
-from vemigrate.devenv.lab import Lab, LabInfo, VMState
 from vemigrate.drivers.hostjob import JOBS_DIR
+from vemigrate_dev.lab import Lab, LabInfo, VMState
 
 Cleanup = Callable[[str], str]
 

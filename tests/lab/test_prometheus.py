@@ -10,7 +10,7 @@ from typing import Any
 
 from tests.fixtures.operator import Migrations, OperatorProcess
 from tests.fixtures.prometheus import JOB, PrometheusServer
-from vemigrate.devenv.lab import Lab, LabInfo, VMState
+from vemigrate_dev.lab import Lab, LabInfo, VMState
 
 Cleanup = Callable[[str], str]
 

@@ -20,8 +20,8 @@ from vemigrate.api.common import GROUP, VERSION
 from vemigrate.api.host import PLURAL as HOST_PLURAL
 from vemigrate.api.host import PRIVATE_KEY_KEY, SECRET_MARK_LABEL
 from vemigrate.api.migration import PLURAL
-from vemigrate.devenv.lab import Lab, LabInfo, VMState
-from vemigrate.devenv.lab.kube import KNOWN_HOSTS_SECRET
+from vemigrate_dev.lab import Lab, LabInfo, VMState
+from vemigrate_dev.lab.kube import KNOWN_HOSTS_SECRET
 
 Cleanup = Callable[[str], str]
 

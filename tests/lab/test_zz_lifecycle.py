@@ -14,10 +14,10 @@ import libvirt
 import pytest
 
 from tests.lab.test_containers import container_init
-from vemigrate.devenv.lab import Lab, LabInfo
-from vemigrate.devenv.lab.ct import lxc_uri
-from vemigrate.devenv.lab.process import Tracked
-from vemigrate.devenv.lab.state import LabState, lab_dir, names
+from vemigrate_dev.lab import Lab, LabInfo
+from vemigrate_dev.lab.ct import lxc_uri
+from vemigrate_dev.lab.process import Tracked
+from vemigrate_dev.lab.state import LabState, lab_dir, names
 
 
 def _our_pids(state: LabState) -> list[Tracked]:

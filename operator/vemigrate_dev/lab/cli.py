@@ -11,12 +11,12 @@ from typing import Any
 
 import libvirt
 
-from vemigrate.devenv.lab import network
-from vemigrate.devenv.lab.ct import lxc_uri
-from vemigrate.devenv.lab.environment import Lab, LabInfo
-from vemigrate.devenv.lab.host import DAEMONS
-from vemigrate.devenv.lab.state import LabState
-from vemigrate.devenv.lab.vm import VMState
+from vemigrate_dev.lab import network
+from vemigrate_dev.lab.ct import lxc_uri
+from vemigrate_dev.lab.environment import Lab, LabInfo
+from vemigrate_dev.lab.host import DAEMONS
+from vemigrate_dev.lab.state import LabState
+from vemigrate_dev.lab.vm import VMState
 
 _DOMAIN_STATES = {
     libvirt.VIR_DOMAIN_RUNNING: "running",
@@ -173,7 +173,7 @@ def _up(args: argparse.Namespace) -> int:
     print(f"  ssh key {info.ssh_key}, known_hosts {info.known_hosts}")
     _publish(info, args)
     if args.manifests:
-        from vemigrate.devenv.lab import kube
+        from vemigrate_dev.lab import kube
 
         kube.write_manifests(info, args.namespace, args.manifests, **_published(args))
         print(f"  manifests written to {args.manifests}")
@@ -183,7 +183,7 @@ def _up(args: argparse.Namespace) -> int:
 def _publish(info: LabInfo, args: argparse.Namespace) -> None:
     if not args.kubeconfig:
         return
-    from vemigrate.devenv.lab import kube
+    from vemigrate_dev.lab import kube
 
     try:
         applied = kube.apply(info, args.namespace, args.kubeconfig, **_published(args))
@@ -197,7 +197,7 @@ def _publish(info: LabInfo, args: argparse.Namespace) -> None:
 def _down(args: argparse.Namespace) -> int:
     info = Lab.info()
     if info and args.kubeconfig:
-        from vemigrate.devenv.lab import kube
+        from vemigrate_dev.lab import kube
 
         try:
             names = [h.name for h in info.hosts] + [kube.prlctl_name(h.name) for h in info.hosts]
@@ -282,7 +282,7 @@ def _exec(args: argparse.Namespace) -> int:
 
 
 def _manifests(args: argparse.Namespace) -> int:
-    from vemigrate.devenv.lab import kube
+    from vemigrate_dev.lab import kube
 
     info = _info()
     if args.kubeconfig:

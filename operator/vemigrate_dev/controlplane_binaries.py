@@ -19,8 +19,8 @@ from pathlib import Path
 
 Log = Callable[[str], None]
 
-# operator/vemigrate/devenv/<this file> -> the repository root.
-REPO_ROOT = Path(__file__).resolve().parents[3]
+# operator/vemigrate_dev/<this file> -> the repository root.
+REPO_ROOT = Path(__file__).resolve().parents[2]
 GO_MODULE = REPO_ROOT / "tools" / "controlplane"
 COMMANDS = ("kube-apiserver", "etcd", "kubectl")
 # `pause` is the Pod sandbox's image (no registry to pull one from), `cri-sweep` tears Pods down on `down`.

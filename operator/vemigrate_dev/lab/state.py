@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vemigrate.devenv.lab.process import Tracked
+from vemigrate_dev.lab.process import Tracked
 
 DEFAULT_GUEST_BRIDGE = "vmbr0"
 

@@ -8,8 +8,8 @@ import ipaddress
 import json
 from dataclasses import dataclass
 
-from vemigrate.devenv.lab.process import CommandError, children, command_name, run
-from vemigrate.devenv.lab.state import HostState, names
+from vemigrate_dev.lab.process import CommandError, children, command_name, run
+from vemigrate_dev.lab.state import HostState, names
 
 
 @dataclass(frozen=True)

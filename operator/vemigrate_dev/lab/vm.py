@@ -19,10 +19,10 @@ from xml.sax.saxutils import escape
 
 import libvirt
 
-from vemigrate.devenv.lab.guest import PAYLOAD_OFFSET, payload
-from vemigrate.devenv.lab.host import BOOT_PATH, POOL_PATH, enter
-from vemigrate.devenv.lab.process import CommandError, run
-from vemigrate.devenv.lab.state import HostState
+from vemigrate_dev.lab.guest import PAYLOAD_OFFSET, payload
+from vemigrate_dev.lab.host import BOOT_PATH, POOL_PATH, enter
+from vemigrate_dev.lab.process import CommandError, run
+from vemigrate_dev.lab.state import HostState
 
 METADATA_NS = "https://vemigrate.io/lab"
 KERNEL = f"{BOOT_PATH}/vemigrate-vmlinux"

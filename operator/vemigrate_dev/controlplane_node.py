@@ -28,8 +28,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from vemigrate.devenv import controlplane_pki as pki
-from vemigrate.devenv.controlplane_binaries import Binaries, Log
+from vemigrate_dev import controlplane_pki as pki
+from vemigrate_dev.controlplane_binaries import Binaries, Log
 
 NODE_NAME = "vemigrate-node"
 PAUSE_IMAGE = "vemigrate.local/pause:1"

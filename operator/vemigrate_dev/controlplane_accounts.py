@@ -10,8 +10,8 @@ from pathlib import Path
 
 from kubernetes import client, config
 
-from vemigrate.devenv import controlplane_kubeconfig as kubeconfig
-from vemigrate.devenv.controlplane import ControlPlaneInfo
+from vemigrate_dev import controlplane_kubeconfig as kubeconfig
+from vemigrate_dev.controlplane import ControlPlaneInfo
 
 
 def api_client(kubeconfig_path: Path) -> client.ApiClient:

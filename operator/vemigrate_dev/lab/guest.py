@@ -21,8 +21,8 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from vemigrate.devenv.lab.process import CommandError, run
-from vemigrate.devenv.lab.state import cache_dir
+from vemigrate_dev.lab.process import CommandError, run
+from vemigrate_dev.lab.state import cache_dir
 
 PAYLOAD_OFFSET = 1 << 20
 PAYLOAD_SIZE = 4 << 20

@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from vemigrate.devenv import pki
-from vemigrate.devenv.lab.state import HostState, lab_dir
+from vemigrate_dev import pki
+from vemigrate_dev.lab.state import HostState, lab_dir
 
 # Where a host's files appear inside its mount namespace: <host dir>/etc is bound on /etc/libvirt.
 # A path inside the host (not the cache path) is what the operator's host probe reads from qemu.conf.

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
-from vemigrate.devenv.lab.host import POOL_PATH
-from vemigrate.devenv.lab.process import CommandError
-from vemigrate.devenv.lab.state import HostState
-from vemigrate.devenv.lab.vm import check_name
+from vemigrate_dev.lab.host import POOL_PATH
+from vemigrate_dev.lab.process import CommandError
+from vemigrate_dev.lab.state import HostState
+from vemigrate_dev.lab.vm import check_name
 
 PRIVATE_ROOT = f"{POOL_PATH}/private"
 HEARTBEAT = "/var/log/heartbeat"

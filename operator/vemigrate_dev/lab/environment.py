@@ -16,10 +16,10 @@ from typing import Any
 
 import libvirt
 
-from vemigrate.devenv.lab import accel as accel_mod
-from vemigrate.devenv.lab import ct, guest, host, network, vm
-from vemigrate.devenv.lab.process import CommandError, Tracked, run, stop_pids
-from vemigrate.devenv.lab.state import (
+from vemigrate_dev.lab import accel as accel_mod
+from vemigrate_dev.lab import ct, guest, host, network, vm
+from vemigrate_dev.lab.process import CommandError, Tracked, run, stop_pids
+from vemigrate_dev.lab.state import (
     DEFAULT_GUEST_BRIDGE,
     HostState,
     LabState,

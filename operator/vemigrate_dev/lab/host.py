@@ -11,9 +11,9 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-from vemigrate.devenv.lab import tls
-from vemigrate.devenv.lab.process import CommandError, Tracked, run, spawn, stop_pids, wait_for
-from vemigrate.devenv.lab.state import HostState, lab_dir
+from vemigrate_dev.lab import tls
+from vemigrate_dev.lab.process import CommandError, Tracked, run, spawn, stop_pids, wait_for
+from vemigrate_dev.lab.state import HostState, lab_dir
 
 # Per-host directory -> where it appears inside the host's mount namespace.
 BIND_MOUNTS = (
@@ -57,7 +57,7 @@ if [ -d /sys/fs/cgroup/unified ] && [ -e /sys/fs/cgroup/cpu ]; then umount /sys/
 # ssh run by libvirtd (qemu+ssh:// to other hosts) uses the lab key and known_hosts only.
 mount --bind "$ssh_config" /etc/ssh/ssh_config
 if [ -d /root/.ssh ]; then mount --bind "$hostdir/dotssh" /root/.ssh; fi
-# The prlctl/prlsrvctl STAND-IN (devenv/lab/prlctl_standin.py), first on root's PATH in this host only.
+# The prlctl/prlsrvctl STAND-IN (vemigrate_dev/lab/prlctl_standin.py), first on root's PATH in this host only.
 mount --bind "$hostdir/sbin" /usr/local/sbin
 hostname "$name"
 touch "$hostdir/ready"

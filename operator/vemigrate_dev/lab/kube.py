@@ -21,7 +21,7 @@ from vemigrate.api.host import (
     HostSpec,
     HypervisorHost,
 )
-from vemigrate.devenv.lab.environment import LabInfo
+from vemigrate_dev.lab.environment import LabInfo
 
 KEY_SECRET = "vemigrate-lab-ssh-key"  # noqa: S105 - a Secret's name, not a password
 KNOWN_HOSTS_SECRET = "vemigrate-lab-known-hosts"  # noqa: S105 - a Secret's name

@@ -27,9 +27,9 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from vemigrate.devenv import controlplane_kubeconfig as kubeconfig
-from vemigrate.devenv import controlplane_pki as pki
-from vemigrate.devenv.controlplane_binaries import (
+from vemigrate_dev import controlplane_kubeconfig as kubeconfig
+from vemigrate_dev import controlplane_pki as pki
+from vemigrate_dev.controlplane_binaries import (
     NODE_COMMANDS,
     REPO_ROOT,
     Binaries,
@@ -37,7 +37,7 @@ from vemigrate.devenv.controlplane_binaries import (
     cache_root,
     ensure_binaries,
 )
-from vemigrate.devenv.controlplane_node import Node, NodeInfo
+from vemigrate_dev.controlplane_node import Node, NodeInfo
 
 DEFAULT_CRDS = REPO_ROOT / "crds"
 _READY_TIMEOUT = 90.0

@@ -11,8 +11,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from vemigrate.devenv.lab.guest import GuestImage
-from vemigrate.devenv.lab.state import lab_dir
+from vemigrate_dev.lab.guest import GuestImage
+from vemigrate_dev.lab.state import lab_dir
 
 PROBE_TIMEOUT = 20.0
 QEMU = "/usr/bin/qemu-system-x86_64"

@@ -13,7 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from vemigrate.devenv import pki
+from vemigrate_dev import pki
 
 # Long enough that a forgotten dev control plane never expires under someone; short enough to be a
 # throwaway. The state is regenerated on every `up` anyway.

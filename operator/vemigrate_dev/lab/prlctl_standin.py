@@ -1,7 +1,7 @@
 """A STAND-IN for Virtuozzo's `prlctl` and `prlsrvctl` on lab hosts. It is not Virtuozzo.
 
 No Virtuozzo node can exist in this lab, so lab hosts get this program as `prlctl` and `prlsrvctl`
-(wrappers in /usr/local/sbin of each host's mount namespace, see devenv/lab/host.py). It implements
+(wrappers in /usr/local/sbin of each host's mount namespace, see vemigrate_dev/lab/host.py). It implements
 the documented command-line contract of the commands the operator's prlctl driver runs (arguments,
 option errors and exit codes, output and progress lines, `-j` JSON), as learnt from the public prlctl
 sources (github.com/OpenVZ/prlctl: CmdParam.cpp, PrlVm.cpp, PrlOutFormatter.cpp, Utils.cpp,

@@ -20,9 +20,9 @@ from kubernetes.client import ApiException
 
 from vemigrate.api.common import GROUP, VERSION
 from vemigrate.api.migration import PLURAL
-from vemigrate.devenv.controlplane import ControlPlane, ControlPlaneInfo
-from vemigrate.devenv.lab import Lab, LabInfo, VMState, why_not_runnable
-from vemigrate.devenv.lab import kube as lab_kube
+from vemigrate_dev.controlplane import ControlPlane, ControlPlaneInfo
+from vemigrate_dev.lab import Lab, LabInfo, VMState, why_not_runnable
+from vemigrate_dev.lab import kube as lab_kube
 
 NAMESPACE = "demo"
 VM = "web1"
