@@ -1,4 +1,5 @@
-"""The `vemigrate` command: `run` (the operator), `crds`, and the local-environment verbs (`controlplane`, `lab`)."""
+"""The `vemigrate` command: `run` (the operator) and `crds`; with the dev environment installed, also
+its verbs `controlplane`, `lab` and `demo`."""
 
 from __future__ import annotations
 
@@ -6,16 +7,43 @@ import argparse
 import importlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeAlias
+
+# What a command module provides: `register(subparsers)`.
+Register: TypeAlias = "Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]"
 
 # Modules that add their own sub-commands: each has `register(subparsers)`, which adds a parser whose
 # defaults carry `func(args) -> int`. Imported lazily so `vemigrate crds` needs none of them.
-_COMMAND_MODULES = (
-    "vemigrate.api.crd",
-    "vemigrate_dev.controlplane",
-    "vemigrate_dev.lab",
-    "vemigrate_dev.demo",
-)
+_COMMAND_MODULES = ("vemigrate.api.crd",)
+
+# The local environment's verbs. They live in `vemigrate_dev`, a package outside the operator's
+# distribution and image, which the operator never imports (import-linter's "The operator never imports
+# the local environment"). This module names it only here: it is imported by name when one of these
+# verbs is typed, or for `vemigrate --help` (listed where it is installed), never for `run` or `crds`.
+DEV_COMMANDS = ("controlplane", "lab", "demo")
+_DEV_MODULE = "vemigrate_dev.commands"
+_DEV_INSTALL = "in a checkout of ve-migrate: tools/setup.sh, or pip install -e '.[dev]'"
+
+
+class DevEnvironmentMissing(RuntimeError):
+    pass
+
+
+def dev_commands() -> Register:
+    """`register` of the dev environment's verbs; DevEnvironmentMissing says in one line what is missing."""
+    try:
+        module = importlib.import_module(_DEV_MODULE)
+    except ModuleNotFoundError as exc:
+        if exc.name == "vemigrate_dev" or (exc.name or "").startswith("vemigrate_dev."):
+            raise DevEnvironmentMissing(
+                f"the dev environment is not installed (it is not part of the operator's image): {_DEV_INSTALL}"
+            ) from None
+        raise DevEnvironmentMissing(
+            f"the dev environment needs the Python module {exc.name!r}, which is not installed: {_DEV_INSTALL}"
+        ) from None
+    register: Register = module.register
+    return register
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -78,17 +106,31 @@ def _register_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     run.set_defaults(func=_run)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(extra: Sequence[Register] = ()) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vemigrate", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _register_run(sub)
     for name in _COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    for register in extra:
+        register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # The top level has no options but -h: the first word that is not one is the command.
+    command = next((word for word in argv if not word.startswith("-")), None)
+    extra: list[Register] = []
+    if command in DEV_COMMANDS or command is None:
+        try:
+            extra.append(dev_commands())
+        except DevEnvironmentMissing as exc:
+            if command is not None:
+                print(f"vemigrate {command}: {exc}", file=sys.stderr)
+                return 2
+            # `vemigrate --help` where the dev environment is missing: the operator's commands only.
+    args = build_parser(extra).parse_args(argv)
     try:
         return int(args.func(args))
     except KeyboardInterrupt:
