@@ -28,15 +28,17 @@ mkdir -p "$out/debs"
 work=$(mktemp -d "$out/build.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
-# 1. Wheels, on this machine: the project from a copy of its sources (a build in the repository
-# would leave build/ and egg-info behind), its dependencies from PyPI, libvirt-python compiled here
+# 1. Wheels, on this machine: the project with its libvirt extra from a copy of its sources (a build in
+# the repository would leave build/ and egg-info behind; only operator/vemigrate is copied, never the
+# local environment operator/vemigrate_dev), its dependencies from PyPI, libvirt-python compiled here
 # (pip's own cache keeps that compiled wheel for the next build), and pip itself, run from its wheel
 # inside the root filesystem so that the image never holds pip.
 echo "image: wheels"
-mkdir -p "$work/src" "$work/wheels"
-cp -a "$here/pyproject.toml" "$here/README.md" "$here/operator" "$work/src/"
+mkdir -p "$work/src/operator" "$work/wheels"
+cp -a "$here/pyproject.toml" "$here/README.md" "$work/src/"
+cp -a "$here/operator/vemigrate" "$work/src/operator/"
 find "$work/src" -name __pycache__ -prune -exec rm -rf {} +
-"$python" -m pip wheel -q --disable-pip-version-check --wheel-dir "$work/wheels" "$work/src"
+"$python" -m pip wheel -q --disable-pip-version-check --wheel-dir "$work/wheels" "$work/src[libvirt]"
 "$python" -m pip download -q --disable-pip-version-check --only-binary=:all: --no-deps --dest "$work/wheels" pip
 # Wheels that are not for CPython 3.11 on glibc x86-64 (or pure Python) would not load in the image.
 for whl in "$work/wheels"/*.whl; do
@@ -74,7 +76,7 @@ mmdebstrap --quiet --mode=root --variant=apt --skip=essential/unlink \
     --customize-hook="copy-in '$work/wheels' /tmp" \
     --customize-hook="chroot \"\$1\" $clean_env python3 -m venv --without-pip $venv_in_image" \
     --customize-hook="chroot \"\$1\" $clean_env $venv_in_image/bin/python /tmp/wheels/$pip_whl/pip install -q --no-index \
-        --find-links /tmp/wheels --no-cache-dir --disable-pip-version-check --root-user-action=ignore '$name==$version'" \
+        --find-links /tmp/wheels --no-cache-dir --disable-pip-version-check --root-user-action=ignore '$name[libvirt]==$version'" \
     --customize-hook='rm -rf "$1"/tmp/wheels "$1"/root/.cache' \
     --customize-hook="echo 'nonroot:x:$uid:$uid:ve-migrate:/tmp:/usr/sbin/nologin' >>\"\$1\"/etc/passwd" \
     --customize-hook="echo 'nonroot:x:$uid:' >>\"\$1\"/etc/group" \

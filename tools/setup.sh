@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the tests and the demo need on a fresh Debian 12 machine: Debian packages
-# (tools/debian-packages.txt) and a virtualenv with the project and its dev extra. Idempotent and
+# (tools/debian-packages.txt) and a virtualenv with the project, its libvirt and dev extras, and the
+# local environment (operator/vemigrate_dev, on the venv's path through the editable install). Idempotent and
 # quick when nothing is missing. Go-built binaries (kube-apiserver, etcd) are built on first use by
 # `vemigrate controlplane up` into ~/.cache/vemigrate, never into the repository.
 set -euo pipefail
@@ -51,6 +52,12 @@ if [ ! -f "$stamp" ] || [ "$here/pyproject.toml" -nt "$stamp" ]; then
     echo "setup: installing the project into $venv"
     [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
     "$venv/bin/pip" install -q --upgrade pip
-    "$venv/bin/pip" install -q -e "$here[dev]"
+    "$venv/bin/pip" install -q -e "$here[dev,libvirt]"
+    # The dev verbs (`vemigrate controlplane | lab | demo`) come from vemigrate_dev, which is not part
+    # of the distribution: the editable install's path to operator/ is what makes it importable.
+    "$venv/bin/python" -c 'import vemigrate_dev.commands' || {
+        echo "setup: vemigrate_dev is not importable from $venv (was the project installed without -e?)" >&2
+        exit 1
+    }
     touch "$stamp"
 fi

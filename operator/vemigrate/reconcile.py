@@ -152,6 +152,7 @@ _PERMANENT_CONNECT_REASONS = frozenset(
         "InvalidKnownHosts",
         "InvalidPrivateKey",
         "UnsafeLibvirtURI",
+        "DriverUnavailable",  # this installation cannot drive the host (libvirt-python missing)
     }
 )
 

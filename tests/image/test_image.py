@@ -157,8 +157,34 @@ def test_no_compiler_and_no_dev_tooling(image: Image) -> None:
     missing = image.run("sh", "-c", " ".join(f"command -v {t} || echo absent {t};" for t in tools))
     assert missing.returncode == 0, missing.stderr
     assert missing.stdout.split("\n")[:-1] == [f"absent {t}" for t in tools]
-    modules = ["pip", "setuptools", "pytest", "mypy", "ruff", "hypothesis", "lupa", "helm"]
+    modules = ["pip", "setuptools", "pytest", "mypy", "ruff", "hypothesis", "lupa", "helm", "vemigrate_dev"]
     check = "import importlib.util as u; print([m for m in " + repr(modules) + " if u.find_spec(m)])"
     found = image.run("python3", "-c", check)
     assert found.returncode == 0, found.stderr
     assert found.stdout.strip() == "[]"
+
+
+def test_no_local_environment(image: Image) -> None:
+    # The dev environment (operator/vemigrate_dev) is not in the image: no file of it, no module.
+    found = image.run(
+        "sh", "-c", "find /opt/ve-migrate -name 'vemigrate_dev*' -o -name devenv -o -name prlctl_standin.py"
+    )
+    assert found.returncode == 0, found.stderr
+    assert found.stdout == ""
+    records = image.run("sh", "-c", "cat /opt/ve-migrate/lib/python3*/site-packages/ve_migrate-*.dist-info/RECORD")
+    assert records.returncode == 0, records.stderr
+    top = {line.split("/", 1)[0] for line in records.stdout.splitlines()}
+    assert {name for name in top if not name.endswith(".dist-info") and not name.startswith("..")} == {"vemigrate"}
+
+
+def test_dev_verbs_are_absent_from_the_image(image: Image) -> None:
+    top = image.run("vemigrate", "--help")
+    assert top.returncode == 0, top.stderr
+    for verb in ("controlplane", "lab", "demo"):
+        assert f"\n    {verb}" not in top.stdout, top.stdout
+    lab = image.run("vemigrate", "lab", "up")
+    assert lab.returncode == 2
+    assert lab.stderr.strip().splitlines() == [
+        "vemigrate lab: the dev environment is not installed (it is not part of the operator's image): "
+        "in a checkout of ve-migrate: tools/setup.sh, or pip install -e '.[dev]'"
+    ]

@@ -51,3 +51,23 @@ def test_version_label_is_the_project_version() -> None:
     version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
     assert f"org.opencontainers.image.version={version}" in _final_stage()
     assert '--config.label "org.opencontainers.image.version=$version"' in SCRIPT
+
+
+def test_both_install_the_libvirt_extra_and_never_the_local_environment() -> None:
+    copies = re.findall(r"^COPY (?!--from)(.+)$", CONTAINERFILE, re.MULTILINE)
+    assert copies == ["pyproject.toml README.md /src/", "operator/vemigrate /src/operator/vemigrate"]
+    assert '"/src[libvirt]"' in CONTAINERFILE
+    assert 'cp -a "$here/operator/vemigrate" "$work/src/operator/"' in SCRIPT
+    assert '"$work/src[libvirt]"' in SCRIPT and "'$name[libvirt]==$version'" in SCRIPT
+    assert "vemigrate_dev" not in CONTAINERFILE.replace("(operator/vemigrate_dev)", "")
+
+
+def test_the_distribution_ships_the_operator_only() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert project["tool"]["setuptools"]["packages"]["find"]["include"] == ["vemigrate", "vemigrate.*"]
+    runtime = {re.split(r"[<>=\[ ]", dep)[0].lower() for dep in project["project"]["dependencies"]}
+    # libvirt-python is the libvirt extra; cryptography is the dev environment's (asyncssh brings its own).
+    assert not runtime & {"libvirt-python", "cryptography", "pytest"}
+    extras = project["project"]["optional-dependencies"]
+    assert extras["libvirt"] == ["libvirt-python>=9.0"]
+    assert any(dep.startswith("cryptography") for dep in extras["dev"])
