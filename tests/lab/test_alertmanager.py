@@ -16,9 +16,9 @@ from tests.fixtures.alertmanager import OPERATOR_NAMESPACE, RUNBOOKS, Alerting, 
 from tests.fixtures.operator import Migrations, OperatorProcess
 from vemigrate.api.common import GROUP, VERSION, SecretKeyRef
 from vemigrate.api.host import KNOWN_HOSTS_KEY, PLURAL, PRIVATE_KEY_KEY, Driver, HostSpec, HypervisorHost
-from vemigrate.devenv.controlplane import free_ports
-from vemigrate.devenv.lab import Lab, LabInfo, VMState
-from vemigrate.devenv.lab.kube import KEY_SECRET, KNOWN_HOSTS_SECRET
+from vemigrate_dev.controlplane import free_ports
+from vemigrate_dev.lab import Lab, LabInfo, VMState
+from vemigrate_dev.lab.kube import KEY_SECRET, KNOWN_HOSTS_SECRET
 
 __all__ = ["alerting"]  # the fixture these tests use
 Cleanup = Callable[[str], str]
