@@ -298,7 +298,11 @@ def remove(conn: Any, name: str) -> bool:
     if dom is not None:
         disks += re.findall(r"<source file='([^']+)'", dom.XMLDesc(0))
         if dom.isActive():
-            dom.destroy()
+            try:
+                dom.destroy()
+            except libvirt.libvirtError:
+                if dom.isActive():
+                    raise  # else it ended meanwhile (e.g. a migration out of it finishing)
         dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
     pool = conn.storagePoolLookupByName("default")
     pool.refresh(0)
