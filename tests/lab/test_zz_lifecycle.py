@@ -80,23 +80,26 @@ def test_next_up_cleans_a_crashed_run(lab_session: None, lxc: None) -> None:
     _assert_nothing_left(procs)
 
 
+LAB = "9"  # the second lab of this test: the last instance, which people and make test leave free
+
+
 def test_a_second_lab_beside_the_first_takes_nothing_of_it(lab: LabInfo, monkeypatch: pytest.MonkeyPatch) -> None:
-    """VEMIGRATE_LAB_INSTANCE=2 is a lab of its own (directory, namespaces, links, subnet), as `make
+    """VEMIGRATE_LAB_INSTANCE=9 is a lab of its own (directory, namespaces, links, subnet), as `make
     test` runs the fault suite on lab 1 beside the default lab: `down` of either takes nothing of the
     other, and each one's `down` leaves nothing of its own."""
-    monkeypatch.setenv("VEMIGRATE_LAB_INSTANCE", "2")
+    monkeypatch.setenv("VEMIGRATE_LAB_INSTANCE", LAB)
     second = Lab.up(hosts=1)
     second_state = LabState.load()
     assert second_state is not None
-    assert second.hosts[0].address == "10.231.79.11" and second_state.hosts[0].netns == "vemigrate2-lab1"
-    assert lab_dir().name == "lab-2"
+    assert second.hosts[0].address == "10.231.86.11" and second_state.hosts[0].netns == f"vemigrate{LAB}-lab1"
+    assert lab_dir().name == f"lab-{LAB}"
     monkeypatch.delenv("VEMIGRATE_LAB_INSTANCE")
     first = LabState.load()
     assert first is not None and {h.address for h in first.hosts}.isdisjoint({second.hosts[0].address})
     procs = _our_pids(first)
     Lab.down()  # the default lab: also sweeps leftovers by name prefix, which must not match lab 2's
     _assert_nothing_left(procs)
-    monkeypatch.setenv("VEMIGRATE_LAB_INSTANCE", "2")
+    monkeypatch.setenv("VEMIGRATE_LAB_INSTANCE", LAB)
     seen = Lab.exec("lab1", ["cat", "/proc/sys/kernel/hostname"], capture=True)
     assert seen.returncode == 0 and seen.stdout.strip() == "lab1", "lab 2 was taken down with the default lab"
     assert all(p.alive() for p in _our_pids(second_state))
