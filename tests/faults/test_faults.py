@@ -81,16 +81,6 @@ def _status(body: dict[str, Any]) -> dict[str, Any]:
     return dict(body.get("status") or {})
 
 
-def _copied(migrations: Migrations, name: str, percent: int = 0) -> dict[str, Any]:
-    """Once Transferring has moved bytes (and reached `percent`)."""
-
-    def far(b: dict[str, Any]) -> bool:
-        got = (b.get("status") or {}).get("progress") or {}
-        return _phase(b) == "Transferring" and (got.get("bytesProcessed") or 0) > 0 and got.get("percent", 0) >= percent
-
-    return migrations.wait(name, far, timeout=120)
-
-
 def _final(migrations: Migrations, name: str, timeout: float = 300) -> dict[str, Any]:
     return migrations.wait_phase(name, *FINAL, timeout=timeout)
 
@@ -331,7 +321,7 @@ def test_operator_killed_right_after_cancel(run: int, scene: Scene) -> None:
     def attempt(name: str) -> Outcome:
         vm = scene.vm(name, dirty_mib=4)
         scene.migrate(vm, name, _stuck(name))
-        _copied(scene.migrations, name)
+        scene.migrations.copying(name)
         cancel = lambda: scene.migrations.patch_spec(name, {"action": "Cancel"})  # noqa: E731
         scene.inject(name, ("Transferring", "RollingBack"), cancel, what="Cancel")
         time.sleep(0.3)
@@ -361,7 +351,7 @@ def test_operator_killed_between_job_start_and_status(run: int, scene: Scene) ->
             scene.inject(name, "Validating", scene.operator.kill, what="SIGKILL after the pid file", read_before=False)
             time.sleep(1)
             scene.operator.start()
-            _copied(scene.migrations, name)
+            scene.migrations.copying(name)
             scene.landed(job_attempts(uid) == ["1"], f"jobs after the restart: {job_attempts(uid)}")
         return scene.outcome(vm, name, restarted=True, was_running=False, expected=("Succeeded",))
 
@@ -374,7 +364,7 @@ def test_link_cut_and_restored_during_transfer(run: int, scene: Scene) -> None:
     def attempt(name: str) -> Outcome:
         vm = scene.vm(name)
         scene.migrate(vm, name, _slow(name))
-        _copied(scene.migrations, name)
+        scene.migrations.copying(name)
         with restored(lambda: Lab.link("lab2", True)):
             scene.inject(name, "Transferring", lambda: Lab.link("lab2", False), what="link cut")
             time.sleep(10)
@@ -406,7 +396,7 @@ def test_target_libvirtd_killed_during_transfer(run: int, scene: Scene) -> None:
     def attempt(name: str) -> Outcome:
         vm = scene.vm(name)
         scene.migrate(vm, name, _slow(name))
-        _copied(scene.migrations, name)
+        scene.migrations.copying(name)
         with restored(lambda: Lab.start("lab2", "libvirtd")):
             scene.inject(name, "Transferring", lambda: Lab.kill("lab2", "libvirtd"), what="SIGKILL of libvirtd")
             time.sleep(5)
@@ -420,7 +410,7 @@ def test_target_libvirtd_frozen_during_transfer(run: int, scene: Scene) -> None:
     def attempt(name: str) -> Outcome:
         vm = scene.vm(name)
         scene.migrate(vm, name, _slow(name))
-        _copied(scene.migrations, name)
+        scene.migrations.copying(name)
         with restored(lambda: freeze("lab2", "libvirtd", False)):
             scene.inject(name, "Transferring", lambda: freeze("lab2", "libvirtd", True), what="SIGSTOP of libvirtd")
             time.sleep(10)
@@ -434,7 +424,7 @@ def test_source_sshd_killed_during_transfer(run: int, scene: Scene) -> None:
     def attempt(name: str) -> Outcome:
         vm = scene.vm(name)
         scene.migrate(vm, name, _slow(name))
-        _copied(scene.migrations, name)
+        scene.migrations.copying(name)
         with restored(lambda: Lab.start("lab1", "sshd")):
             scene.inject(name, "Transferring", lambda: Lab.kill("lab1", "sshd"), what="SIGKILL of sshd")
             time.sleep(10)
@@ -450,7 +440,7 @@ def test_target_disk_full_during_offline_copy(run: int, scene: Scene) -> None:
         before = md5("lab1", vm.disk)
         with restored(lambda: Lab.free_disk("lab2")), _throttled():
             scene.migrate(vm, name, {**_offline(name), "tunnel": True})
-            _copied(scene.migrations, name)
+            scene.migrations.copying(name)
             scene.inject(name, "Transferring", lambda: Lab.fill_disk("lab2", leave_mib=0), what="disk filled")
             return scene.outcome(vm, name, was_running=False, source_md5=before, expected=("Failed",))
 
@@ -466,7 +456,7 @@ def test_very_slow_link_times_out(run: int, scene: Scene) -> None:
         timeouts = {"progressSeconds": 10, "completionPerGiBSeconds": 90}
         with restored(lambda: Lab.netem("lab2")):
             scene.migrate(vm, name, _slow(name, timeouts=timeouts))
-            _copied(scene.migrations, name)
+            scene.migrations.copying(name)
             scene.inject(name, "Transferring", lambda: Lab.netem("lab2", rate="64kbit"), what="link slowed")
             return scene.outcome(vm, name, was_running=True, timeout=240, expected=("Failed",))
 
@@ -479,7 +469,7 @@ def test_api_server_restarted_mid_migration(run: int, scene: Scene, control_plan
     def attempt(name: str) -> Outcome:
         vm = scene.vm(name)
         scene.migrate(vm, name, _slow(name))
-        _copied(scene.migrations, name)
+        scene.migrations.copying(name)
         restart = ControlPlane(control_plane.state_dir).restart_apiserver
         scene.inject(name, "Transferring", restart, what="kube-apiserver restarted")
         return scene.outcome(vm, name, was_running=True, expected=("Succeeded",))
@@ -577,7 +567,7 @@ def test_job_killed_mid_transfer_is_retried(run: int, scene: Scene) -> None:
         vm = scene.vm(name, state=VMState.STOPPED)
         with _throttled():
             uid = scene.migrate(vm, name, _offline(name, retry={"maxAttempts": 2, "backoffSeconds": 1}))
-            _copied(scene.migrations, name)
+            scene.migrations.copying(name)
             kill = _kill_job(uid)
             outcome: list[Any] = []
             scene.inject(name, "Transferring", lambda: outcome.append(kill()), job="lost", what="job killed")
@@ -602,7 +592,7 @@ def test_shared_storage_through_a_rollback_and_a_retry(run: int, scene: Scene) -
         vm = scene.vm(name, shared=True)
         identity = _identity(scene.lab, vm.disk)
         uid = scene.migrate(vm, name, _slow(name, retry={"maxAttempts": 2, "backoffSeconds": 1}))
-        _copied(scene.migrations, name)
+        scene.migrations.copying(name)
         with restored(lambda: Lab.start("lab2", "libvirtd")):
             scene.inject(name, "Transferring", lambda: Lab.kill("lab2", "libvirtd"), what="SIGKILL of libvirtd")
             time.sleep(5)
@@ -634,7 +624,7 @@ def test_cancel_near_the_end_of_the_transfer(run: int, scene: Scene) -> None:
         vm = scene.vm(name, state=VMState.STOPPED)
         with _throttled():
             scene.migrate(vm, name, _offline(name))
-            _copied(scene.migrations, name, percent=75)
+            scene.migrations.copying(name, percent=75)
             cancel = lambda: scene.migrations.patch_spec(name, {"action": "Cancel"})  # noqa: E731
             scene.inject(name, ("Transferring", "RollingBack"), cancel, what="Cancel at 75 %+")
             return scene.outcome(vm, name, was_running=False, expected=("Cancelled",))
@@ -819,7 +809,7 @@ def test_source_host_rebooted_mid_transfer(run: int, scene: Scene) -> None:
     def attempt(name: str) -> Outcome:
         vm = scene.vm(name)
         uid = scene.migrate(vm, name, _slow(name))
-        _copied(scene.migrations, name)
+        scene.migrations.copying(name)
         qemu = scene.lab.host("lab1").dir / "run" / "qemu" / f"{name}.pid"
         said: list[str] = []
 
