@@ -8,12 +8,11 @@ from __future__ import annotations
 import subprocess
 import uuid
 from pathlib import Path
-from typing import Any
 
 from kubernetes import client
 
 from tests.cluster.objects import host
-from tests.fixtures.chart import install, uninstall
+from tests.fixtures.chart import OperatorPods, install, uninstall
 from tests.fixtures.node import NodeCluster, until
 from vemigrate.api.common import GROUP, VERSION
 from vemigrate.api.host import PLURAL
@@ -22,21 +21,9 @@ from vemigrate.api.host import PLURAL
 def test_helm_install_runs_the_operator_pod_until_available(node_cluster: NodeCluster, tmp_path: Path) -> None:
     namespace = f"op-{uuid.uuid4().hex[:8]}"
     release = install(node_cluster.plane, node_cluster.api, namespace, {"image": {"pullPolicy": "Never"}}, tmp_path)
-    apps, core = client.AppsV1Api(node_cluster.api), client.CoreV1Api(node_cluster.api)
+    core = client.CoreV1Api(node_cluster.api)
     try:
-        (deployment,) = apps.list_namespaced_deployment(namespace).items
-        name = deployment.metadata.name
-
-        def available() -> Any:
-            current = apps.read_namespaced_deployment(name, namespace)
-            status = current.status
-            done = (status.available_replicas or 0) == current.spec.replicas and (status.updated_replicas or 0) == (
-                current.spec.replicas
-            )
-            return current if done else None
-
-        until(f"Deployment {name} Available", available)
-        (pod,) = core.list_namespaced_pod(namespace).items
+        pod = OperatorPods(node_cluster.api, release).available()
         (status,) = pod.status.container_statuses
         assert status.ready and status.restart_count == 0, status
         assert pod.spec.service_account_name == release.service_account
