@@ -87,8 +87,7 @@ def test_the_operator_pod_migrates_a_running_guest(
     assert {c["type"]: c["reason"] for c in status["conditions"]}["Succeeded"] == "Migrated"
     assert status["mode"] == "Live" and status["result"]["sourceDisposition"] == "Removed", status
     _sound(lab, vm, body, sampler)
-    assert beating_on("lab2", name, boot) > counter, "the same guest runs on, on the target"
-    assert domain(lab, "lab1", name) is None, "and only there"
+    assert domain(lab, "lab1", name) is None, "the source's copy is gone"
 
     # It was the Pod: the one Pod of the Deployment, never restarted, says so in its log, and no
     # operator on this machine talks to this cluster from outside a Pod.
@@ -96,6 +95,8 @@ def test_the_operator_pod_migrates_a_running_guest(
     (now,) = pod_operator.pods.pods()
     assert now.metadata.uid == pod.metadata.uid and not pod_operator.pods.died(), pod_operator.pods.tail()
     assert _operators_outside_pods(pod_operator.server) == []
+    # Last: a TCG guest that panics after its move is an expected failure (evidence.py), not the Pod's.
+    assert beating_on("lab2", name, boot) > counter, "the same guest runs on, on the target"
 
 
 def test_a_deleted_operator_pod_is_replaced_and_the_new_one_reattaches_to_the_job(
@@ -134,11 +135,12 @@ def test_a_deleted_operator_pod_is_replaced_and_the_new_one_reattaches_to_the_jo
     assert [t["phase"] for t in status["phaseTransitions"]].count("Transferring") == 1, "one job only"
     assert seen == {"1"}, f"job directories seen on the source: {sorted(seen)}"
     _sound(lab, vm, body, sampler)
-    assert beating_on("lab2", name, boot) > counter, "the same guest runs on, on the target"
     # The new Pod ended it (the deleted one's log went with it), and no operator outside a Pod did.
     _ended_in_log(pods, second.metadata.name, name, "Succeeded")
     assert not pods.died(), pods.tail()
     assert _operators_outside_pods(pod_operator.server) == []
+    # Last: a TCG guest that panics after its move is an expected failure (evidence.py), not the Pod's.
+    assert beating_on("lab2", name, boot) > counter, "the same guest runs on, on the target"
 
 
 def _sound(lab: LabInfo, vm: VMInfo, body: dict[str, Any], sampler: Sampler) -> None:
