@@ -44,7 +44,7 @@ def test_a_pass_waiting_on_a_running_job_asks_to_be_woken_by_its_end(
     decision = decide(spec(**spec_), status, observation(**obs), later(1))
     assert decision.wake_on_job_end
     # The poll stays: progress is sampled on it, and it is the safety net for a lost wake-up.
-    assert decision.requeue_after is not None and 0 < decision.requeue_after
+    assert decision.requeue_after is not None and decision.requeue_after > 0
 
 
 @pytest.mark.parametrize(
