@@ -320,8 +320,10 @@ async def _act_all(
     decision: Decision,
 ) -> Decision:
     """Perform the decision's actions in order; a job that cannot start is decided on as a failed job."""
-    if plan is None or not decision.actions:
+    if not decision.actions:
         return decision
+    if plan is None:
+        return replace(decision, observe_again=False)  # nothing was done: nothing to observe at once
     src = world.driver(plan.source)
     dst = world.driver(plan.target)
     # Actions belong to the attempt this decision is in (a pass that starts one has just counted it).
