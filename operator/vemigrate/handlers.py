@@ -226,6 +226,7 @@ async def run_migration(**kwargs: Any) -> None:
                     message = f"Reconcile pass failed ({error}); retrying every {IDLE_POLL:g} s (traceback in the log)"
                     await events.emit(world().kube, body, "Warning", "ReconcileError", message)
                 await stopped.wait(IDLE_POLL)
+                cause = "timer"
                 continue
         metrics.PASSES.labels(kind="migration", outcome="ok").inc()
         metrics.LAST_PASS.set_to_current_time()
