@@ -263,6 +263,7 @@ async def _sleep(uid: str, stopped: kopf.DaemonStopped, seconds: float) -> str:
     for task in pending:
         task.cancel()
     cause = wake.cause if wake.event.is_set() else "timer"
+    log.debug("migration %s woken by %s after up to %.1f s", uid, cause, seconds)
     wake.event.clear()
     return cause
 

@@ -348,8 +348,10 @@ def _transferring(step: _Pass) -> None:
     obs, status, now = step.obs, step.status, step.now
     job = obs.job
     if job is None:
-        # Invariant 3: the source host did not answer. Nothing is aborted; look again.
+        # Invariant 3: the source host did not answer. Nothing is aborted; look again, and at once should
+        # the job be seen to end (a read that timed out under load says nothing about the job itself).
         step.wait("StateUnknown", "Cannot observe the migration job: source host not reachable")
+        step.wake_on_job_end = True
         return
     if job.state == JobState.NONE:
         if obs.target_verified:
@@ -505,6 +507,7 @@ def _rolling_back(step: _Pass) -> None:
     job = obs.job
     if job is None:
         step.wait("StateUnknown", "Cannot observe the migration job: source host not reachable")
+        step.wake_on_job_end = True
         return
     if job.state == JobState.COMPLETED:
         # The job finished before the abort reached it: the target holds the complete VE now.
