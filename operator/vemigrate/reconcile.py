@@ -100,7 +100,7 @@ class World:
             except DriverError as exc:
                 log.debug("watching the job of %s: %s; the poll stays", uid, exc.message)
                 return
-            log.debug("watching the job of %s: %s", uid, {True: "ended", False: "still running"}.get(ended, "nothing"))
+            log.debug("watching the job of %s: %s", uid, "nothing" if ended is None else "ended" if ended else "runs")
             if ended is None:
                 return  # nothing to wait on (yet): the next pass looks, and watches again
             if ended:
