@@ -4,7 +4,8 @@
 # each on a lab of its own: the fault suite and the other long lab scenarios (SECOND) on lab 1
 # (VEMIGRATE_LAB_INSTANCE=1, docs/lab.md), everything else on the default lab. The second run's
 # output follows the first's; the exit status is the first failure's.
-# VEMIGRATE_TEST_SPLIT=0, or any pytest arguments: one run, as plain `pytest`.
+# VEMIGRATE_TEST_SPLIT=0, or any pytest arguments: one run, as plain `pytest`. VEMIGRATE_TEST_SECOND_LAB=N:
+# the second run on lab N instead of 1 (another run holds lab 1).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,19 +16,20 @@ if [ "${VEMIGRATE_TEST_SPLIT:-1}" = 0 ] || [ "$#" -gt 0 ]; then
 fi
 
 log=$(mktemp -t vemigrate-test-second.XXXXXX.log)
-VEMIGRATE_LAB_INSTANCE=1 pytest "${SECOND[@]}" >"$log" 2>&1 &
+lab=${VEMIGRATE_TEST_SECOND_LAB:-1}
+VEMIGRATE_LAB_INSTANCE=$lab pytest "${SECOND[@]}" >"$log" 2>&1 &
 second=$!
 trap 'kill "$second" 2>/dev/null' INT TERM
 
 ignore=()
 for path in "${SECOND[@]}"; do ignore+=("--ignore=$path"); done
-echo "[test] ${SECOND[*]} run at the same time on lab 1; their output follows this run's ($log)"
+echo "[test] ${SECOND[*]} run at the same time on lab $lab; their output follows this run's ($log)"
 pytest "${ignore[@]}"
 first_rc=$?
 wait "$second"
 second_rc=$?
 echo
-echo "================ the second run (VEMIGRATE_LAB_INSTANCE=1): ${SECOND[*]} ================"
+echo "================ the second run (VEMIGRATE_LAB_INSTANCE=$lab): ${SECOND[*]} ================"
 cat "$log"
 
 # 5 is pytest's "no tests collected": a tier with nothing to run here is not a failure.
