@@ -79,8 +79,6 @@ class _Pass:
         self.waiting_reason: tuple[str, str] | None = None  # (reason, message) while observing only
         self.success_reason = "Migrated"
         self.phase_message: str | None = None  # why the phase changed this pass
-        self.wake_on_job_end = False
-        self.observe_again = False
 
     # -- small verbs ---------------------------------------------------------------------------
     @property
@@ -95,11 +93,6 @@ class _Pass:
 
     def poll(self, seconds: float) -> None:
         self.requeue_after = seconds if self.requeue_after is None else min(self.requeue_after, seconds)
-
-    def until_job_ends(self) -> None:
-        """The job runs: the next pass is due when it ends, or at the latest after POLL_JOB (progress)."""
-        self.wake_on_job_end = True
-        self.poll(POLL_JOB)
 
     def wait(self, reason: str, message: str, seconds: float = POLL_WAIT) -> None:
         """Nothing can be decided this pass: keep the phase, say why, look again later."""
@@ -144,7 +137,7 @@ class _Pass:
         self.status.failure = Failure(phase=self.status.phase, reason=reason, message=message, retryable=retryable)
         self.act(ActionKind.ABORT_JOB)
         self.goto(Phase.ROLLING_BACK, f"{reason}: {message}")
-        self.until_job_ends()
+        self.poll(POLL_JOB)
 
     def cancelled(self, message: str) -> None:
         self.status.failure = Failure(phase=self.status.phase, reason="Cancelled", message=message)
@@ -166,8 +159,6 @@ def decide(spec: MigrationSpec, status: MigrationStatus | None, obs: Observation
         actions=tuple(step.actions),
         events=tuple(step.events),
         requeue_after=None if current.phase.final else step.requeue_after,
-        wake_on_job_end=step.wake_on_job_end and not current.phase.final,
-        observe_again=step.observe_again and not current.phase.final,
         release_finalizer=current.phase.final and obs.deleting,
     )
 
@@ -340,7 +331,7 @@ def _validating(step: _Pass) -> None:
     status.failure = None
     step.goto(Phase.TRANSFERRING, f"Attempt {status.attempts}: {mode.value.lower()} migration started")
     step.act(ActionKind.START_JOB, mode=mode)
-    step.until_job_ends()
+    step.poll(POLL_JOB)
 
 
 # -- Transferring and Switchover ----------------------------------------------------------------
@@ -348,10 +339,8 @@ def _transferring(step: _Pass) -> None:
     obs, status, now = step.obs, step.status, step.now
     job = obs.job
     if job is None:
-        # Invariant 3: the source host did not answer. Nothing is aborted; look again, and at once should
-        # the job be seen to end (a read that timed out under load says nothing about the job itself).
+        # Invariant 3: the source host did not answer. Nothing is aborted; look again.
         step.wait("StateUnknown", "Cannot observe the migration job: source host not reachable")
-        step.wake_on_job_end = True
         return
     if job.state == JobState.NONE:
         if obs.target_verified:
@@ -363,7 +352,7 @@ def _transferring(step: _Pass) -> None:
             return
         # Drivers keep records of finished jobs, so NONE means the start never happened.
         step.act(ActionKind.START_JOB, mode=status.mode)
-        step.until_job_ends()
+        step.poll(POLL_JOB)
         return
     if job.state in (JobState.RUNNING, JobState.SWITCHOVER, JobState.POST_COPY):
         status.progress = progress.advance(status.progress, job.stats, now)
@@ -394,11 +383,10 @@ def _running(step: _Pass, job: JobObservation) -> None:
         if post_copy:
             # The VE already runs on the target: aborting now would lose it. Finish instead.
             step.wait("CancelTooLate", "Cancel ignored: the VE already runs on the target (post-copy)")
-            step.wake_on_job_end = True
             return
         step.roll_back("Cancelled", "Cancelled by spec.action or deletion", retryable=False)
         return
-    step.until_job_ends()
+    step.poll(POLL_JOB)
     if post_copy:
         return
     started = step.entered(Phase.TRANSFERRING)
@@ -487,9 +475,6 @@ def _finalizing(step: _Pass) -> None:
             step.wait("StateUnknown", f"Cannot observe the source on {spec.source.host!r}")
             return
         step.act(ActionKind.DISPOSE_SOURCE, disposition=disposition)
-        # The disposal is done when its call returns: its result is observed in this same pass (and
-        # Succeeded decided only from that observation); the poll is the fallback if it is not.
-        step.observe_again = True
         step.poll(POLL_JOB)
         return
     target = obs.target_ve
@@ -507,7 +492,6 @@ def _rolling_back(step: _Pass) -> None:
     job = obs.job
     if job is None:
         step.wait("StateUnknown", "Cannot observe the migration job: source host not reachable")
-        step.wake_on_job_end = True
         return
     if job.state == JobState.COMPLETED:
         # The job finished before the abort reached it: the target holds the complete VE now.
@@ -516,12 +500,10 @@ def _rolling_back(step: _Pass) -> None:
         return
     if job.state == JobState.POST_COPY:
         step.wait("CancelTooLate", "The VE already runs on the target (post-copy); waiting for it to finish")
-        step.wake_on_job_end = True
         return
     if job.state in (JobState.RUNNING, JobState.SWITCHOVER):
         step.act(ActionKind.ABORT_JOB)
-        step.wait("Aborting", "Waiting for the migration job to stop")
-        step.until_job_ends()
+        step.wait("Aborting", "Waiting for the migration job to stop", POLL_JOB)
         return
     if obs.source is None or obs.source.reachable is not True or obs.target_leftovers is None:
         step.wait("StateUnknown", "Cannot observe both hosts to finish the rollback")
