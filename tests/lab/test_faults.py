@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 
@@ -116,3 +117,36 @@ def test_fill_disk_leaves_no_room_for_a_vm(lab: LabInfo, vm_cleanup: Callable[[s
     assert Lab.disk_free_mib(h.name) > 100
     leftover = subprocess.run(["ls", str(h.path("/var/lib/libvirt/images"))], capture_output=True, text=True)
     assert "nospace" not in leftover.stdout
+
+
+def test_fill_disk_fills_while_a_copy_writes_into_the_pool(lab: LabInfo) -> None:
+    """The disk-full fault lands mid-copy: a writer taking room during the fill must not make it fail."""
+    h = lab.hosts[1]
+    target = h.path("/var/lib/libvirt/images") / "writer.raw"
+    stop, hit_full = threading.Event(), threading.Event()
+
+    def write() -> None:
+        with target.open("wb") as f:
+            while not stop.is_set():
+                try:
+                    f.write(b"\1" * (256 << 10))
+                    f.flush()
+                    time.sleep(0.005)  # ~50 MiB/s, faster than the fill's chunks, slower than filling alone
+                except OSError:
+                    hit_full.set()
+                    return
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        time.sleep(0.2)
+        filled = Lab.fill_disk(h.name, leave_mib=0)
+        assert filled > 0
+        assert Lab.disk_free_mib(h.name) == 0
+        assert hit_full.wait(10), "the writer never met a full disk"
+    finally:
+        stop.set()
+        writer.join()
+        Lab.free_disk(h.name)
+        target.unlink(missing_ok=True)
+    assert Lab.disk_free_mib(h.name) > 100

@@ -4,6 +4,7 @@ in between (VMs, exec, faults). Used by the `vemigrate lab` command, the test fi
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import signal
@@ -430,18 +431,33 @@ class Lab:
 
     @staticmethod
     def fill_disk(host_name: str, leave_mib: int = 0) -> int:
-        """Fill the host's VM storage so only `leave_mib` MiB stay free; returns the MiB used to fill."""
+        """Fill the host's VM storage so only `leave_mib` MiB stay free; returns the MiB used to fill.
+
+        Filled in chunks that halve on ENOSPC: a copy writing into the pool at the same time takes
+        room between the free-space read and the allocation, and one allocation of everything would
+        then fail whole."""
         h = _running_state().host(host_name)
         pool = _host_path(h, host.POOL_PATH)
         filler = pool / ".vemigrate-fill"
         filler.unlink(missing_ok=True)
-        st = os.statvfs(pool)
-        free_mib = st.f_bavail * st.f_frsize // (1 << 20)
-        size = max(free_mib - leave_mib, 0)
-        if size:
-            with filler.open("wb") as f:
-                os.posix_fallocate(f.fileno(), 0, size << 20)
-        return size
+        page = os.sysconf("SC_PAGE_SIZE")
+        chunk, filled = 64 << 20, 0
+        with filler.open("wb") as f:
+            while chunk >= page:
+                st = os.statvfs(pool)
+                room = st.f_bavail * st.f_frsize - (leave_mib << 20)
+                size = min(chunk, room) // page * page
+                if size < page:
+                    break
+                try:
+                    os.posix_fallocate(f.fileno(), filled, size)
+                except OSError as e:
+                    if e.errno != errno.ENOSPC:
+                        raise
+                    chunk = size // 2
+                    continue
+                filled += size
+        return filled >> 20
 
     @staticmethod
     def free_disk(host_name: str) -> None:
