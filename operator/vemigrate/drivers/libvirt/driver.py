@@ -272,27 +272,57 @@ class LibvirtDriver:
         await self.libvirtd.call("tagging the domain", tag)
 
     async def job(self, plan: MigrationPlan) -> JobObservation:
-        record = await hostjob.read(self.ssh, plan.uid, plan.attempt)
-        observed = hostjob.observe(record, f"the migration job on {self.access.name}", jobfailure.classify)
-        if observed is not None:
-            return observed
-        if record.state == "running":
-            if plan.mode == Mode.LIVE:
-                return await self._live_progress(plan)
-            return JobObservation(state=JobState.RUNNING, stats=_offline_stats(record.log_tail))
+        # Twice at most: a live job's domain may leave the source between the record's read and
+        # libvirt's, and then the record is read again (the job is writing its exit).
+        for again in (False, True):
+            record = await hostjob.read(self.ssh, plan.uid, plan.attempt)
+            observed = hostjob.observe(record, f"the migration job on {self.access.name}", jobfailure.classify)
+            if observed is not None:
+                return observed
+            if record.state != "running":
+                break
+            if plan.mode != Mode.LIVE:
+                return JobObservation(state=JobState.RUNNING, stats=_offline_stats(record.log_tail))
+            live = await self._live_progress(plan)
+            if live is not None:
+                return live
+            if again:
+                return JobObservation(state=JobState.RUNNING)  # its exit record is not there yet
         read = 'cat -- "$1/stats"; echo "--- events"; cat -- "$1/events"'
         files = await self.ssh.run(["sh", "-c", read, "sh", hostjob.job_dir(plan.uid, plan.attempt)], check=False)
         stats, _, events = files.stdout.partition("--- events\n")
         return JobObservation(state=JobState.COMPLETED, stats=completed_stats(stats, record.log_tail, events))
 
-    async def _live_progress(self, plan: MigrationPlan) -> JobObservation:
+    async def _live_progress(self, plan: MigrationPlan) -> JobObservation | None:
+        """The running live job's figures from libvirt; None when the domain is no longer running on the
+        source (the migration just ended, or the guest stopped): libvirt has no job to read then, and the
+        job's record says how it ended."""
         assert plan.ve is not None
 
-        def read(conn: Any) -> tuple[dict[str, int], JobState]:
-            dom = self._lookup(conn, plan.ve.uuid)  # type: ignore[union-attr]
-            return dom.jobStats(0), live_job_state(dom.state())
+        def gone(dom: Any) -> bool:
+            try:
+                return dom is None or not dom.isActive()
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:  # undefined since the lookup
+                    return True
+                raise
 
-        stats, job_state = await self.libvirtd.call("reading job statistics", read)
+        def read(conn: Any) -> tuple[dict[str, int], JobState] | None:
+            dom = self._lookup(conn, plan.ve.uuid)  # type: ignore[union-attr]
+            if gone(dom):
+                return None
+            try:
+                return dom.jobStats(0), live_job_state(dom.state())
+            except libvirt.libvirtError as exc:
+                # "Requested operation is not valid: domain is not running": it left between the calls.
+                if exc.get_error_code() in (libvirt.VIR_ERR_OPERATION_INVALID, libvirt.VIR_ERR_NO_DOMAIN) and gone(dom):
+                    return None
+                raise
+
+        found = await self.libvirtd.call("reading job statistics", read)
+        if found is None:
+            return None
+        stats, job_state = found
         return JobObservation(
             state=job_state,
             stats=JobStats(
