@@ -51,6 +51,29 @@ def test_queued_rolling_back_cancelled_and_failed_as_argo_cd_sees_them(
         migrations.patch_spec("window", {"action": "Cancel"})
         migrations.wait_phase("window", "Cancelled", timeout=60)
 
+        # Queued for a HypervisorHost not created yet: a wait that ends by itself.
+        migrations.create(
+            "later-host", {"source": {"host": "lab1", "name": "argo-host"}, "target": {"host": "not-yet"}}
+        )
+        waiting_host = migrations.wait_phase("later-host", "Queued", timeout=60)
+        migrations.patch_spec("later-host", {"action": "Cancel"})
+
+        # Queued for a retry: lab2's address with its SSH port closed stays unreachable past the
+        # progress timeout, a retryable failure; the next attempt is an hour away.
+        target = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "hypervisorhosts", "lab2")
+        closed = {"apiVersion": target["apiVersion"], "kind": target["kind"], "metadata": {"name": "lab2-closed"}}
+        custom.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, "hypervisorhosts", {**closed, "spec": {**target["spec"], "port": 1}}
+        )
+        retry = {"maxAttempts": 2, "backoffSeconds": 3600}
+        timeouts = {"progressSeconds": 10}
+        source = {"host": "lab1", "name": "argo-retry"}
+        migrations.create(
+            "retry", {"source": source, "target": {"host": "lab2-closed"}, "retry": retry, "timeouts": timeouts}
+        )
+        retrying = migrations.wait("retry", lambda b: bool((b.get("status") or {}).get("nextAttemptTime")), timeout=120)
+        migrations.patch_spec("retry", {"action": "Cancel"})
+
         # Cancelled mid-transfer: 1 MiB/s while the guest dirties 4 MiB/s never converges on its own.
         slow, forced = vm_cleanup("argo-slow"), vm_cleanup("argo-force")
         Lab.create_vm("lab1", slow, state=VMState.RUNNING)
@@ -83,7 +106,16 @@ def test_queued_rolling_back_cancelled_and_failed_as_argo_cd_sees_them(
 
     judged = health(VEM, queued)
     assert judged["status"] == "Suspended" and "maintenance window" in judged["message"], judged
-    store(VEM, "Queued", queued)
+    store(VEM, "Queued-window", queued)
+    judged = health(VEM, waiting_host)
+    assert judged == {"status": "Progressing", "message": f"Queued: {waiting_host['status']['queuedReason']}"}
+    assert "not-yet" in judged["message"], judged
+    store(VEM, "Queued-host", waiting_host)
+    assert retrying["status"]["phase"] == "Queued", retrying["status"]
+    judged = health(VEM, retrying)
+    assert judged["status"] == "Progressing", judged
+    assert judged["message"].startswith("Queued to retry after HostUnreachable: "), judged
+    store(VEM, "Queued-retry", retrying)
 
     window = recorder.by_phase("window")
     assert health(VEM, window["Cancelled"]) == {

@@ -29,6 +29,7 @@ from vemigrate.api.migration import (
     Mode,
     Phase,
     Progress,
+    QueueCause,
     SourceDisposition,
 )
 from vemigrate.core.conditions import find
@@ -55,6 +56,7 @@ class Case:
     actions: tuple[Action, ...] = ()
     reason: str | None = None  # failure.reason, or the Succeeded condition's reason
     message: str | None = None  # a piece of the Progressing or failure message
+    cause: QueueCause | None = None  # the Progressing condition's reason, when it ends Queued
 
     def __str__(self) -> str:
         return self.name
@@ -87,6 +89,7 @@ CASES = [
         spec={"notBefore": later(3600).isoformat()},
         phase=Phase.QUEUED,
         message="maintenance window",
+        cause=QueueCause.MAINTENANCE_WINDOW,
     ),
     Case(
         "maintenance window open",
@@ -100,6 +103,7 @@ CASES = [
         obs={"cluster_limit": 1, "others": (other(Phase.TRANSFERRING),)},
         phase=Phase.QUEUED,
         message="Cluster limit: 1 of 1",
+        cause=QueueCause.CONCURRENCY_LIMIT,
     ),
     Case(
         "source outbound limit reached",
@@ -110,6 +114,7 @@ CASES = [
         },
         phase=Phase.QUEUED,
         message="'node-a' limit: 1 of 1 outbound",
+        cause=QueueCause.CONCURRENCY_LIMIT,
     ),
     Case(
         "target inbound limit reached",
@@ -120,6 +125,7 @@ CASES = [
         },
         phase=Phase.QUEUED,
         message="'node-b' limit: 2 of 2 inbound",
+        cause=QueueCause.CONCURRENCY_LIMIT,
     ),
     Case(
         "finished and queued migrations take no slot",
@@ -163,6 +169,7 @@ CASES = [
         obs={"target": MISSING_HOST},
         phase=Phase.QUEUED,
         message="Waiting for HypervisorHost 'node-b'",
+        cause=QueueCause.WAITING_FOR_HOST,
     ),
     Case(
         "unknown host for longer than the progress timeout",
@@ -177,6 +184,7 @@ CASES = [
         status_in(Phase.QUEUED, next_attempt_time=later(60)),
         phase=Phase.QUEUED,
         message="next attempt at",
+        cause=QueueCause.RETRY_BACKOFF,
     ),
     Case(
         "retry backoff over",
@@ -275,6 +283,7 @@ CASES = [
         now_after=301,
         phase=Phase.QUEUED,
         message="Attempt 1 of 3 failed (HostUnreachable)",
+        cause=QueueCause.RETRY_BACKOFF,
     ),
     Case(
         "wrong SSH key: fail at once with the specific reason",
@@ -317,7 +326,19 @@ CASES = [
         obs={"source": DOWN, "job": None, "source_ve": None},
         now_after=10_000,
         phase=Phase.TRANSFERRING,
-        message="source host not reachable",
+        message="Cannot observe the migration job on 'node-a': connection refused",
+    ),
+    Case(
+        "the job's read timed out mid-transfer: said as it is, wait, never abort",
+        status_in(Phase.TRANSFERRING),
+        obs={
+            "source": HostObservation(
+                name="node-a", reachable=False, error="reading job statistics on node-a did not finish in 30 s"
+            ),
+            "job": None,
+        },
+        phase=Phase.TRANSFERRING,
+        message="Cannot observe the migration job on 'node-a': reading job statistics on node-a did not finish in 30 s",
     ),
     Case(
         "no job yet (start not done): start it",
@@ -531,6 +552,7 @@ CASES = [
         obs={"job": job(JobState.CANCELLED)},
         phase=Phase.QUEUED,
         message="Attempt 1 of 2 failed (X)",
+        cause=QueueCause.RETRY_BACKOFF,
     ),
     Case(
         "rolled back, retryable, no attempts left",
@@ -634,6 +656,10 @@ def test_transition(case: Case) -> None:
         texts = [c.message for c in status.conditions] + [status.queued_reason or ""]
         texts += [status.failure.message if status.failure else ""]
         assert any(case.message in t for t in texts), texts
+    if status.phase == Phase.QUEUED:
+        progressing = find(status.conditions, ConditionType.PROGRESSING)
+        assert case.cause is not None, "a Queued case names its cause"
+        assert progressing is not None and (progressing.status, progressing.reason) == ("False", case.cause)
     if status.phase != (case.status.phase if case.status else Phase.PENDING):
         assert decision.events, "every phase change is announced with an Event"
         assert status.phase_transitions[-1].phase == status.phase

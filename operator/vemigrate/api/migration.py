@@ -22,6 +22,15 @@ SHORT_NAMES = ["vem", "vems"]
 VE_NAME = r"^[A-Za-z0-9_][A-Za-z0-9 ._:+@-]*$"
 
 
+class QueueCause(StrEnum):
+    """Why a migration waits in Queued: the Progressing condition's reason there (queuedReason says more)."""
+
+    WAITING_FOR_HOST = "WaitingForHost"  # a HypervisorHost it names does not exist yet
+    MAINTENANCE_WINDOW = "MaintenanceWindow"  # spec.notBefore is ahead: paused on purpose
+    RETRY_BACKOFF = "RetryBackoff"  # an attempt failed and the next one waits out spec.retry's backoff
+    CONCURRENCY_LIMIT = "ConcurrencyLimit"  # the cluster's or a host's limit of migrations in flight
+
+
 class Phase(StrEnum):
     PENDING = "Pending"
     QUEUED = "Queued"

@@ -32,6 +32,7 @@ from vemigrate.api.migration import (
     Mode,
     Phase,
     PhaseTransition,
+    QueueCause,
     Result,
     SourceDisposition,
 )
@@ -65,6 +66,9 @@ POLL_WAIT = 5.0
 POLL_QUEUE = 10.0
 
 
+_QUEUE_CAUSES = frozenset(c.value for c in QueueCause)
+
+
 class _Pass:
     """One decision in the making: the status being built, the actions and the Events."""
 
@@ -78,7 +82,9 @@ class _Pass:
         self.requeue_after: float | None = None
         self.waiting_reason: tuple[str, str] | None = None  # (reason, message) while observing only
         self.success_reason = "Migrated"
+        self.success_message = ""  # the Succeeded condition's message: what was done, without the reason
         self.phase_message: str | None = None  # why the phase changed this pass
+        self.queue_cause: QueueCause | None = None  # why it waits, when it entered or stays in Queued
 
     # -- small verbs ---------------------------------------------------------------------------
     @property
@@ -127,7 +133,7 @@ class _Pass:
         _conclude_failure(self)
 
     def succeed(self, reason: str, message: str) -> None:
-        self.success_reason = reason
+        self.success_reason, self.success_message = reason, message
         self.status.failure = None
         self.status.progress = progress.completed(self.status.progress, JobStats(), self.now)
         self.goto(Phase.SUCCEEDED, f"{reason}: {message}")
@@ -176,7 +182,12 @@ def _waiting(step: _Pass) -> None:
         if now - created > timedelta(seconds=spec.timeouts.progress_seconds):
             step.fail("HostNotFound", f"No HypervisorHost {names} in this namespace")
             return
-        _queue(step, f"Waiting for HypervisorHost {names} to exist in this namespace", POLL_WAIT)
+        _queue(
+            step,
+            QueueCause.WAITING_FOR_HOST,
+            f"Waiting for HypervisorHost {names} to exist in this namespace",
+            POLL_WAIT,
+        )
         return
     duplicate = _duplicate(step)
     if duplicate is not None:
@@ -189,6 +200,7 @@ def _waiting(step: _Pass) -> None:
     if spec.not_before is not None and now < spec.not_before:
         _queue(
             step,
+            QueueCause.MAINTENANCE_WINDOW,
             f"Waiting for the maintenance window at {spec.not_before.isoformat()}",
             min((spec.not_before - now).total_seconds(), POLL_QUEUE * 6),
         )
@@ -196,6 +208,7 @@ def _waiting(step: _Pass) -> None:
     if status.next_attempt_time is not None and now < status.next_attempt_time:
         _queue(
             step,
+            QueueCause.RETRY_BACKOFF,
             f"Attempt {status.attempts} of {spec.retry.max_attempts} failed "
             f"({status.failure.reason if status.failure else 'unknown'}); next attempt at "
             f"{status.next_attempt_time.isoformat()}",
@@ -204,7 +217,7 @@ def _waiting(step: _Pass) -> None:
         return
     blocked = _admission(step)
     if blocked is not None:
-        _queue(step, blocked, POLL_QUEUE)
+        _queue(step, QueueCause.CONCURRENCY_LIMIT, blocked, POLL_QUEUE)
         return
     status.next_attempt_time = None
     status.attempts += 1
@@ -214,7 +227,8 @@ def _waiting(step: _Pass) -> None:
     step.poll(0)
 
 
-def _queue(step: _Pass, reason: str, seconds: float) -> None:
+def _queue(step: _Pass, cause: QueueCause, reason: str, seconds: float) -> None:
+    step.queue_cause = cause
     step.status.queued_reason = reason
     step.goto(Phase.QUEUED, reason)
     step.poll(max(seconds, 1.0))
@@ -335,12 +349,21 @@ def _validating(step: _Pass) -> None:
 
 
 # -- Transferring and Switchover ----------------------------------------------------------------
+def _job_unobserved(step: _Pass) -> None:
+    """Say what kept the job from being read: the host's own error (a libvirt call that timed out is not
+    a host that is down), and wait."""
+    source = step.obs.source
+    why = source.error if source is not None and source.error else "the source host did not answer"
+    where = f" on {source.name!r}" if source is not None else ""
+    step.wait("StateUnknown", f"Cannot observe the migration job{where}: {why}")
+
+
 def _transferring(step: _Pass) -> None:
     obs, status, now = step.obs, step.status, step.now
     job = obs.job
     if job is None:
         # Invariant 3: the source host did not answer. Nothing is aborted; look again.
-        step.wait("StateUnknown", "Cannot observe the migration job: source host not reachable")
+        _job_unobserved(step)
         return
     if job.state == JobState.NONE:
         if obs.target_verified:
@@ -491,7 +514,7 @@ def _rolling_back(step: _Pass) -> None:
     spec, obs, status = step.spec, step.obs, step.status
     job = obs.job
     if job is None:
-        step.wait("StateUnknown", "Cannot observe the migration job: source host not reachable")
+        _job_unobserved(step)
         return
     if job.state == JobState.COMPLETED:
         # The job finished before the abort reached it: the target holds the complete VE now.
@@ -607,6 +630,7 @@ def _conclude_failure(step: _Pass) -> None:
         status.next_attempt_time = now + wait
         _queue(
             step,
+            QueueCause.RETRY_BACKOFF,
             f"Attempt {status.attempts} of {spec.retry.max_attempts} failed ({failure.reason}); "
             f"next attempt at {status.next_attempt_time.isoformat()}",
             wait.total_seconds(),
@@ -659,7 +683,11 @@ def _write_conditions(step: _Pass) -> None:
             step.waiting_reason[1],
         )
     elif phase == Phase.QUEUED:
-        progressing = (ConditionStatus.FALSE, "Queued", status.queued_reason or "")
+        # The cause is the reason, so a program (Argo CD's health check) can tell a maintenance window,
+        # which is paused on purpose, from a wait that ends by itself.
+        previous = find(conds, ConditionType.PROGRESSING)
+        cause = previous.reason if previous is not None and previous.reason in _QUEUE_CAUSES else "Queued"
+        progressing = (ConditionStatus.FALSE, step.queue_cause or cause, status.queued_reason or "")
     else:
         # The reason the phase was entered stays the message until the phase changes again.
         previous = find(conds, ConditionType.PROGRESSING)
@@ -668,11 +696,9 @@ def _write_conditions(step: _Pass) -> None:
     conds = set_condition(conds, ConditionType.PROGRESSING, *progressing, now, gen)
 
     if phase == Phase.SUCCEEDED:
-        succeeded = (
-            ConditionStatus.TRUE,
-            step.success_reason,
-            step.events[-1].message if step.events else "",
-        )
+        previous = find(conds, ConditionType.SUCCEEDED)
+        kept = previous.message if previous is not None and previous.status == ConditionStatus.TRUE else ""
+        succeeded = (ConditionStatus.TRUE, step.success_reason, step.success_message or kept)
     elif phase in (Phase.FAILED, Phase.CANCELLED) and failure is not None:
         succeeded = (ConditionStatus.FALSE, failure.reason, failure.message)
     else:

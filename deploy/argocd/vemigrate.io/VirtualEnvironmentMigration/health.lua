@@ -1,14 +1,16 @@
 -- Argo CD health of a VirtualEnvironmentMigration (vemigrate.io/v1alpha1), from its status only:
 --   Progressing  while in flight (Pending, Validating, Transferring, Switchover, Finalizing, RollingBack),
---                and while the operator has not yet seen the latest spec (status.observedGeneration)
---   Suspended    while Queued: notBefore not reached, a concurrency limit, a retry's backoff, a host
---                not yet created (status.queuedReason says which)
+--                while the operator has not yet seen the latest spec (status.observedGeneration),
+--                and while Queued for what ends by itself: a concurrency limit, a HypervisorHost not
+--                yet created, a retry's backoff (the message says the failure that caused the retry)
+--   Suspended    while Queued for its maintenance window (spec.notBefore): paused on purpose
 --   Healthy      Succeeded (reason Migrated, DryRun or AlreadyOnTarget); and Cancelled when the spec
 --                asked for it (spec.action: Cancel): what Git declares is what happened, the VE stays
 --                on its source untouched
 --   Degraded     Failed (status.failure says why); Cancelled without spec.action: Cancel
 --   Unknown      a phase this script does not know (a newer operator)
--- Written for Argo CD's Lua 5.1 (gopher-lua): no library beyond string and table.
+-- Written for Argo CD's sandbox (gopher-lua, Lua 5.1): the base and table libraries only, no string
+-- library (so no string methods either), only `..` and tostring.
 local hs = {}
 
 local function condition(status, kind)
@@ -29,7 +31,7 @@ local function progress(status)
     return ""
   end
   local text = " " .. tostring(p.percent) .. "%"
-  if p.etaSeconds ~= nil then
+  if p.etaSeconds ~= nil and p.etaSeconds > 0 then
     text = text .. ", about " .. tostring(p.etaSeconds) .. " s left"
   end
   return text
@@ -92,10 +94,21 @@ if not final and generation ~= nil and status.observedGeneration ~= nil and stat
 end
 
 if phase == "Queued" then
-  hs.status = "Suspended"
-  hs.message = "Queued"
-  if status.queuedReason ~= nil and status.queuedReason ~= "" then
-    hs.message = hs.message .. ": " .. status.queuedReason
+  local waiting = condition(status, "Progressing")
+  local why = status.queuedReason or ""
+  if waiting ~= nil and waiting.reason == "MaintenanceWindow" then
+    hs.status = "Suspended"
+    hs.message = "Queued: " .. why
+  elseif status.nextAttemptTime ~= nil and status.failure ~= nil and status.failure.reason ~= nil then
+    hs.status = "Progressing"
+    hs.message = "Queued to retry after " .. status.failure.reason
+    if status.failure.message ~= nil and status.failure.message ~= "" then
+      hs.message = hs.message .. ": " .. status.failure.message
+    end
+    hs.message = hs.message .. " (" .. why .. ")"
+  else
+    hs.status = "Progressing"
+    hs.message = "Queued: " .. why
   end
   return hs
 end
@@ -103,7 +116,11 @@ end
 if phase == "Pending" or phase == "Validating" or phase == "Transferring" or phase == "Switchover"
     or phase == "Finalizing" or phase == "RollingBack" then
   hs.status = "Progressing"
-  hs.message = phase .. progress(status)
+  hs.message = phase
+  if phase ~= "RollingBack" then
+    -- The copy's progress; a rollback undoes it, so its figures would only mislead.
+    hs.message = phase .. progress(status)
+  end
   local moving = condition(status, "Progressing")
   if moving ~= nil and moving.status == "Unknown" then
     -- A host cannot be observed: the operator waits and observes, it never aborts (invariant 3).
