@@ -47,10 +47,22 @@ def test_offline_migration_of_a_stopped_vm_to_a_custom_path(
     vm = Lab.create_vm("lab1", vm_cleanup("off1"), state=VMState.STOPPED)
     disk = _disk_path(hosts, "lab1", "off1")
     before = _md5("lab1", disk)
-    migrations.create("off1", _spec("off1", target={"host": "lab2", "path": "/var/lib/libvirt/custom"}))
+    # A second disk of 24 MiB that does not compress, and the copy capped at 2 MiB/s: 12 s at least.
+    data = "/var/lib/libvirt/images/off1-data.raw"
+    make = 'head -c 24M /dev/urandom >"$2" && virsh -q -c qemu:///system attach-disk "$1" "$2" vdb --config'
+    assert Lab.exec("lab1", ["sh", "-c", make + " --driver qemu --subdriver raw", "sh", "off1", data]).returncode == 0
+    data_md5 = _md5("lab1", data)
+    cap = {"bandwidthMiBps": 2}
+    migrations.create("off1", _spec("off1", target={"host": "lab2", "path": "/var/lib/libvirt/custom"}, **cap))
     status = migrations.wait_phase("off1", "Succeeded", "Failed", timeout=300)["status"]
     assert status["phase"] == "Succeeded", status
     assert status["mode"] == "Offline"
+    # How long the data disk took to arrive: from its file's birth on the target to its last write.
+    copy = f"/var/lib/libvirt/custom/{vm.uuid}/vdb.raw"
+    born, written = map(float, Lab.exec("lab2", ["stat", "-c", "%.9W %.9Y", copy], capture=True).stdout.split())
+    # A floor, not a speed goal: the copy may be slower than the cap, never faster.
+    assert born > 0 and written - born >= 11, f"24 MiB at 2 MiB/s in {written - born:.1f} s"
+    assert _md5("lab2", copy) == data_md5
     moved = _disk_path(hosts, "lab2", "off1")
     assert moved == f"/var/lib/libvirt/custom/{vm.uuid}/vda.qcow2", "lands in <path>/<VE_UUID>/<device>.<format>"
     assert _md5("lab2", moved) == before, "the disk arrived bit for bit"

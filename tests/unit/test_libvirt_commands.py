@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from vemigrate.drivers import hostjob
 from vemigrate.drivers.errors import PermanentError
 from vemigrate.drivers.libvirt.facts import _Disk, _host_status
 from vemigrate.drivers.libvirt.jobs import (
+    THROTTLE,
     _offline_script,
     _offline_stats,
     _target_xml,
@@ -167,6 +170,32 @@ def test_offline_script_copies_verifies_and_defines() -> None:
     assert "define /dev/stdin" in text
     no_compression = _offline_script(MigrationPlan(**{**p.__dict__, "spec": spec(compression=False)}), xml)
     assert "zstd -q -c" not in no_compression and "vda.qcow2 cat" in no_compression
+
+
+def test_offline_copies_are_capped_at_the_specs_bandwidth() -> None:
+    disk = "<disk type='file' device='disk'><source file='/a/web1.qcow2'/><target dev='vda'/></disk>"
+    xml = f"<domain><name>web1</name><uuid>{UUID}</uuid><devices>{disk}</devices></domain>"
+    capped = _offline_script(plan(Mode.OFFLINE, bandwidthMiBps=3), xml)
+    assert capped.count("throttle() {") == 1
+    # On the wire: after compression (the cap is on what the network carries), before ssh.
+    assert "| zstd -q -c -T0 | throttle 3 | ssh " in capped
+    assert "throttle" not in _offline_script(plan(Mode.OFFLINE), xml)
+
+
+def _throttled(data: bytes, mib_per_s: int) -> tuple[bytes, float]:
+    """The job's throttle, run by sh as a job runs it (set -eu); (what came out, seconds taken)."""
+    script = f"set -eu\n{THROTTLE}\nthrottle {mib_per_s}"
+    start = time.monotonic()
+    done = subprocess.run(["sh", "-c", script], input=data, capture_output=True, timeout=60, check=True)
+    return done.stdout, time.monotonic() - start
+
+
+def test_the_throttle_passes_every_byte_and_holds_the_rate() -> None:
+    data = os.urandom(3 * 1024**2 + 12345)  # 3 MiB and a partial block
+    out, seconds = _throttled(data, 1)
+    assert out == data
+    assert seconds >= 3.0, f"3 MiB at 1 MiB/s took {seconds:.2f} s"
+    assert _throttled(b"", 1)[0] == b"", "an empty stream ends the throttle at once"
 
 
 def test_target_xml_moves_disks_tags_and_clones() -> None:

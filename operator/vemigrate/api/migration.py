@@ -263,7 +263,10 @@ class MigrationSpec(Model):
         ge=1,
         le=1048576,
         alias="bandwidthMiBps",
-        description="Cap on migration bandwidth in MiB/s. Unset: no cap.",
+        description=(
+            "Cap on migration bandwidth in MiB/s: libvirt's for a live migration, the copy stream's (after "
+            "compression) offline. Unset: no cap."
+        ),
     )
     max_downtime_ms: int | None = Field(
         default=None,

@@ -5,8 +5,8 @@
   the target (`_CREATE_DISKS`): at the source's paths, or with spec.target.path in `<path>/<UUID>/`
   under a destination XML naming them (`live_target_disk`); disks on storage both hosts share are
   found by a probe file (`_SHARED_PROBE`) and left where they are;
-- offline: each disk streamed and checked by sha256 (`_copy_lines`, `_RECEIVE`), then defined on the
-  target (`_offline_script`, `_target_xml`);
+- offline: each disk streamed and checked by sha256 (`_copy_lines`, `_RECEIVE`), capped at
+  spec.bandwidthMiBps (`THROTTLE`), then defined on the target (`_offline_script`, `_target_xml`);
 - containers: the private area streamed with tar, checked by a manifest (`_container_script`).
 
 Whatever a job creates on the target is recorded as it is created (`_record`), so that a cleanup removes
@@ -474,17 +474,38 @@ def _on_target(plan: MigrationPlan, argv: list[str]) -> str:
     return f"{ssh_command(plan.target)} {shlex.quote(shlex.join(argv))}"
 
 
+# spec.bandwidthMiBps for the offline copies, which no libvirt or QEMU setting governs: stdin to stdout
+# at most $1 MiB/s, one second's worth per round and the rest of that second asleep. Coreutils only (a
+# hypervisor host need not have pv). dd's "N+M records in" says when the input ended ("0+0").
+THROTTLE = r"""throttle() {
+    while :; do
+        t0=$(date +%s%N)
+        n=$(LC_ALL=C dd bs=64K count=$(($1 * 16)) iflag=fullblock 2>&1 >&3 |
+            sed -n 's/^\([0-9]*\)+\([0-9]*\) records in$/\1\2/p')
+        [ -n "$n" ] || return 1
+        [ "$n" != 00 ] || return 0
+        left=$((1000 - ($(date +%s%N) - t0) / 1000000))
+        [ "$left" -le 0 ] || sleep "$(printf '0.%03d' "$left")"
+    done 3>&1
+}"""
+
+
+def _wire(plan: MigrationPlan) -> str:
+    """What a copy stream passes through on the source before the network: compression, then the cap."""
+    pack = " | zstd -q -c -T0" if plan.spec.compression else ""
+    return pack + (f" | throttle {plan.spec.bandwidth_mib_ps}" if plan.spec.bandwidth_mib_ps else "")
+
+
 def _copy_lines(plan: MigrationPlan, src: str, dst: str) -> list[str]:
     """Stream one file to the target, compressed unless told not to; its sha256 is taken from the stream
     on both ends as it passes (no second read of either file), and compared with its size."""
     q = shlex.quote
     part = f"{dst}.part"
     receive = ["sh", "-c", _RECEIVE, "sh", _record(plan), dst, "zstd" if plan.spec.compression else "cat"]
-    pack = " | zstd -q -c -T0" if plan.spec.compression else ""
     return [
         "rm -f hash.fifo hash.local && mkfifo hash.fifo",
         "sha256sum <hash.fifo >hash.local &",
-        f"got=$(dd if={q(src)} bs=4M status=none | tee hash.fifo{pack} | {_on_target(plan, receive)})",
+        f"got=$(dd if={q(src)} bs=4M status=none | tee hash.fifo{_wire(plan)} | {_on_target(plan, receive)})",
         "wait $!",
         f'want=$(printf "%s\\n%s" "$(cut -d" " -f1 hash.local)" "$(stat -c %s {q(src)})")',
         f'[ "$got" = "$want" ] || {{ echo "error: checksum mismatch for" {q(src)} >&2; exit {EXIT_CHECKSUM}; }}',
@@ -547,6 +568,7 @@ def _offline_script(plan: MigrationPlan, xml: str) -> str:
         copies.append((_save_image(ve.name), saved))
     q = shlex.quote
     lines = [
+        *([THROTTLE] if plan.spec.bandwidth_mib_ps else []),
         "echo total $(stat -c %s "
         + " ".join(q(src) for src, _ in copies)
         + " | awk '{s+=$1} END {printf \"%.0f\\n\", s}')",
@@ -590,13 +612,14 @@ def _container_script(plan: MigrationPlan, xml: str) -> str:
     private, directory = ve.private_area, _target_dir(plan, _copy_uuid(plan))
     unpack_tar = 'tar -C "$1" --numeric-owner -xpf -'
     unpack = ["sh", "-c", ("zstd -q -d -c | " if plan.spec.compression else "") + unpack_tar, "sh", directory]
-    pack = " | zstd -q -c -T0" if plan.spec.compression else ""
     manifest = ["sh", "-c", 'cd "$1" && ' + _MANIFEST, "sh", directory]
     lines = [
+        *([THROTTLE] if plan.spec.bandwidth_mib_ps else []),
         f"echo total $(du -sb -- {q(private)} | cut -f1)",
         _create_dir(plan, directory, "tree"),
         f"sum=$(cd {q(private)} && {_MANIFEST})",
-        f"tar -C {q(private)} --numeric-owner -cpf - . | dd bs=4M status=progress{pack} | {_on_target(plan, unpack)}",
+        f"tar -C {q(private)} --numeric-owner -cpf - . | dd bs=4M status=progress{_wire(plan)} | "
+        + _on_target(plan, unpack),
         f"remote=$({_on_target(plan, manifest)})",
         f'[ "$sum" = "$remote" ] || {{ echo "error: the private area of" {q(ve.name)} "differs on the target" >&2; '
         "exit 4; }",
