@@ -113,7 +113,7 @@ def test_defaults_make_a_locked_down_deployment() -> None:
     assert {"cpu", "memory"} <= set(container["resources"]["requests"]) & set(container["resources"]["limits"])
     # The only writable place is /tmp, and the operator's temporary files go there.
     assert container["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
     assert env["TMPDIR"] == "/tmp" and env["HOME"] == "/tmp"
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"metrics": 9090, "health": 8080}
@@ -195,6 +195,10 @@ def test_more_than_one_replica_turns_on_kopf_peering() -> None:
         | expand("kopf.dev", ["clusterkopfpeerings"], ["patch"], ("vem-ve-migrate",))
     )
     assert every(render(), "ClusterKopfPeering") == [] and "--peering" not in " ".join(operator_args(render()))
+    # Each replica announces itself in the peering object under its Pod's name (kopf reads POD_ID).
+    (container,) = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
+    pod_id = {"name": "POD_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+    assert pod_id in container["env"]
 
 
 def test_namespaced_peering_meets_in_each_namespace() -> None:
