@@ -46,10 +46,28 @@ def dev_commands() -> Register:
     return register
 
 
+# seniority(): milliseconds from a start until this point in time (year 2248), times the tie-break range.
+_NEWEST_START_MS = 2**43
+_TIE_BREAK = 1024
+
+
+def seniority(started: float, tie_break: int) -> int:
+    """A replica's kopf peering priority (`--priority` unset): the earlier it started, the higher, so the
+    replica that works keeps working and a newcomer (a rollout's or a replacement's Pod) stands by
+    instead of pausing it mid-pass; the working one gone, the oldest one left takes over. kopf pauses
+    every replica of equal priority, so `tie_break` (random, below _TIE_BREAK) separates replicas started
+    in the same millisecond. At most 2**53: exact as a JSON number in the peering object."""
+    ms = int(started * 1000)
+    if not 0 < ms < _NEWEST_START_MS or not 0 <= tie_break < _TIE_BREAK:
+        raise ValueError(f"start {started!r} or tie-break {tie_break!r} out of range")
+    return (_NEWEST_START_MS - ms) * _TIE_BREAK + tie_break + 1
+
+
 def _run(args: argparse.Namespace) -> int:
     """The operator: kopf with our handlers, metrics on their own port."""
     import os
     import secrets
+    import time
 
     import kopf
 
@@ -73,9 +91,7 @@ def _run(args: argparse.Namespace) -> int:
     handlers.install(reconcile.World(kube=kube, make_driver=driver_for, settings=settings))
     if args.metrics_port:
         metrics.serve(args.metrics_port, args.metrics_address)
-    # kopf pauses every replica of equal priority: without an explicit one, each replica draws its own,
-    # so the highest runs and the others stand by until its keep-alive in the peering object expires.
-    priority = args.priority if args.priority is not None else secrets.randbelow(2**31 - 1) + 1
+    priority = args.priority if args.priority is not None else seniority(time.time(), secrets.randbelow(_TIE_BREAK))
     kopf.run(
         standalone=args.peering is None,
         peering_name=args.peering,
@@ -100,7 +116,9 @@ def _register_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     run.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="kopf liveness endpoint URL ('' off)")
     run.add_argument("--peering", help="kopf peering name, for several replicas (one active); default: standalone")
     run.add_argument(
-        "--priority", type=int, help="with --peering: this replica's priority (the highest runs); default: random"
+        "--priority",
+        type=int,
+        help="with --peering: this replica's priority (the highest runs); default: the earlier started, the higher",
     )
     run.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING")
     run.set_defaults(func=_run)

@@ -61,8 +61,9 @@ def test_hosts_are_probed_every_host_probe_seconds(
 def test_two_replicas_with_peering_one_works_the_other_stands_by(
     control_plane: ControlPlaneInfo, kube_admin: Any, namespace: str, tmp_path: Path
 ) -> None:
-    """Without --priority each replica draws its own, so kopf does not pause them all (as it does for
-    equal priorities): the highest works, the other stands by, and hosts still get probed."""
+    """Without --priority each replica takes one from its start time, so kopf does not pause them all
+    (as it does for equal priorities): the first started works, the other stands by, and hosts still
+    get probed."""
     crds = Path(__file__).resolve().parents[2] / "charts" / "ve-migrate" / "crds"
     kubectl = [str(control_plane.kubectl), f"--kubeconfig={control_plane.kubeconfig}"]
     subprocess.run([*kubectl, "apply", "--server-side", "--force-conflicts", "-f", str(crds)], check=True)

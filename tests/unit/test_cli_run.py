@@ -32,3 +32,18 @@ def test_no_credentials_is_one_line_and_exit_2(tmp_path: Path, kubeconfig: str |
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith("vemigrate run: no Kubernetes credentials: not in a Pod"), result.stderr
     assert (str(tmp_path / kubeconfig) if kubeconfig else "~/.kube/config") in line, line
+
+
+def test_the_earlier_started_replica_has_the_higher_peering_priority() -> None:
+    """kopf lets the highest priority work and pauses the others (all of them at equal priority): a
+    replica started later, a rollout's or a replacement's Pod, stands by instead of taking over from
+    the one working mid-pass, whatever its tie-break; and the priority stays exact in JSON."""
+    from vemigrate.cli import _TIE_BREAK, seniority
+
+    start = 1_796_000_000.5  # 2026
+    older, newer = seniority(start, 0), seniority(start + 0.01, _TIE_BREAK - 1)
+    assert older > newer > 0
+    assert seniority(start, 1) != seniority(start, 2), "the tie-break separates replicas started at once"
+    assert seniority(0.001, _TIE_BREAK - 1) <= 2**53
+    with pytest.raises(ValueError):
+        seniority(start, _TIE_BREAK)
