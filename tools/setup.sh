@@ -18,13 +18,13 @@ if ((${#missing[@]})); then
     [ "$(id -u)" = 0 ] || { echo "setup: need root to install Debian packages" >&2; exit 1; }
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    # prometheus and prometheus-alertmanager are installed on their own: the tests start their own
-    # servers, and the packages' services (a server on :9090, the operator's default metrics port;
-    # Alertmanager on :9093 and its cluster port :9094) must neither start now (policy-rc.d forbids it
-    # during this install) nor at boot (disabled).
+    # prometheus, prometheus-alertmanager and redis-server are installed on their own: the tests start
+    # their own servers, and the packages' services (a server on :9090, the operator's default metrics
+    # port; Alertmanager on :9093 and its cluster port :9094; Redis on :6379) must neither start now
+    # (policy-rc.d forbids it during this install) nor at boot (disabled).
     rest=() prom=()
     for pkg in "${missing[@]}"; do
-        case $pkg in prometheus | prometheus-alertmanager) prom+=("$pkg") ;; *) rest+=("$pkg") ;; esac
+        case $pkg in prometheus | prometheus-alertmanager | redis-server) prom+=("$pkg") ;; *) rest+=("$pkg") ;; esac
     done
     # --force-confnew: libvirt-daemon-system otherwise stops at a qemu.conf prompt.
     if ((${#rest[@]})); then
