@@ -15,6 +15,7 @@ pytest_plugins = [
     "tests.fixtures.lab",
     "tests.fixtures.operator",
     "tests.fixtures.prometheus",
+    "tests.fixtures.argocd_server",
 ]
 
 # Directory -> markers. The fault suite runs on the lab hosts, so it is part of the lab tier too.

@@ -21,7 +21,7 @@ _COMMAND_MODULES = ("vemigrate.api.crd",)
 # distribution and image, which the operator never imports (import-linter's "The operator never imports
 # the local environment"). This module names it only here: it is imported by name when one of these
 # verbs is typed, or for `vemigrate --help` (listed where it is installed), never for `run` or `crds`.
-DEV_COMMANDS = ("controlplane", "lab", "demo")
+DEV_COMMANDS = ("controlplane", "lab", "demo", "argocd")
 _DEV_MODULE = "vemigrate_dev.commands"
 _DEV_INSTALL = "in a checkout of ve-migrate: tools/setup.sh, or pip install -e '.[dev]'"
 

@@ -2,8 +2,8 @@
 module in tools/argocd/ into the cache, once per release, like the control plane's binaries
 (controlplane_binaries). Upstream ships one multi-call binary that picks its part from argv[0]; the
 wrapper's main keeps only the two parts the local environment runs, so only their packages compile.
-The build also copies the release's CRDs (Application, AppProject) out of the module cache, so a
-cleaned module cache does not break `vemigrate argocd up`."""
+The build also copies the release's CRDs (Application, AppProject) and the helper scripts its image
+has on PATH out of the module cache, so a cleaned module cache does not break `vemigrate argocd up`."""
 
 from __future__ import annotations
 
@@ -32,6 +32,9 @@ ARGO_MODULE = "github.com/argoproj/argo-cd/v3"
 CONTROLLER = "argocd-application-controller"
 REPO_SERVER = "argocd-repo-server"
 CRD_FILES = ("application-crd.yaml", "appproject-crd.yaml")
+# Scripts upstream's image puts on PATH beside the binary (its Dockerfile copies them from hack/): the
+# repo server runs git-verify-wrapper.sh on every commit it renders, signed or not.
+HELPERS = ("git-verify-wrapper.sh", "gpg-wrapper.sh")
 
 
 def argocd_version(go_module: Path = GO_MODULE) -> str:
@@ -68,6 +71,10 @@ class ArgoBinaries:
         return self.directory / REPO_SERVER
 
     @property
+    def helpers(self) -> list[Path]:
+        return [self.directory / name for name in HELPERS]
+
+    @property
     def crds(self) -> list[Path]:
         return [self.directory / "crds" / name for name in CRD_FILES]
 
@@ -77,6 +84,7 @@ class ArgoBinaries:
             and self.controller.is_symlink()
             and self.repo_server.is_symlink()
             and all(path.is_file() for path in self.crds)
+            and all(os.access(path, os.X_OK) for path in self.helpers)
         )
 
 
@@ -128,10 +136,13 @@ def _build(wanted: ArgoBinaries, log: Log, go_module: Path) -> None:
         raise RuntimeError(f"building Argo CD failed (go build exit {returncode}); last output:\n" + "\n".join(tail))
     for name in (CONTROLLER, REPO_SERVER):
         (partial / name).symlink_to("argocd")
-    source = _module_dir(go, go_module, env) / "manifests" / "crds"
+    source = _module_dir(go, go_module, env)
     (partial / "crds").mkdir()
     for name in CRD_FILES:
-        shutil.copyfile(source / name, partial / "crds" / name)
+        shutil.copyfile(source / "manifests" / "crds" / name, partial / "crds" / name)
+    for name in HELPERS:
+        shutil.copyfile(source / "hack" / name, partial / name)
+        (partial / name).chmod(0o755)
     shutil.rmtree(wanted.directory, ignore_errors=True)
     partial.rename(wanted.directory)  # atomic: a half-built directory is never taken for a built one
     size = wanted.binary.stat().st_size / 2**20

@@ -1,4 +1,4 @@
-"""The local environment's verbs on the `vemigrate` command: `controlplane`, `lab`, `demo`.
+"""The local environment's verbs on the `vemigrate` command: `controlplane`, `lab`, `demo`, `argocd`.
 
 `vemigrate.cli` imports this module by name only when one of `NAMES` is typed (or for `vemigrate
 --help`), so the operator's own commands never load the local environment, and an installation
@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import argparse
 
-from vemigrate_dev import controlplane, demo, lab
+from vemigrate_dev import argocd, controlplane, demo, lab
 
 # Kept equal to vemigrate.cli.DEV_COMMANDS (tests/unit/test_cli_dev.py).
-NAMES = ("controlplane", "lab", "demo")
+NAMES = ("controlplane", "lab", "demo", "argocd")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     controlplane.register(subparsers)
     lab.register(subparsers)
     demo.register(subparsers)
+    argocd.register(subparsers)

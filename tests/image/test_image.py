@@ -180,7 +180,7 @@ def test_no_local_environment(image: Image) -> None:
 def test_dev_verbs_are_absent_from_the_image(image: Image) -> None:
     top = image.run("vemigrate", "--help")
     assert top.returncode == 0, top.stderr
-    for verb in ("controlplane", "lab", "demo"):
+    for verb in ("controlplane", "lab", "demo", "argocd"):
         assert f"\n    {verb}" not in top.stdout, top.stdout
     lab = image.run("vemigrate", "lab", "up")
     assert lab.returncode == 2

@@ -1,0 +1,62 @@
+"""The real Argo CD of the local environment (tests/fixtures/argocd_server.py), with no lab: it fetches
+a Git repository over `git daemon`, syncs it into the real apiserver, and judges our kinds with the
+health scripts installed in argocd-cm, in Argo CD's own Lua sandbox. A HypervisorHost whose Secret is
+missing needs no SSH to be probed, so the operator's verdict and Argo CD's reading of it are both real.
+The lab scenarios are in tests/lab/test_argocd_real.py."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+
+from tests.fixtures.argocd_server import GitOps
+from tests.fixtures.operator import OperatorProcess
+from vemigrate.api.common import GROUP, VERSION
+from vemigrate_dev.argocd import NAMESPACE, health_customizations
+from vemigrate_dev.controlplane import ControlPlaneInfo
+
+HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ"
+
+
+def _host(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "HypervisorHost",
+        "metadata": {"name": name},
+        "spec": {"address": "192.0.2.10", "credentialsSecretRef": {"name": "absent"}, "hostKey": HOST_KEY},
+    }
+
+
+def test_argo_cd_has_our_health_checks_installed(gitops: GitOps, kube_admin: Any) -> None:
+    config = client.CoreV1Api(kube_admin).read_namespaced_config_map("argocd-cm", NAMESPACE)
+    for key, script in health_customizations().items():
+        assert config.data[key] == script, key
+
+
+def test_a_commit_is_synced_and_a_host_judged_by_our_health_script(
+    control_plane: ControlPlaneInfo, gitops: GitOps, kube_admin: Any, namespace: str, tmp_path: Path
+) -> None:
+    operator = OperatorProcess(
+        control_plane.kubeconfig, tmp_path / "operator.log", ["--host-probe-seconds", "2", "--namespace", namespace]
+    )
+    operator.start()
+    try:
+        revision = gitops.commit("a host whose Secret is missing", {"host.yaml": _host("no-secret")})
+        started = time.monotonic()
+        gitops.create_application("hosts")
+        seen = gitops.synced_at("hosts", revision, "Degraded", timeout=120)
+        took = time.monotonic() - started
+        health = seen.resource("HypervisorHost", "no-secret")["health"]
+        assert health["status"] == "Degraded" and "SecretNotFound" in health["message"], health
+        assert seen.operation == "Succeeded", seen
+
+        # A second commit is picked up with no webhook and no refresh request (reconciliation: 5 s).
+        revision = gitops.commit("a second host", {"second.yaml": _host("second")})
+        seen = gitops.synced_at("hosts", revision, "Degraded", timeout=60)
+        assert {r["name"] for r in seen.resources} == {"no-secret", "second"}, seen.resources
+        print(f"first sync and health in {took:.1f} s")
+    finally:
+        operator.stop()
