@@ -41,7 +41,7 @@ import yaml
 
 from vemigrate_dev.argocd_binaries import ArgoBinaries, ensure_argo_binaries
 from vemigrate_dev.controlplane import ControlPlane, ControlPlaneInfo, free_ports
-from vemigrate_dev.controlplane_binaries import REPO_ROOT, Log, cache_root
+from vemigrate_dev.controlplane_binaries import REPO_ROOT, Log, cache_root, ensure_binaries
 
 NAMESPACE = "argocd"
 HEALTH_SCRIPTS = REPO_ROOT / "deploy" / "argocd" / "vemigrate.io"
@@ -99,6 +99,9 @@ class _State:
     repo_server_port: int
     controller_pid: int
     started: str
+    # kube-controller-manager running only the garbage collector and namespace controllers (0: none).
+    collector_pid: int = 0
+    collector_binary: str = ""
 
 
 def _exe(pid: int) -> str | None:
@@ -192,6 +195,11 @@ class ArgoCD:
         """(pid, executable, name), in the order they are stopped."""
         directory = Path(state.binaries)
         return [
+            *(
+                [(state.collector_pid, state.collector_binary, "kube-controller-manager")]
+                if state.collector_pid
+                else []
+            ),
             (state.controller_pid, str(directory / "argocd"), "argocd-application-controller"),
             (state.repo_server_pid, str(directory / "argocd"), "argocd-repo-server"),
             (state.git_pid, state.git_daemon, "git daemon"),
@@ -217,8 +225,11 @@ class ArgoCD:
             return None
         return self._info(state)
 
-    def ensure_up(self, plane: ControlPlaneInfo) -> ArgoCDInfo:
-        """Start Argo CD against `plane` unless it runs already; (re)apply its objects either way."""
+    def ensure_up(self, plane: ControlPlaneInfo, *, garbage_collector: bool = True) -> ArgoCDInfo:
+        """Start Argo CD against `plane` unless it runs already. With `garbage_collector`, also
+        kube-controller-manager with only its garbage collector and namespace controllers: Argo CD
+        prunes with foreground deletion, which only the garbage collector completes, and a bare
+        kube-apiserver has none (leave it out where a node's controller-manager runs)."""
         with self._locked():
             info = self.status()
             if info is not None and info.kubeconfig == plane.kubeconfig:
@@ -230,7 +241,7 @@ class ArgoCD:
                     raise RuntimeError(f"{', '.join(missing)} not installed; run tools/setup.sh")
                 binaries = ensure_argo_binaries(self.log, self.cache)
                 self.install(plane, binaries)
-                info = self._start(plane, binaries)
+                info = self._start(plane, binaries, garbage_collector)
         return info
 
     def down(self) -> bool:
@@ -349,8 +360,24 @@ class ArgoCD:
         _CHILDREN[process.pid] = process
         return process
 
-    def _start(self, plane: ControlPlaneInfo, binaries: ArgoBinaries) -> ArgoCDInfo:
+    def _start(self, plane: ControlPlaneInfo, binaries: ArgoBinaries, garbage_collector: bool) -> ArgoCDInfo:
         started = time.monotonic()
+        collector, collector_binary = None, ""
+        if garbage_collector:
+            kube = ensure_binaries(self.log, self.cache, commands=("kube-controller-manager",))
+            collector_binary = str(kube.directory / "kube-controller-manager")
+            collector = self._spawn(
+                "kube-controller-manager",
+                [
+                    collector_binary,
+                    f"--kubeconfig={plane.kubeconfig}",
+                    "--controllers=garbagecollector,namespace",
+                    "--bind-address=127.0.0.1",
+                    "--secure-port=0",
+                    "--leader-elect=false",
+                    "--use-service-account-credentials=false",
+                ],
+            )
         run = self.state_dir / "run"
         for directory in (run / "redis", run / "home", run / "tmp", run / "tls", run / "ssh", self.git_root):
             directory.mkdir(parents=True, exist_ok=True)
@@ -451,6 +478,8 @@ class ArgoCD:
             repo_server_port=repo_port,
             controller_pid=controller.pid,
             started=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            collector_pid=collector.pid if collector is not None else 0,
+            collector_binary=collector_binary,
         )
         self._state_file.write_text(json.dumps(asdict(state), indent=2) + "\n")
         try:
@@ -561,8 +590,10 @@ class GitRepo:
 
 
 def _up(args: argparse.Namespace) -> int:
-    plane = ControlPlane().ensure_up()
-    info = ArgoCD().ensure_up(plane)
+    control_plane = ControlPlane()
+    plane = control_plane.ensure_up()
+    # `controlplane up --node` runs a whole kube-controller-manager already.
+    info = ArgoCD().ensure_up(plane, garbage_collector=control_plane.node.status() is None)
     repo = GitRepo(info, "fleet")
     if not (repo.bare / "refs" / "heads" / repo.branch).exists():
         repo.commit("an empty fleet repository", {"README": "HypervisorHosts and migrations, one manifest each.\n"})

@@ -12,11 +12,10 @@ from typing import Any
 
 from kubernetes import client
 
-from tests.fixtures.argocd_server import GitOps
+from tests.fixtures.argocd_server import ArgoCluster, GitOps
 from tests.fixtures.operator import OperatorProcess
 from vemigrate.api.common import GROUP, VERSION
 from vemigrate_dev.argocd import NAMESPACE, health_customizations
-from vemigrate_dev.controlplane import ControlPlaneInfo
 
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ"
 
@@ -30,17 +29,19 @@ def _host(name: str) -> dict[str, Any]:
     }
 
 
-def test_argo_cd_has_our_health_checks_installed(gitops: GitOps, kube_admin: Any) -> None:
-    config = client.CoreV1Api(kube_admin).read_namespaced_config_map("argocd-cm", NAMESPACE)
+def test_argo_cd_has_our_health_checks_installed(argocd_server: ArgoCluster) -> None:
+    config = client.CoreV1Api(argocd_server.api).read_namespaced_config_map("argocd-cm", NAMESPACE)
     for key, script in health_customizations().items():
         assert config.data[key] == script, key
 
 
 def test_a_commit_is_synced_and_a_host_judged_by_our_health_script(
-    control_plane: ControlPlaneInfo, gitops: GitOps, kube_admin: Any, namespace: str, tmp_path: Path
+    argocd_server: ArgoCluster, gitops: GitOps, argocd_namespace: str, tmp_path: Path
 ) -> None:
     operator = OperatorProcess(
-        control_plane.kubeconfig, tmp_path / "operator.log", ["--host-probe-seconds", "2", "--namespace", namespace]
+        argocd_server.plane.kubeconfig,
+        tmp_path / "operator.log",
+        ["--host-probe-seconds", "2", "--namespace", argocd_namespace],
     )
     operator.start()
     try:

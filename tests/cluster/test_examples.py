@@ -30,7 +30,9 @@ def test_an_example_is_accepted_by_the_server(
     documents = [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
     assert documents, f"{path} holds no manifest"
     if any(str(doc.get("apiVersion", "")).startswith("argoproj.io/") for doc in documents):
-        request.getfixturevalue("argocd_server")  # Argo CD's CRDs, from the release the tests run
+        # Argo CD's kinds: on the control plane where the tests' Argo CD installed its release's CRDs.
+        argo = request.getfixturevalue("argocd_server")
+        control_plane, kube_admin = argo.plane, argo.api
     core = client.CoreV1Api(kube_admin)
     # A dry run creates nothing, so namespaces the example uses must exist for real.
     for namespace in {doc.get("metadata", {}).get("namespace") for doc in documents} - {None}:
