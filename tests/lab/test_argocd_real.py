@@ -77,6 +77,14 @@ def _stays_synced(gitops: GitOps, name: str, revision: str, seconds: float = 20)
     return looks
 
 
+def _synced_in(migrations: Migrations, name: str, timeout: float = 120) -> None:
+    """Wait until Argo CD has created `name` (reading it before would be a 404)."""
+    deadline = time.monotonic() + timeout
+    while _missing(migrations, name):
+        assert time.monotonic() < deadline, f"Argo CD did not create {name} in {timeout:g} s"
+        time.sleep(0.5)
+
+
 def _missing(migrations: Migrations, name: str) -> bool:
     try:
         migrations.get(name)
@@ -205,6 +213,7 @@ def test_cancel_committed_mid_transfer(lab: LabInfo, gitops: GitOps, vems: Migra
     manifest = _migration(name, bandwidthMiBps=1)
     gitops.commit("a slow migration", {"hosts.yaml": hosts, f"{name}.yaml": manifest})
     gitops.create_application(APP)
+    _synced_in(vems, name)
     vems.copying(name, timeout=180)
     moving = gitops.look(APP)
     assert moving.health == "Progressing", moving
