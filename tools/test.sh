@@ -9,7 +9,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-SECOND=(tests/faults tests/lab/test_operator_completion.py tests/lab/test_argocd_health_live.py tests/lab/test_large_offline.py)
+SECOND=(tests/faults tests/lab/test_operator_completion.py tests/lab/test_argocd_health_live.py tests/lab/test_argocd_real.py tests/lab/test_large_offline.py)
 
 if [ "${VEMIGRATE_TEST_SPLIT:-1}" = 0 ] || [ "$#" -gt 0 ]; then
     exec pytest "$@"
