@@ -392,6 +392,51 @@ CASES = [
         message="'web1' paused after a failed post-copy",
     ),
     Case(
+        "live job failed and the source not observed (a read timed out): wait, never roll back unseen",
+        status_in(Phase.SWITCHOVER),
+        obs={
+            "job": job(JobState.FAILED, error_reason="ConnectionLost", error_class=ErrorClass.RETRYABLE),
+            "source": DOWN,
+            "source_ve": None,
+            "target": HostObservation(name="node-b", reachable=False, error="no route to host"),
+            "target_ve": None,
+        },
+        phase=Phase.SWITCHOVER,
+        message="waiting to observe the VE before deciding whether a rollback is safe",
+    ),
+    Case(
+        "live job failed, the VE gone from the source and the target not observed: wait",
+        status_in(Phase.SWITCHOVER),
+        obs={
+            "job": job(JobState.FAILED, error_reason="ConnectionLost", error_class=ErrorClass.RETRYABLE),
+            "source_ve": None,
+            "target": HostObservation(name="node-b", reachable=False, error="no route to host"),
+            "target_ve": None,
+        },
+        phase=Phase.SWITCHOVER,
+        message="waiting to observe the VE",
+    ),
+    Case(
+        "live job failed, the VE seen running on the source, the target not observed: roll back",
+        status_in(Phase.TRANSFERRING),
+        obs={
+            "job": job(JobState.FAILED, error_reason="ConnectionLost", error_class=ErrorClass.RETRYABLE),
+            "target": HostObservation(name="node-b", reachable=False, error="no route to host"),
+            "target_ve": None,
+        },
+        phase=Phase.ROLLING_BACK,
+        actions=ABORT,
+        reason="ConnectionLost",
+    ),
+    Case(
+        "offline job failed, the source not observed: roll back (a stopped source VE is whole)",
+        status_in(Phase.TRANSFERRING, mode="Offline"),
+        obs={"job": job(JobState.FAILED, error_reason="NoSpace"), "source": DOWN, "source_ve": None},
+        phase=Phase.ROLLING_BACK,
+        actions=ABORT,
+        reason="NoSpace",
+    ),
+    Case(
         "job failed with post-copy still under way on the source, the target unreachable: stop, no rollback",
         status_in(Phase.SWITCHOVER),
         obs={

@@ -392,6 +392,15 @@ def _transferring(step: _Pass) -> None:
         # would clean up the copy that runs. Nothing is aborted or removed; a person decides.
         _needs_attention(step, f"The migration job ended {job.state.value.lower()} ({reason}: {message})")
         return
+    if status.mode == Mode.LIVE and _split_unknown(obs):
+        # Invariant 3: whether the VE is split between the hosts (a failed post-copy) cannot be told
+        # without seeing it, and a rollback of a split VE would lose it. Look again.
+        step.wait(
+            "StateUnknown",
+            f"The migration job ended {job.state.value.lower()} ({reason}); waiting to observe the VE "
+            "before deciding whether a rollback is safe",
+        )
+        return
     if step.cancelling:
         reason, message = "Cancelled", "Cancelled by spec.action or deletion"
     step.roll_back(reason, message, retryable=job.error_class == ErrorClass.RETRYABLE)
@@ -596,6 +605,15 @@ def _hands_off(obs: Observation) -> bool:
     target_active = target is not None and (target.state.live or target.post_copy_failed)
     split = source is not None and (source.post_copy_failed or source.in_post_copy)
     return (target_active or split) and not _settling(obs)
+
+
+def _split_unknown(obs: Observation) -> bool:
+    """After a live job failed: whether the VE is whole on the source is not known this pass. Known when
+    the source was observed holding the VE (a rollback keeps it), or holding it no more with the target
+    observed too (_hands_off decides from the target's copy)."""
+    source_seen = obs.source is not None and obs.source.reachable is True
+    target_seen = obs.target is not None and obs.target.reachable is True
+    return not source_seen or (obs.source_ve is None and not target_seen)
 
 
 def _needs_attention(step: _Pass, cause: str) -> None:
