@@ -1,7 +1,8 @@
 """Argo CD's application controller and repo server, built from Argo CD's Go module by the wrapper
 module in tools/argocd/ into the cache, once per release, like the control plane's binaries
 (controlplane_binaries). Upstream ships one multi-call binary that picks its part from argv[0]; the
-wrapper's main keeps only the two parts the local environment runs, so only their packages compile.
+wrapper's main keeps only the two parts the local environment runs, so only their packages compile,
+and adds a third of ours, argocd-health-test: our health checks' health_test.yaml run in Argo CD's Lua.
 The build also copies the release's CRDs (Application, AppProject) and the helper scripts its image
 has on PATH out of the module cache, so a cleaned module cache does not break `vemigrate argocd up`."""
 
@@ -31,6 +32,8 @@ ARGO_MODULE = "github.com/argoproj/argo-cd/v3"
 # The names the multi-call binary answers to (upstream's common.CommandApplicationController, ...).
 CONTROLLER = "argocd-application-controller"
 REPO_SERVER = "argocd-repo-server"
+# Ours (tools/argocd/cmd/argocd/healthtest.go): health_test.yaml cases run in Argo CD's own Lua VM.
+HEALTH_TEST = "argocd-health-test"
 CRD_FILES = ("application-crd.yaml", "appproject-crd.yaml")
 # Scripts upstream's image puts on PATH beside the binary (its Dockerfile copies them from hack/): the
 # repo server runs git-verify-wrapper.sh on every commit it renders, signed or not.
@@ -71,6 +74,10 @@ class ArgoBinaries:
         return self.directory / REPO_SERVER
 
     @property
+    def health_test(self) -> Path:
+        return self.directory / HEALTH_TEST
+
+    @property
     def helpers(self) -> list[Path]:
         return [self.directory / name for name in HELPERS]
 
@@ -83,6 +90,7 @@ class ArgoBinaries:
             os.access(self.binary, os.X_OK)
             and self.controller.is_symlink()
             and self.repo_server.is_symlink()
+            and self.health_test.is_symlink()  # a build from before it had this part is built again
             and all(path.is_file() for path in self.crds)
             and all(os.access(path, os.X_OK) for path in self.helpers)
         )
@@ -134,7 +142,7 @@ def _build(wanted: ArgoBinaries, log: Log, go_module: Path) -> None:
     if returncode != 0:
         shutil.rmtree(partial, ignore_errors=True)
         raise RuntimeError(f"building Argo CD failed (go build exit {returncode}); last output:\n" + "\n".join(tail))
-    for name in (CONTROLLER, REPO_SERVER):
+    for name in (CONTROLLER, REPO_SERVER, HEALTH_TEST):
         (partial / name).symlink_to("argocd")
     source = _module_dir(go, go_module, env)
     (partial / "crds").mkdir()

@@ -6,16 +6,20 @@ The lab scenarios are in tests/lab/test_argocd_real.py."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 from kubernetes import client
 
+from tests.fixtures.argocd import health_tests, script
 from tests.fixtures.argocd_server import ArgoCluster, GitOps
 from tests.fixtures.operator import OperatorProcess
 from vemigrate.api.common import GROUP, VERSION
 from vemigrate_dev.argocd import NAMESPACE, health_customizations
+from vemigrate_dev.argocd_binaries import ensure_argo_binaries
 
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ"
 
@@ -29,10 +33,27 @@ def _host(name: str) -> dict[str, Any]:
     }
 
 
+def test_our_health_test_yaml_passes_in_argo_cds_own_lua(argocd_server: ArgoCluster, tmp_path: Path) -> None:
+    """Each kind's health_test.yaml, exact status and message, run by the built Argo CD's util/lua VM as
+    the controller runs a customization (no string library); a script that uses one fails there."""
+    binaries = ensure_argo_binaries(log=lambda _: None)
+    dirs = [script(kind).parent for kind in ("VirtualEnvironmentMigration", "HypervisorHost")]
+    done = subprocess.run([binaries.health_test, *dirs], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    cases = sum(len(health_tests(kind)) for kind in ("VirtualEnvironmentMigration", "HypervisorHost"))
+    assert done.stdout.count("\nok ") + done.stdout.startswith("ok ") == cases, done.stdout
+
+    bad = tmp_path / "Bad"
+    shutil.copytree(dirs[0], bad)
+    (bad / "health.lua").write_text('return {status = "Healthy", message = ("x"):upper()}\n')
+    done = subprocess.run([binaries.health_test, bad], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "FAIL" in done.stdout, done.stdout + done.stderr
+
+
 def test_argo_cd_has_our_health_checks_installed(argocd_server: ArgoCluster) -> None:
     config = client.CoreV1Api(argocd_server.api).read_namespaced_config_map("argocd-cm", NAMESPACE)
-    for key, script in health_customizations().items():
-        assert config.data[key] == script, key
+    for key, text in health_customizations().items():
+        assert config.data[key] == text, key
 
 
 def test_a_commit_is_synced_and_a_host_judged_by_our_health_script(

@@ -1,6 +1,7 @@
 // Command argocd is Argo CD's multi-call binary cut down to the two parts ve-migrate's local
 // environment runs: it dispatches on argv[0] (or $ARGOCD_BINARY_NAME) like upstream's cmd/main.go,
-// to argocd-application-controller or argocd-repo-server. Only their packages are compiled.
+// to argocd-application-controller or argocd-repo-server. Only their packages are compiled. A third
+// name, argocd-health-test, is ours: health_test.yaml cases run in Argo CD's Lua VM (healthtest.go).
 package main
 
 import (
@@ -30,13 +31,15 @@ func main() {
 	}
 	var command *cobra.Command
 	switch name {
+	case healthTestName:
+		os.Exit(healthTest(os.Args[1:]))
 	case common.CommandApplicationController:
 		command = appcontroller.NewCommand()
 	case common.CommandRepoServer:
 		command = reposerver.NewCommand()
 	default:
-		fmt.Fprintf(os.Stderr, "%s: run as %s or %s (argv[0] or $ARGOCD_BINARY_NAME)\n",
-			name, common.CommandApplicationController, common.CommandRepoServer)
+		fmt.Fprintf(os.Stderr, "%s: run as %s, %s or %s (argv[0] or $ARGOCD_BINARY_NAME)\n",
+			name, common.CommandApplicationController, common.CommandRepoServer, healthTestName)
 		os.Exit(2)
 	}
 	if err := command.Execute(); err != nil {
