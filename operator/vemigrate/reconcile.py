@@ -336,9 +336,11 @@ async def migration_pass(
             await world.driver(plan.source).forget_job(plan)
     if new != stored:
         await status.patch_migration_status(world.kube, namespace, name, new)
+    # Counted as soon as the status says so, not after the Events' round trips: a reader of both
+    # (a dashboard, a test) sees the outcome in /metrics moments after it sees it on the object.
+    metrics.record_pass(meta["uid"], stored, new, spec.not_before)
     for event in decision.events:
         await events.emit(world.kube, body, event.type.value, event.reason, event.message)
-    metrics.record_pass(meta["uid"], stored, new, spec.not_before)
     if new.phase.final:
         world.admitted.pop(meta["uid"], None)
     return decision

@@ -71,7 +71,7 @@ def test_live_migration_moves_a_running_guest(
     assert conditions["PreflightPassed"]["status"] == "True"
     reasons = {e.reason for e in events_for(kube_admin, namespace, name)}
     assert {"Validating", "Transferring", "Finalizing", "Succeeded"} <= reasons
-    assert operator.metric("vemigrate_migrations_total", result="Succeeded") == succeeded + 1
+    assert operator.metric_reaches("vemigrate_migrations_total", succeeded + 1, result="Succeeded") == succeeded + 1
 
     # The pause lasted milliseconds, between two passes: the switchover is recorded from the job's
     # record, between the transitions around it.

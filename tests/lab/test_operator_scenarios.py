@@ -148,7 +148,7 @@ def test_cancel_or_delete_mid_transfer_leaves_the_guest_on_the_source(
     assert beating_on("lab1", name, boot) > counter, "the same guest keeps running on the source"
     assert domain(hosts, "lab1", name).state()[0] == libvirt.VIR_DOMAIN_RUNNING
     _nothing_on_target(hosts, name, disk)
-    assert operator.metric("vemigrate_migrations_total", result="Cancelled") == cancelled + 1
+    assert operator.metric_reaches("vemigrate_migrations_total", cancelled + 1, result="Cancelled") == cancelled + 1
 
 
 def test_progress_timeout_rolls_back(hosts: LabInfo, migrations: Migrations, vm_cleanup: Cleanup) -> None:
@@ -230,7 +230,9 @@ def test_each_seed_check_fails_on_a_guest_built_to_fail_it(
     Lab.linked_clone("lab1", "base1", vm_cleanup("lc1"))
     message = _fails_check(migrations, "lc1", _spec("lc1"), "NoLinkedClones")
     assert "linked clone" in message
-    assert operator.metric("vemigrate_preflight_failures_total", check="NoLinkedClones") == before + 1
+    assert (
+        operator.metric_reaches("vemigrate_preflight_failures_total", before + 1, check="NoLinkedClones") == before + 1
+    )
 
     Lab.create_vm("lab1", vm_cleanup("br1"), state=VMState.STOPPED)
     message = _fails_check(migrations, "br1", _spec("br1", target={"host": "lab3"}), "BridgeNames")
@@ -247,7 +249,7 @@ def test_each_seed_check_fails_on_a_guest_built_to_fail_it(
     finally:
         Lab.free_disk("lab2")
     assert "free" in message and "MiB" in message, message
-    assert operator.metric("vemigrate_migration_failures_total", reason="PreflightFailed") >= 4
+    assert operator.metric_reaches("vemigrate_migration_failures_total", 4, reason="PreflightFailed") >= 4
 
 
 def test_operator_killed_while_finalizing_finishes(
