@@ -247,14 +247,14 @@ class Migrations:
         timeout: float = 600,
         alive: Callable[[], bool] = lambda: True,
         interval: float = 0.05,
-        tick: Callable[[], None] = lambda: None,
+        tick: Callable[[dict[str, Any]], None] = lambda body: None,
     ) -> tuple[dict[str, Any], float]:
         """The object once its phase is final, and the monotonic time this client first saw that;
-        `tick` runs at every poll (to watch something else meanwhile)."""
+        `tick` runs at every poll with the object as just read (to watch something else meanwhile)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            tick()
             body = self.get(name)
+            tick(body)
             if (body.get("status") or {}).get("phase") in FINAL:
                 return body, time.monotonic()
             if not alive():

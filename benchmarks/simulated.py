@@ -15,6 +15,7 @@ No network traffic, no SSH, no libvirt.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import time
@@ -125,6 +126,14 @@ class SimulatedHost:
         return JobObservation(
             state=JobState.COMPLETED, stats=JobStats(bytes_processed=total, bytes_total=total, downtime_ms=50)
         )
+
+    async def wait_job_end(self, plan: MigrationPlan, seconds: float) -> bool | None:
+        started = _jobs.get(plan.uid)
+        if started is None:
+            return None
+        left = started + _job_seconds() - time.monotonic()
+        await asyncio.sleep(min(max(left, 0.0), seconds))
+        return left <= seconds
 
     async def abort_job(self, plan: MigrationPlan) -> None:
         _jobs.pop(plan.uid, None)

@@ -82,7 +82,11 @@ def _run(args: argparse.Namespace) -> int:
         logging.getLogger("asyncssh").setLevel(logging.WARNING)  # it logs every channel at INFO
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig  # kopf's login reads it
-    settings = reconcile.Settings(cluster_limit=args.max_parallel, host_probe_seconds=args.host_probe_seconds)
+    settings = reconcile.Settings(
+        cluster_limit=args.max_parallel,
+        host_probe_seconds=args.host_probe_seconds,
+        progress_seconds=args.progress_seconds,
+    )
     try:
         kube = Kube.from_environment(args.kubeconfig)
     except NoCredentials as error:
@@ -111,6 +115,12 @@ def _register_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--max-parallel", type=int, default=0, help="migrations in flight at once, cluster-wide (0: no limit)"
     )
     run.add_argument("--host-probe-seconds", type=float, default=60.0, help="how often hosts are probed")
+    run.add_argument(
+        "--progress-seconds",
+        type=float,
+        default=2.0,
+        help="how often a running job's progress is sampled (its end is seen at once, whatever this is)",
+    )
     run.add_argument("--metrics-port", type=int, default=9090, help="port for /metrics (0: off)")
     run.add_argument("--metrics-address", default="0.0.0.0", help="address for /metrics")  # noqa: S104
     run.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="kopf liveness endpoint URL ('' off)")

@@ -31,8 +31,23 @@ _world: reconcile.World | None = None
 # One pass at a time per migration: the daemon and the deletion handler never overlap.
 _locks: dict[str, asyncio.Lock] = {}
 _phases_counted = False
-# A spec change (spec.action: Cancel) wakes the migration's daemon at once instead of at its next poll.
-_wakeups: dict[str, asyncio.Event] = {}
+
+
+class Wakeup:
+    """Wakes a migration's daemon before its poll is due (spec.action, a freed slot, its job's end), and
+    says why: the first cause since the last pass."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.cause = ""
+
+    def set(self, cause: str) -> None:
+        if not self.event.is_set():
+            self.cause = cause
+        self.event.set()
+
+
+_wakeups: dict[str, Wakeup] = {}
 # Migrations this process saw end, until the watch delivers their final status to the index: the
 # queued ones woken when a slot frees must not still count them in flight.
 _finished: set[str] = set()
@@ -43,6 +58,11 @@ WAKE_QUEUED = 4
 def install(world: reconcile.World) -> None:
     global _world
     _world = world
+    world.job_ended = lambda uid: _wake(uid, "job-ended")
+
+
+def _wake(uid: str, cause: str) -> None:
+    _wakeups.setdefault(uid, Wakeup()).set(cause)
 
 
 def world() -> reconcile.World:
@@ -151,7 +171,7 @@ def _ended(uid: str, index: kopf.Index[str, OtherMigration], body: Mapping[str, 
         key=lambda o: (o.created, o.uid),
     )
     for other in queued[:WAKE_QUEUED]:
-        _wakeups.setdefault(other.uid, asyncio.Event()).set()
+        _wake(other.uid, "slot-freed")
 
 
 async def _whole(coro: Coroutine[Any, Any, Decision]) -> Decision:
@@ -190,12 +210,13 @@ async def run_migration(**kwargs: Any) -> None:
     lock = _locks.setdefault(uid, asyncio.Lock())
     last: MigrationStatus | None = None
     said = ""  # the last unexpected error told to the user, so a repeating one is one Event
+    cause = "start"
     while not stopped:
         if body["metadata"].get("deletionTimestamp"):
             return  # the deletion handler rolls back
         async with lock:
             try:
-                decision = await _whole(_daemon_pass(uid, _with_status(body, last), migrations))
+                decision = await _whole(_daemon_pass(uid, _with_status(body, last), migrations, cause))
             except Exception as exc:
                 metrics.PASSES.labels(kind="migration", outcome="error").inc()
                 log.exception("reconcile pass of %s failed; retrying", body["metadata"]["name"])
@@ -205,6 +226,7 @@ async def run_migration(**kwargs: Any) -> None:
                     message = f"Reconcile pass failed ({error}); retrying every {IDLE_POLL:g} s (traceback in the log)"
                     await events.emit(world().kube, body, "Warning", "ReconcileError", message)
                 await stopped.wait(IDLE_POLL)
+                cause = "timer"
                 continue
         metrics.PASSES.labels(kind="migration", outcome="ok").inc()
         metrics.LAST_PASS.set_to_current_time()
@@ -214,30 +236,41 @@ async def run_migration(**kwargs: Any) -> None:
             _wakeups.pop(uid, None)
             log.info("migration %s ended %s; its daemon stops", body["metadata"]["name"], last.phase.value)
             return
-        await _sleep(uid, stopped, decision.requeue_after if decision.requeue_after is not None else IDLE_POLL)
+        seconds = decision.requeue_after if decision.requeue_after is not None else IDLE_POLL
+        if decision.wake_on_job_end:
+            # The job's end wakes the daemon at once (reconcile watches it on its host): the poll only
+            # samples progress, as often as the operator is told to.
+            seconds = max(seconds, world().settings.progress_seconds)
+        cause = await _sleep(uid, stopped, seconds)
 
 
-async def _daemon_pass(uid: str, body: Mapping[str, Any], migrations: kopf.Index[str, OtherMigration]) -> Decision:
+async def _daemon_pass(
+    uid: str, body: Mapping[str, Any], migrations: kopf.Index[str, OtherMigration], cause: str
+) -> Decision:
     """One pass; when it ends the migration, the queue hears of it within the same shielded run (kopf
     cancels the daemon as soon as the final status is written)."""
-    decision = await reconcile.migration_pass(world(), body, others=_others(migrations, body))
+    decision = await reconcile.migration_pass(world(), body, others=_others(migrations, body), woken_by=cause)
     if decision.status.phase.final:
         _ended(uid, migrations, body)
     return decision
 
 
-async def _sleep(uid: str, stopped: kopf.DaemonStopped, seconds: float) -> None:
-    wake = _wakeups.setdefault(uid, asyncio.Event())
-    waiters = {asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stopped.wait())}
+async def _sleep(uid: str, stopped: kopf.DaemonStopped, seconds: float) -> str:
+    """Until the poll is due or something wakes the migration; returns why the next pass runs."""
+    wake = _wakeups.setdefault(uid, Wakeup())
+    waiters = {asyncio.ensure_future(wake.event.wait()), asyncio.ensure_future(stopped.wait())}
     _, pending = await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
     for task in pending:
         task.cancel()
-    wake.clear()
+    cause = wake.cause if wake.event.is_set() else "timer"
+    log.debug("migration %s woken by %s after up to %.1f s", uid, cause, seconds)
+    wake.event.clear()
+    return cause
 
 
 @kopf.on.field(GROUP, VERSION, migration_api.PLURAL, field="spec.action")
 def action_changed(uid: str, **_: Any) -> None:
-    _wakeups.setdefault(uid, asyncio.Event()).set()
+    _wake(uid, "spec-change")
 
 
 @kopf.on.delete(GROUP, VERSION, migration_api.PLURAL, optional=False)
@@ -248,7 +281,9 @@ async def delete_migration(**kwargs: Any) -> None:
     uid = body["metadata"]["uid"]
     async with _locks.setdefault(uid, asyncio.Lock()):
         decision = await _whole(
-            reconcile.migration_pass(world(), body, deleting=True, others=_others(migrations, body))
+            reconcile.migration_pass(
+                world(), body, deleting=True, others=_others(migrations, body), woken_by="deletion"
+            )
         )
     if not decision.release_finalizer:
         raise kopf.TemporaryError(

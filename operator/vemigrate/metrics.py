@@ -107,6 +107,15 @@ PASSES = Counter(
     ["kind", "outcome"],
     registry=REGISTRY,
 )
+WAKEUPS = Counter(
+    "vemigrate_migration_wakeups",
+    "Migration passes by what started them: start (a daemon's first pass), job-ended (the job's end seen "
+    "on its host), timer (the poll: progress, or the safety net), spec-change (spec.action), slot-freed "
+    "(a migration sharing a host ended), deletion.",
+    ["cause"],
+    registry=REGISTRY,
+)
+WAKE_CAUSES = ("start", "job-ended", "timer", "spec-change", "slot-freed", "deletion")
 LAST_PASS = Gauge(
     "vemigrate_last_reconcile_timestamp_seconds",
     "Unix time of the last completed reconcile pass; a stale value means the operator is stuck.",
@@ -158,6 +167,8 @@ def _initialize() -> None:
     for kind in ("migration", "host"):
         for outcome in ("ok", "error"):
             PASSES.labels(kind=kind, outcome=outcome)
+    for cause in WAKE_CAUSES:
+        WAKEUPS.labels(cause=cause)
 
 
 _initialize()

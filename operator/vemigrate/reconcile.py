@@ -24,7 +24,7 @@ from vemigrate.api.migration import Failure, MigrationSpec, MigrationStatus, Mod
 from vemigrate.core.access import HostAccess
 from vemigrate.core.conditions import set_condition
 from vemigrate.core.decision import Action, ActionKind, Decision
-from vemigrate.core.machine import ACTIVE_PHASES, decide, disposition_for, resolve_mode
+from vemigrate.core.machine import ACTIVE_PHASES, POLL_JOB, decide, disposition_for, resolve_mode
 from vemigrate.core.observation import (
     HostObservation,
     JobObservation,
@@ -44,12 +44,18 @@ T = TypeVar("T")
 
 # Phases whose pass talks to the hosts; Pending and Queued only read the API.
 _HOST_PHASES = ACTIVE_PHASES
+# Observe-and-decide rounds one pass may make while the core asks to see its action's result at once.
+MAX_STEPS = 3
+# One long poll on a job's host lasts at most this long, then another is made while the job runs.
+WATCH_SECONDS = 30.0
 
 
 @dataclass
 class Settings:
     cluster_limit: int = 0  # migrations in flight at once across the cluster; 0: no limit
     host_probe_seconds: float = 60.0
+    # How often a running job's progress is sampled by a pass; its end wakes a pass at once regardless.
+    progress_seconds: float = POLL_JOB
 
 
 @dataclass
@@ -65,7 +71,41 @@ class World:
     admission: asyncio.Lock = field(default_factory=asyncio.Lock)
     admitted: dict[str, OtherMigration] = field(default_factory=dict)
 
+    # Called with a migration's UID when its job is seen to end on its host (handlers wake its daemon).
+    job_ended: Callable[[str], None] = lambda uid: None
+    _watches: dict[str, tuple[MigrationPlan, asyncio.Task[None]]] = field(default_factory=dict)
+
     _closing: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def watch_job(self, uid: str, plan: MigrationPlan | None) -> None:
+        """Keep one long poll on the job of `plan` (this attempt's) running, or with None stop it. Its
+        end only wakes the next pass, which observes everything it decides on."""
+        current = self._watches.get(uid)
+        if current is not None:
+            watched, task = current
+            same = plan is not None and (watched.attempt, watched.source) == (plan.attempt, plan.source)
+            if same and not task.done():
+                return
+            task.cancel()
+            del self._watches[uid]
+        if plan is not None:
+            task = asyncio.get_running_loop().create_task(self._watch(uid, plan))
+            self._watches[uid] = (plan, task)
+
+    async def _watch(self, uid: str, plan: MigrationPlan) -> None:
+        driver = self.driver(plan.source)
+        while True:
+            try:
+                ended = await driver.wait_job_end(plan, WATCH_SECONDS)
+            except DriverError as exc:
+                log.debug("watching the job of %s: %s; the poll stays", uid, exc.message)
+                return
+            log.debug("watching the job of %s: %s", uid, "nothing" if ended is None else "ended" if ended else "runs")
+            if ended is None:
+                return  # nothing to wait on (yet): the next pass looks, and watches again
+            if ended:
+                self.job_ended(uid)
+                return
 
     def driver(self, access: HostAccess) -> HypervisorDriver:
         key = (access.namespace, access.name)
@@ -272,14 +312,53 @@ async def _act(world: World, action: Action, plan: MigrationPlan, src: Hyperviso
             await src.dispose_source(plan, action.disposition)
 
 
+async def _act_all(
+    world: World,
+    body: Mapping[str, Any],
+    spec: MigrationSpec,
+    obs: Observation,
+    plan: MigrationPlan | None,
+    decision: Decision,
+) -> Decision:
+    """Perform the decision's actions in order; a job that cannot start is decided on as a failed job."""
+    if not decision.actions:
+        return decision
+    if plan is None:
+        return replace(decision, observe_again=False)  # nothing was done: nothing to observe at once
+    src = world.driver(plan.source)
+    dst = world.driver(plan.target)
+    # Actions belong to the attempt this decision is in (a pass that starts one has just counted it).
+    plan = replace(plan, attempt=max(decision.status.attempts, 1))
+    for action in decision.actions:
+        try:
+            await _act(world, action, plan, src, dst)
+        except DriverError as exc:
+            await events.emit(world.kube, body, "Warning", f"{action.kind.value}Failed", exc.message)
+            if action.kind == ActionKind.START_JOB and isinstance(exc, PermanentError):
+                # The job could not even start, and will not: record it as a failed job.
+                failed = JobObservation(
+                    state=JobState.FAILED,
+                    error_reason=exc.reason,
+                    error_message=exc.message,
+                    error_class=exc.error_class,
+                )
+                return decide(spec, decision.status, replace(obs, job=failed), _now())
+            # Not done: whatever the decision expected of it is not observed again at once.
+            return replace(decision, observe_again=False)
+    return decision
+
+
 async def migration_pass(
     world: World,
     body: Mapping[str, Any],
     *,
     deleting: bool = False,
     others: Iterable[OtherMigration] = (),
+    woken_by: str = "start",
 ) -> Decision:
-    """Observe, decide, act, and write the status if it changed. Returns the decision made."""
+    """Observe, decide, act, and write the status if it changed (observing and deciding again while the
+    core asks to see its own action's result). `woken_by`: what started this pass, for the log and
+    metrics. Returns the decision made."""
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     raw_status = body.get("status") or None
@@ -305,26 +384,20 @@ async def migration_pass(
                 ve_name=spec.source.name,
             )
 
-    if plan is not None and decision.actions:
-        src = world.driver(plan.source)
-        dst = world.driver(plan.target)
-        # Actions belong to the attempt this decision is in (a pass that starts one has just counted it).
-        plan = replace(plan, attempt=max(decision.status.attempts, 1))
-        for action in decision.actions:
-            try:
-                await _act(world, action, plan, src, dst)
-            except DriverError as exc:
-                await events.emit(world.kube, body, "Warning", f"{action.kind.value}Failed", exc.message)
-                if action.kind == ActionKind.START_JOB and isinstance(exc, PermanentError):
-                    # The job could not even start, and will not: record it as a failed job.
-                    failed = JobObservation(
-                        state=JobState.FAILED,
-                        error_reason=exc.reason,
-                        error_message=exc.message,
-                        error_class=exc.error_class,
-                    )
-                    decision = decide(spec, decision.status, replace(obs, job=failed), _now())
-                break
+    decision = await _act_all(world, body, spec, obs, plan, decision)
+    emitted = list(decision.events)
+    steps = 1
+    while decision.observe_again and steps < MAX_STEPS:
+        # What was just done is complete (the source disposed of): its result is observed now, and the
+        # core decides again from that observation, rather than a poll later. Status is written once.
+        obs, again = await _observe(world, body, spec, decision.status, deleting=deleting, others=pending)
+        plan = again or plan
+        decision = await _act_all(world, body, spec, obs, again, decide(spec, decision.status, obs, _now()))
+        emitted += decision.events
+        steps += 1
+    decision = replace(decision, events=tuple(emitted))
+    watched = replace(plan, attempt=max(decision.status.attempts, 1)) if plan and decision.wake_on_job_end else None
+    world.watch_job(meta["uid"], watched)
 
     new = decision.status
     if new.driver is None and plan is not None:
@@ -341,6 +414,10 @@ async def migration_pass(
     metrics.record_pass(meta["uid"], stored, new, spec.not_before)
     for event in decision.events:
         await events.emit(world.kube, body, event.type.value, event.reason, event.message)
+    metrics.WAKEUPS.labels(cause=woken_by).inc()
+    before = stored.phase if stored else Phase.PENDING
+    if new.phase != before:
+        log.info("%s/%s: %s -> %s (a pass woken by %s)", namespace, name, before.value, new.phase.value, woken_by)
     if new.phase.final:
         world.admitted.pop(meta["uid"], None)
     return decision

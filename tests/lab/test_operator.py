@@ -6,6 +6,7 @@ on both hosts, and the object's status, Events and metrics.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 from collections.abc import Callable
@@ -14,8 +15,9 @@ from typing import Any
 
 import libvirt
 import pytest
+from kubernetes import client
 
-from tests.fixtures.operator import Migrations, OperatorProcess, events_for
+from tests.fixtures.operator import Migrations, OperatorProcess, events_for, session_operator
 from tests.lab.evidence import beating_on, domain, first_beat
 from vemigrate_dev.controlplane import ControlPlaneInfo
 from vemigrate_dev.lab import Lab, LabInfo, VMState
@@ -93,6 +95,45 @@ def test_live_migration_moves_a_running_guest(
 
 
 _CANCELLED = "Daemon 'run_migration' is cancelled"
+
+
+def test_the_job_end_wakes_the_pass_that_finishes_the_migration(
+    hosts: LabInfo,
+    kube_admin: Any,
+    namespace: str,
+    control_plane: ControlPlaneInfo,
+    vm_cleanup: Callable[[str], str],
+    tmp_path: Any,
+) -> None:
+    """An operator that samples a running job's progress only once an hour: nothing but the job's own end
+    (the long poll on its exit record, on the source host) can wake the migration while its job runs.
+    The pass it wakes sees the job ended, verifies the copy, removes the source, observes the removal
+    and writes Succeeded: Transferring to Succeeded in that one pass, Finalizing recorded on the way."""
+    name = vm_cleanup("woken")
+    Lab.create_vm("lab1", name, state=VMState.RUNNING)
+    session = session_operator()
+    if session is not None:  # it reconciles every namespace, this one too
+        session.stop()
+    args = ["--namespace", namespace, "--progress-seconds", "3600"]
+    operator = OperatorProcess(control_plane.kubeconfig, tmp_path / "operator.log", args)
+    operator.start()
+    try:
+        migrations = Migrations(client.CustomObjectsApi(kube_admin), namespace, operator)
+        migrations.create(name, {"source": {"host": "lab1", "name": name}, "target": {"host": "lab2"}})
+        status = migrations.wait_phase(name, "Succeeded", "Failed", timeout=600)["status"]
+        woken = operator.metric("vemigrate_migration_wakeups_total", cause="job-ended")
+    finally:
+        operator.stop()
+        if session is not None:
+            session.start()
+    assert status["phase"] == "Succeeded", status
+    assert domain(hosts, "lab1", name) is None, "the source is removed, after the target copy verified"
+    # Every pass that changed the phase, with what woke it (reconcile logs each).
+    changes = re.findall(rf"{namespace}/{name}: (\w+) -> (\w+) \(a pass woken by ([\w-]+)\)", operator.log.read_text())
+    assert changes[-1] == ("Transferring", "Succeeded", "job-ended"), changes
+    assert woken == 1
+    phases = [t["phase"] for t in status["phaseTransitions"]]
+    assert phases[-3:] == ["Switchover", "Finalizing", "Succeeded"], phases
 
 
 def _wide_row(info: ControlPlaneInfo, namespace: str, name: str) -> dict[str, str]:

@@ -255,13 +255,22 @@ def test_each_seed_check_fails_on_a_guest_built_to_fail_it(
 def test_operator_killed_while_finalizing_finishes(
     hosts: LabInfo, migrations: Migrations, operator: OperatorProcess, vm_cleanup: Cleanup
 ) -> None:
+    """Finalizing runs inside the pass that sees the job end (verify, dispose of the source, observe that,
+    write Succeeded): the operator is killed the moment the source's definition is gone, between the
+    disposal and the status that records it."""
     name = vm_cleanup("kill2")
     Lab.create_vm("lab1", name, state=VMState.RUNNING)
     boot, _ = first_beat("lab1", name)
+    config = hosts.host("lab1").path(f"/etc/libvirt/qemu/{name}.xml")
+    assert config.exists(), f"no definition of {name} at {config}"
     migrations.create(name, _spec(name, tunnel=False))
-    seen = migrations.wait(name, lambda b: (b.get("status") or {}).get("phase") in ("Finalizing", "Succeeded"))
+    deadline = time.monotonic() + 300
+    while config.exists():
+        assert time.monotonic() < deadline, f"the source was never undefined: {migrations.get(name)}"
+        time.sleep(0.001)
     operator.kill()
-    assert seen["status"]["phase"] == "Finalizing", "killed while finalizing (it lasts one poll at least)"
+    seen = migrations.get(name)["status"]["phase"]
+    assert seen in ("Transferring", "Finalizing"), f"killed after the disposal, before Succeeded, not {seen}"
     time.sleep(1)
     operator.start()
     status = migrations.wait_phase(name, "Succeeded", "Failed", timeout=120)["status"]

@@ -41,4 +41,10 @@ class Decision:
     actions: tuple[Action, ...] = ()
     events: tuple[Event, ...] = ()
     requeue_after: float | None = None  # seconds until the next pass is useful; None: on the next change
+    # A job runs and this migration waits for it: a pass is useful the moment it ends (the driver watches
+    # its record on the host), whatever requeue_after says; requeue_after stays as the safety net.
+    wake_on_job_end: bool = False
+    # This pass's actions are complete when their calls return (the source disposed of): observe their
+    # result and decide again at once, in the same pass, rather than after requeue_after.
+    observe_again: bool = False
     release_finalizer: bool = False  # deletion may proceed: nothing of this migration is in flight

@@ -85,6 +85,8 @@ class _Pass:
         self.success_message = ""  # the Succeeded condition's message: what was done, without the reason
         self.phase_message: str | None = None  # why the phase changed this pass
         self.queue_cause: QueueCause | None = None  # why it waits, when it entered or stays in Queued
+        self.wake_on_job_end = False
+        self.observe_again = False
 
     # -- small verbs ---------------------------------------------------------------------------
     @property
@@ -99,6 +101,11 @@ class _Pass:
 
     def poll(self, seconds: float) -> None:
         self.requeue_after = seconds if self.requeue_after is None else min(self.requeue_after, seconds)
+
+    def until_job_ends(self) -> None:
+        """The job runs: the next pass is due when it ends, or at the latest after POLL_JOB (progress)."""
+        self.wake_on_job_end = True
+        self.poll(POLL_JOB)
 
     def wait(self, reason: str, message: str, seconds: float = POLL_WAIT) -> None:
         """Nothing can be decided this pass: keep the phase, say why, look again later."""
@@ -143,7 +150,7 @@ class _Pass:
         self.status.failure = Failure(phase=self.status.phase, reason=reason, message=message, retryable=retryable)
         self.act(ActionKind.ABORT_JOB)
         self.goto(Phase.ROLLING_BACK, f"{reason}: {message}")
-        self.poll(POLL_JOB)
+        self.until_job_ends()
 
     def cancelled(self, message: str) -> None:
         self.status.failure = Failure(phase=self.status.phase, reason="Cancelled", message=message)
@@ -165,6 +172,8 @@ def decide(spec: MigrationSpec, status: MigrationStatus | None, obs: Observation
         actions=tuple(step.actions),
         events=tuple(step.events),
         requeue_after=None if current.phase.final else step.requeue_after,
+        wake_on_job_end=step.wake_on_job_end and not current.phase.final,
+        observe_again=step.observe_again and not current.phase.final,
         release_finalizer=current.phase.final and obs.deleting,
     )
 
@@ -345,7 +354,7 @@ def _validating(step: _Pass) -> None:
     status.failure = None
     step.goto(Phase.TRANSFERRING, f"Attempt {status.attempts}: {mode.value.lower()} migration started")
     step.act(ActionKind.START_JOB, mode=mode)
-    step.poll(POLL_JOB)
+    step.until_job_ends()
 
 
 # -- Transferring and Switchover ----------------------------------------------------------------
@@ -362,8 +371,10 @@ def _transferring(step: _Pass) -> None:
     obs, status, now = step.obs, step.status, step.now
     job = obs.job
     if job is None:
-        # Invariant 3: the source host did not answer. Nothing is aborted; look again.
+        # Invariant 3: the source host did not answer. Nothing is aborted; look again, and at once should
+        # the job be seen to end (a read that timed out under load says nothing about the job itself).
         _job_unobserved(step)
+        step.wake_on_job_end = True
         return
     if job.state == JobState.NONE:
         if obs.target_verified:
@@ -375,7 +386,7 @@ def _transferring(step: _Pass) -> None:
             return
         # Drivers keep records of finished jobs, so NONE means the start never happened.
         step.act(ActionKind.START_JOB, mode=status.mode)
-        step.poll(POLL_JOB)
+        step.until_job_ends()
         return
     if job.state in (JobState.RUNNING, JobState.SWITCHOVER, JobState.POST_COPY):
         status.progress = progress.advance(status.progress, job.stats, now)
@@ -415,10 +426,11 @@ def _running(step: _Pass, job: JobObservation) -> None:
         if post_copy:
             # The VE already runs on the target: aborting now would lose it. Finish instead.
             step.wait("CancelTooLate", "Cancel ignored: the VE already runs on the target (post-copy)")
+            step.wake_on_job_end = True
             return
         step.roll_back("Cancelled", "Cancelled by spec.action or deletion", retryable=False)
         return
-    step.poll(POLL_JOB)
+    step.until_job_ends()
     if post_copy:
         return
     started = step.entered(Phase.TRANSFERRING)
@@ -507,6 +519,9 @@ def _finalizing(step: _Pass) -> None:
             step.wait("StateUnknown", f"Cannot observe the source on {spec.source.host!r}")
             return
         step.act(ActionKind.DISPOSE_SOURCE, disposition=disposition)
+        # The disposal is done when its call returns: its result is observed in this same pass (and
+        # Succeeded decided only from that observation); the poll is the fallback if it is not.
+        step.observe_again = True
         step.poll(POLL_JOB)
         return
     target = obs.target_ve
@@ -524,6 +539,7 @@ def _rolling_back(step: _Pass) -> None:
     job = obs.job
     if job is None:
         _job_unobserved(step)
+        step.wake_on_job_end = True
         return
     if job.state == JobState.COMPLETED:
         # The job finished before the abort reached it: the target holds the complete VE now.
@@ -532,10 +548,12 @@ def _rolling_back(step: _Pass) -> None:
         return
     if job.state == JobState.POST_COPY:
         step.wait("CancelTooLate", "The VE already runs on the target (post-copy); waiting for it to finish")
+        step.wake_on_job_end = True
         return
     if job.state in (JobState.RUNNING, JobState.SWITCHOVER):
         step.act(ActionKind.ABORT_JOB)
-        step.wait("Aborting", "Waiting for the migration job to stop", POLL_JOB)
+        step.wait("Aborting", "Waiting for the migration job to stop")
+        step.until_job_ends()
         return
     if obs.source is None or obs.source.reachable is not True or obs.target_leftovers is None:
         step.wait("StateUnknown", "Cannot observe both hosts to finish the rollback")

@@ -66,6 +66,22 @@ _READ = (
     'echo "--- log"; tail -n "$2" log 2>/dev/null\n'
 )
 
+# Returns when the job is over or after $2 seconds, whichever is first: over once its `exit` record is
+# written or its lock is free (its last process is gone: it ended, or was lost). flock blocks on the lock,
+# so a job's end is seen at once; the exit record is looked at every second in case something the job
+# left behind still holds the lock. `none`: no job was started here (or flock failed: sysexits codes;
+# its timeout is 1, and older util-linux has no -E to choose another).
+_WAIT_END = r"""
+cd "$1" 2>/dev/null && [ -e pid ] || { echo state=none; exit 0; }
+end=$(($(date +%s) + $2))
+while [ ! -e exit ]; do
+    flock -w 1 lock true 2>/dev/null
+    case $? in 0) break ;; 1) ;; *) echo state=none; exit 0 ;; esac
+    [ "$(date +%s)" -lt "$end" ] || { echo state=running; exit 0; }
+done
+echo state=ended
+"""
+
 # SIGTERM to the job's process group ($2 empty), or to the one process whose pid the job wrote into the
 # file $2 once it is checked to belong to the job: in the job's session (field 6 of /proc/<pid>/stat), or
 # a child of a process that is (a command the job runs on a terminal of its own). Only while the job
@@ -146,6 +162,15 @@ async def read(ssh: SSHHost, uid: str, attempt: int) -> JobRecord:
         log_tail=tail,
         rebooted=fields.get("rebooted", "").strip() == "yes",
     )
+
+
+async def wait_end(ssh: SSHHost, uid: str, attempt: int, seconds: float) -> bool | None:
+    """True once the job is over (its exit record written or its processes gone), False when it still
+    runs after `seconds`; None when there is nothing to wait for (no such job, no session to spare).
+    Only a wake-up: what the job did is read by `read`, as ever."""
+    done = await ssh.wait(["sh", "-c", _WAIT_END, "sh", job_dir(uid, attempt), str(max(1, int(seconds)))], seconds)
+    state = dict(line.split("=", 1) for line in (done.stdout if done else "").splitlines() if "=" in line)
+    return {"ended": True, "running": False}.get(state.get("state", "").strip())
 
 
 def observe(record: JobRecord, job: str, classify: Callable[[int | None, str], JobFailure]) -> JobObservation | None:

@@ -232,6 +232,9 @@ class PrlctlDriver:
             return JobObservation(state=JobState.RUNNING, stats=progress_stats(plan, record.log_tail))
         return JobObservation(state=JobState.COMPLETED, stats=progress_stats(plan, record.log_tail, done=True))
 
+    async def wait_job_end(self, plan: MigrationPlan, seconds: float) -> bool | None:
+        return await hostjob.wait_end(self.ssh, plan.uid, plan.attempt, seconds)
+
     async def abort_job(self, plan: MigrationPlan) -> None:
         """SIGTERM to prlctl: it asks the dispatcher to cancel, then exits with an error. Before prlctl
         started (no migrate.pid yet) the job's process group gets the SIGTERM instead."""

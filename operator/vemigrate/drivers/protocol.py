@@ -62,6 +62,10 @@ class HypervisorDriver(Protocol):
     async def job(self, plan: MigrationPlan) -> JobObservation:
         """The job's state, counters and outcome."""
 
+    async def wait_job_end(self, plan: MigrationPlan, seconds: float) -> bool | None:
+        """Wait on the host until the job is over (True), for at most `seconds` (False: still running);
+        None: nothing to wait for. A wake-up for the next pass only: `job()` stays the truth."""
+
     async def abort_job(self, plan: MigrationPlan) -> None:
         """Ask the job to stop; the VE keeps running on the source."""
 

@@ -14,6 +14,9 @@ from vemigrate.drivers.errors import DriverError, PermanentError, RetryableError
 
 CONNECT_TIMEOUT = 10.0
 COMMAND_TIMEOUT = 30.0
+# Commands that wait on the host (long polls) at once on one connection: OpenSSH allows 10 sessions
+# per connection (MaxSessions), and the passes' own commands need the rest.
+WAITS_PER_CONNECTION = 4
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,7 @@ class SSHHost:
         self.access = access
         self._conn: asyncssh.SSHClientConnection | None = None
         self._lock = asyncio.Lock()
+        self._waits = asyncio.Semaphore(WAITS_PER_CONNECTION)
 
     async def connection(self) -> asyncssh.SSHClientConnection:
         async with self._lock:
@@ -147,6 +151,14 @@ class SSHHost:
                 f"{argv[0]} on {self.access.name} exited {done.exit_status}: {done.stderr.strip()[:500]}",
             )
         return done
+
+    async def wait(self, argv: Sequence[str], seconds: float) -> Completed | None:
+        """Run a command that waits on the host for up to `seconds` (a long poll); None, without running
+        it, when this connection already holds its share of them."""
+        if self._waits.locked():
+            return None
+        async with self._waits:
+            return await self.run(argv, timeout=seconds + COMMAND_TIMEOUT, check=False)
 
     async def forward_socket(self, local_path: str, remote_path: str) -> asyncssh.SSHListener:
         """A local Unix socket that reaches a Unix socket on the host through this connection."""

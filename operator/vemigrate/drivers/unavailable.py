@@ -43,6 +43,9 @@ class UnavailableDriver:
     async def job(self, plan: MigrationPlan) -> JobObservation:
         self._refuse()
 
+    async def wait_job_end(self, plan: MigrationPlan, seconds: float) -> bool | None:
+        self._refuse()
+
     async def abort_job(self, plan: MigrationPlan) -> None:
         self._refuse()
 

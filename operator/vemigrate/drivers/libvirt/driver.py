@@ -293,6 +293,9 @@ class LibvirtDriver:
         stats, _, events = files.stdout.partition("--- events\n")
         return JobObservation(state=JobState.COMPLETED, stats=completed_stats(stats, record.log_tail, events))
 
+    async def wait_job_end(self, plan: MigrationPlan, seconds: float) -> bool | None:
+        return await hostjob.wait_end(self.ssh, plan.uid, plan.attempt, seconds)
+
     async def _live_progress(self, plan: MigrationPlan) -> JobObservation | None:
         """The running live job's figures from libvirt; None when the domain is no longer running on the
         source (the migration just ended, or the guest stopped): libvirt has no job to read then, and the
