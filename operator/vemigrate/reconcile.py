@@ -73,28 +73,46 @@ class World:
 
     # Called with a migration's UID when its job is seen to end on its host (handlers wake its daemon).
     job_ended: Callable[[str], None] = lambda uid: None
-    _watches: dict[str, tuple[MigrationPlan, asyncio.Task[None]]] = field(default_factory=dict)
+    # The long poll on each migration's running job, by the job it waits on: (attempt, source host).
+    _watches: dict[str, tuple[tuple[int, HostAccess], asyncio.Task[None]]] = field(default_factory=dict)
+    # Each migration's job whose end was reported: a job ends once, and wakes a pass once.
+    _ended: dict[str, tuple[int, HostAccess]] = field(default_factory=dict)
 
     _closing: set[asyncio.Task[None]] = field(default_factory=set)
 
-    def watch_job(self, uid: str, plan: MigrationPlan | None) -> None:
-        """Keep one long poll on the job of `plan` (this attempt's) running, or with None stop it. Its
-        end only wakes the next pass, which observes everything it decides on."""
+    def watch_job(self, uid: str, plan: MigrationPlan | None) -> bool:
+        """Keep one long poll on the job of `plan` (this attempt's) running, or with None stop it. Returns
+        whether the job's end is still to wake the migration: not once it has. (A long poll on an ended
+        job returns at once: polling it again would wake a pass at once, and again, for as long as no pass
+        can read the job, say its reads time out under load: passes back to back, each failing.) Its end
+        only wakes the next pass, which observes everything it decides on; the poll stays the safety net."""
+        job = (plan.attempt, plan.source) if plan is not None else None
         current = self._watches.get(uid)
         if current is not None:
             watched, task = current
-            same = plan is not None and (watched.attempt, watched.source) == (plan.attempt, plan.source)
-            if same and not task.done():
-                return
-            task.cancel()
+            if watched == job and not task.done():
+                return True
+            task.cancel()  # never awaited: a pass waits neither on its watch nor on its cancellation
             del self._watches[uid]
-        if plan is not None:
-            task = asyncio.get_running_loop().create_task(self._watch(uid, plan))
-            self._watches[uid] = (plan, task)
+        if plan is None or self._ended.get(uid) == job:
+            return False
+        task = asyncio.get_running_loop().create_task(self._watch(uid, plan))
+        self._watches[uid] = ((plan.attempt, plan.source), task)
+        return True
+
+    def forget(self, uid: str) -> None:
+        """The migration ended: no watch, nothing remembered of its jobs."""
+        self.watch_job(uid, None)
+        self._ended.pop(uid, None)
+
+    def _watching(self, uid: str) -> bool:
+        """Whether the running task is the migration's watch (not one cancelled since)."""
+        current = self._watches.get(uid)
+        return current is not None and current[1] is asyncio.current_task()
 
     async def _watch(self, uid: str, plan: MigrationPlan) -> None:
         driver = self.driver(plan.source)
-        while True:
+        while self._watching(uid):
             try:
                 ended = await driver.wait_job_end(plan, WATCH_SECONDS)
             except DriverError as exc:
@@ -103,7 +121,10 @@ class World:
             log.debug("watching the job of %s: %s", uid, "nothing" if ended is None else "ended" if ended else "runs")
             if ended is None:
                 return  # nothing to wait on (yet): the next pass looks, and watches again
-            if ended:
+            # Reported only by the current watch: one cancelled while its call returned runs on until here.
+            if ended and self._watching(uid):
+                del self._watches[uid]
+                self._ended[uid] = (plan.attempt, plan.source)
                 self.job_ended(uid)
                 return
 
@@ -397,7 +418,8 @@ async def migration_pass(
         steps += 1
     decision = replace(decision, events=tuple(emitted))
     watched = replace(plan, attempt=max(decision.status.attempts, 1)) if plan and decision.wake_on_job_end else None
-    world.watch_job(meta["uid"], watched)
+    # Whether the job's end will wake the daemon (it stretches its poll only then): not once it did.
+    decision = replace(decision, wake_on_job_end=world.watch_job(meta["uid"], watched))
 
     new = decision.status
     if new.driver is None and plan is not None:
@@ -420,6 +442,7 @@ async def migration_pass(
         log.info("%s/%s: %s -> %s (a pass woken by %s)", namespace, name, before.value, new.phase.value, woken_by)
     if new.phase.final:
         world.admitted.pop(meta["uid"], None)
+        world.forget(meta["uid"])
     return decision
 
 
