@@ -17,8 +17,10 @@ import libvirt
 import pytest
 from kubernetes import client
 
+from tests.fixtures.lab import restored
 from tests.fixtures.operator import Migrations, OperatorProcess, events_for, session_operator
 from tests.lab.evidence import beating_on, domain, first_beat
+from vemigrate.drivers.hostjob import JOBS_DIR
 from vemigrate_dev.controlplane import ControlPlaneInfo
 from vemigrate_dev.lab import Lab, LabInfo, VMState
 
@@ -134,6 +136,52 @@ def test_the_job_end_wakes_the_pass_that_finishes_the_migration(
     assert woken == 1
     phases = [t["phase"] for t in status["phaseTransitions"]]
     assert phases[-3:] == ["Switchover", "Finalizing", "Succeeded"], phases
+
+
+def _progressing(body: dict[str, Any]) -> str:
+    conditions = (body.get("status") or {}).get("conditions") or []
+    return next((str(c.get("reason")) for c in conditions if c.get("type") == "Progressing"), "")
+
+
+def test_a_job_that_ended_while_its_source_cannot_be_read_wakes_one_pass_not_a_storm(
+    hosts: LabInfo, migrations: Migrations, operator: OperatorProcess, vm_cleanup: Callable[[str], str]
+) -> None:
+    """The job's end wakes a pass once. A pass that then cannot read the job (its source read fails: a
+    timeout under load, here the record's log made unreadable) waits for the poll, as ever; it must not
+    be woken again at once by the end it was already woken by (the long poll on an ended job returns at
+    once): that loop of passes, each failing, is what kept the disk-full fault scenario in Transferring.
+    Once the record reads again, the migration ends as it would have."""
+    name = vm_cleanup("blind1")
+    Lab.create_vm("lab1", name, state=VMState.STOPPED)
+    with restored(lambda: Lab.netem("lab2")):
+        Lab.netem("lab2", rate="2mbit")  # a few MiB take some 20 s: time to break the read mid-copy
+        uid = migrations.create(name, {"source": {"host": "lab1", "name": name}, "target": {"host": "lab2"}})[
+            "metadata"
+        ]["uid"]
+        migrations.copying(name)
+        record = f"{JOBS_DIR}/{uid}/1"
+        broken = Lab.exec("lab1", ["sh", "-c", 'cd "$1" && mv log log.kept && mkdir log', "sh", record])
+        assert broken.returncode == 0, "the job's log moved aside: every read of the job fails now"
+        with restored(lambda: Lab.exec("lab1", ["sh", "-c", 'cd "$1" && rmdir log && mv log.kept log', "sh", record])):
+            migrations.wait(name, lambda b: _progressing(b) == "StateUnknown", timeout=120)
+            deadline = time.monotonic() + 180
+            while Lab.exec("lab1", ["test", "-e", f"{record}/exit"]).returncode != 0:
+                assert time.monotonic() < deadline, "the job did not end in 180 s"
+                time.sleep(0.5)
+            woken = operator.metric("vemigrate_migration_wakeups_total", cause="job-ended")
+            timer = operator.metric("vemigrate_migration_wakeups_total", cause="timer")
+            # Some passes' time (each fails at once: the read's shell exits 1): the poll's, not a loop's.
+            time.sleep(15)
+            body = migrations.get(name)
+            again = operator.metric("vemigrate_migration_wakeups_total", cause="job-ended") - woken
+            polled = operator.metric("vemigrate_migration_wakeups_total", cause="timer") - timer
+    assert body["status"]["phase"] == "Transferring" and _progressing(body) == "StateUnknown", body["status"]
+    # At most the one wake-up by the end itself (it may land after the exit file was seen above).
+    assert again <= 1, f"{again:g} passes woken by the job's end while it could not be read: a loop"
+    assert polled >= 1, "passes go on at the poll while the job cannot be read"
+    status = migrations.wait_phase(name, "Succeeded", "Failed", timeout=300)["status"]
+    assert status["phase"] == "Succeeded", status
+    assert domain(hosts, "lab2", name) is not None and domain(hosts, "lab1", name) is None
 
 
 def _wide_row(info: ControlPlaneInfo, namespace: str, name: str) -> dict[str, str]:
