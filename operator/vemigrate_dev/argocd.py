@@ -22,7 +22,6 @@ import argparse
 import base64
 import contextlib
 import datetime
-import fcntl
 import json
 import os
 import secrets
@@ -41,7 +40,7 @@ import yaml
 
 from vemigrate_dev.argocd_binaries import ArgoBinaries, ensure_argo_binaries
 from vemigrate_dev.controlplane import ControlPlane, ControlPlaneInfo, free_ports
-from vemigrate_dev.controlplane_binaries import REPO_ROOT, Log, cache_root, ensure_binaries
+from vemigrate_dev.controlplane_binaries import REPO_ROOT, Log, cache_root, ensure_binaries, exclusive
 
 NAMESPACE = "argocd"
 HEALTH_SCRIPTS = REPO_ROOT / "deploy" / "argocd" / "vemigrate.io"
@@ -177,13 +176,8 @@ class ArgoCD:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        with (self.state_dir / ".lock").open("w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with exclusive(self.state_dir / ".lock"):
+            yield
 
     def _read_state(self) -> _State | None:
         try:

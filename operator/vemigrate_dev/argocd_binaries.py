@@ -20,10 +20,10 @@ from pathlib import Path
 from vemigrate_dev.controlplane_binaries import (
     REPO_ROOT,
     Log,
-    _exclusive,
     _minutes,
     _run_with_heartbeat,
     cache_root,
+    exclusive,
     find_go,
 )
 
@@ -107,7 +107,7 @@ def ensure_argo_binaries(log: Log = print, cache: Path | None = None, go_module:
     wanted = argo_binaries(cache, go_module)
     if wanted.present():
         return wanted
-    with _exclusive(wanted.directory.parent / f".argocd-{wanted.version}.lock"):
+    with exclusive(wanted.directory.parent / f".argocd-{wanted.version}.lock"):
         if not wanted.present():  # else another process built it while we waited
             _build(wanted, log, go_module)
     return wanted

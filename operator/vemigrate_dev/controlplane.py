@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import fcntl
 import http.client
 import json
 import os
@@ -36,6 +35,7 @@ from vemigrate_dev.controlplane_binaries import (
     Log,
     cache_root,
     ensure_binaries,
+    exclusive,
 )
 from vemigrate_dev.controlplane_node import Node, NodeInfo
 
@@ -217,13 +217,8 @@ class ControlPlane:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         """Serialise up/down across processes (a test session and a shell may race)."""
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        with (self.state_dir / ".lock").open("w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with exclusive(self.state_dir / ".lock"):
+            yield
 
     def _read_state(self) -> _State | None:
         try:

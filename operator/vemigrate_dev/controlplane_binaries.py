@@ -103,8 +103,9 @@ def _ldflags(version: str) -> str:
 
 
 @contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    """One build at a time per cache, across processes (two test sessions, or a shell and a test)."""
+def exclusive(lock_path: Path) -> Iterator[None]:
+    """One holder of `lock_path` at a time, across processes (two test sessions, or a shell and a test):
+    a build into the cache, a state directory's up and down."""
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with lock_path.open("w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -121,7 +122,7 @@ def ensure_binaries(
     wanted = binaries(cache, go_module)
     if wanted.present(commands):
         return wanted
-    with _exclusive(wanted.directory.parent / f".{wanted.version}.lock"):
+    with exclusive(wanted.directory.parent / f".{wanted.version}.lock"):
         if wanted.present(commands):  # another process built them while we waited
             return wanted
         missing = tuple(name for name in commands if not wanted.present((name,)))
