@@ -417,6 +417,18 @@ CASES = [
         message="waiting to observe the VE",
     ),
     Case(
+        "live job failed in Switchover, the source seen, the target not observed: wait for both",
+        status_in(Phase.SWITCHOVER),
+        obs={
+            "job": job(JobState.FAILED, error_reason="ConnectionLost", error_class=ErrorClass.RETRYABLE),
+            "source_ve": ve(state=VEState.PAUSED),
+            "target": HostObservation(name="node-b", reachable=False, error="no route to host"),
+            "target_ve": None,
+        },
+        phase=Phase.SWITCHOVER,
+        message="waiting to observe the VE",
+    ),
+    Case(
         "live job failed, the VE seen running on the source, the target not observed: roll back",
         status_in(Phase.TRANSFERRING),
         obs={

@@ -403,7 +403,7 @@ def _transferring(step: _Pass) -> None:
         # would clean up the copy that runs. Nothing is aborted or removed; a person decides.
         _needs_attention(step, f"The migration job ended {job.state.value.lower()} ({reason}: {message})")
         return
-    if status.mode == Mode.LIVE and _split_unknown(obs):
+    if status.mode == Mode.LIVE and _split_unknown(obs, switchover=status.phase == Phase.SWITCHOVER):
         # Invariant 3: whether the VE is split between the hosts (a failed post-copy) cannot be told
         # without seeing it, and a rollback of a split VE would lose it. Look again.
         step.wait(
@@ -625,13 +625,14 @@ def _hands_off(obs: Observation) -> bool:
     return (target_active or split) and not _settling(obs)
 
 
-def _split_unknown(obs: Observation) -> bool:
+def _split_unknown(obs: Observation, *, switchover: bool) -> bool:
     """After a live job failed: whether the VE is whole on the source is not known this pass. Known when
     the source was observed holding the VE (a rollback keeps it), or holding it no more with the target
-    observed too (_hands_off decides from the target's copy)."""
+    observed too (_hands_off decides from the target's copy). A job that failed in Switchover may have
+    handed the VE over (post-copy) before the source's state says so: both hosts must be seen."""
     source_seen = obs.source is not None and obs.source.reachable is True
     target_seen = obs.target is not None and obs.target.reachable is True
-    return not source_seen or (obs.source_ve is None and not target_seen)
+    return not source_seen or ((obs.source_ve is None or switchover) and not target_seen)
 
 
 def _needs_attention(step: _Pass, cause: str) -> None:
