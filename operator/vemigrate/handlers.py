@@ -48,6 +48,7 @@ class Wakeup:
 
 
 _wakeups: dict[str, Wakeup] = {}
+HostKey = tuple[str, str]  # a HypervisorHost's namespace and name
 # Migrations this process saw end, until the watch delivers their final status to the index: the
 # queued ones woken when a slot frees must not still count them in flight.
 _finished: set[str] = set()
@@ -76,12 +77,23 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # kopf's own bookkeeping goes under our prefix, and the finalizer is ours by name.
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=PREFIX, key="last-handled-configuration"
-    )
+    settings.persistence.diffbase_storage = _HostsDiffBase(prefix=PREFIX, key="last-handled-configuration")
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
+
+
+class _HostsDiffBase(kopf.AnnotationsDiffBaseStorage):
+    """kopf's record of the last handled spec (an annotation), kept on HypervisorHosts only, whose spec
+    changes start a probe (`on.update`). Migrations need none (`spec.action` is followed by a watching
+    handler): that saves each migration an annotation PATCH."""
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return super().fetch(body=body) if body.get("kind") == host_api.KIND else None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        if body.get("kind") == host_api.KIND:
+            super().store(body=body, patch=patch, essence=essence)
 
 
 @kopf.on.login()
@@ -134,6 +146,20 @@ def migrations(body: kopf.Body, uid: str, spec: kopf.Spec, meta: kopf.Meta, **_:
             ve_name=str(spec.get("source", {}).get("name", "")),
         )
     }
+
+
+@kopf.index(GROUP, VERSION, host_api.PLURAL)
+def hypervisorhosts(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> dict[HostKey, dict[str, Any]]:
+    """Every HypervisorHost as the watch last delivered it: a pass reads its hosts here rather than with a
+    GET each (the watch exists anyway, for the host probes)."""
+    return {(str(namespace), name): dict(body)}
+
+
+def _lookup(index: kopf.Index[HostKey, dict[str, Any]]) -> reconcile.HostLookup:
+    def lookup(namespace: str, name: str) -> dict[str, Any] | None:
+        return next(iter(index.get((namespace, name), ())), None)
+
+    return lookup
 
 
 @kopf.on.event(GROUP, VERSION, migration_api.PLURAL)
@@ -216,7 +242,9 @@ async def run_migration(**kwargs: Any) -> None:
             return  # the deletion handler rolls back
         async with lock:
             try:
-                decision = await _whole(_daemon_pass(uid, _with_status(body, last), migrations, cause))
+                decision = await _whole(
+                    _daemon_pass(uid, _with_status(body, last), migrations, cause, kwargs["hypervisorhosts"])
+                )
             except Exception as exc:
                 metrics.PASSES.labels(kind="migration", outcome="error").inc()
                 log.exception("reconcile pass of %s failed; retrying", body["metadata"]["name"])
@@ -245,11 +273,17 @@ async def run_migration(**kwargs: Any) -> None:
 
 
 async def _daemon_pass(
-    uid: str, body: Mapping[str, Any], migrations: kopf.Index[str, OtherMigration], cause: str
+    uid: str,
+    body: Mapping[str, Any],
+    migrations: kopf.Index[str, OtherMigration],
+    cause: str,
+    hypervisorhosts: kopf.Index[HostKey, dict[str, Any]],
 ) -> Decision:
     """One pass; when it ends the migration, the queue hears of it within the same shielded run (kopf
     cancels the daemon as soon as the final status is written)."""
-    decision = await reconcile.migration_pass(world(), body, others=_others(migrations, body), woken_by=cause)
+    decision = await reconcile.migration_pass(
+        world(), body, others=_others(migrations, body), woken_by=cause, lookup=_lookup(hypervisorhosts)
+    )
     if decision.status.phase.final:
         _ended(uid, migrations, body)
     return decision
@@ -268,9 +302,22 @@ async def _sleep(uid: str, stopped: kopf.DaemonStopped, seconds: float) -> str:
     return cause
 
 
-@kopf.on.field(GROUP, VERSION, migration_api.PLURAL, field="spec.action")
-def action_changed(uid: str, **_: Any) -> None:
-    _wake(uid, "spec-change")
+# Each migration's spec.action as last seen (by UID), to tell a change from another status event.
+_actions: dict[str, object] = {}
+_UNSEEN = object()
+
+
+@kopf.on.event(GROUP, VERSION, migration_api.PLURAL)
+def action_changed(event: kopf.RawEvent, uid: str, spec: kopf.Spec, **_: Any) -> None:
+    """A new spec.action (Cancel, ForceComplete) wakes the migration's daemon at once."""
+    if event.get("type") == "DELETED":
+        _actions.pop(uid, None)
+        return
+    action = spec.get("action")
+    seen = _actions.get(uid, _UNSEEN)
+    _actions[uid] = action
+    if seen is not _UNSEEN and seen != action:
+        _wake(uid, "spec-change")
 
 
 @kopf.on.delete(GROUP, VERSION, migration_api.PLURAL, optional=False)
@@ -282,7 +329,12 @@ async def delete_migration(**kwargs: Any) -> None:
     async with _locks.setdefault(uid, asyncio.Lock()):
         decision = await _whole(
             reconcile.migration_pass(
-                world(), body, deleting=True, others=_others(migrations, body), woken_by="deletion"
+                world(),
+                body,
+                deleting=True,
+                others=_others(migrations, body),
+                woken_by="deletion",
+                lookup=_lookup(kwargs["hypervisorhosts"]),
             )
         )
     if not decision.release_finalizer:
@@ -303,6 +355,7 @@ async def probe_host_now(body: kopf.Body, **_: Any) -> None:
 @kopf.on.delete(GROUP, VERSION, host_api.PLURAL, optional=True)
 def host_deleted(body: kopf.Body, **_: Any) -> None:
     metrics.forget_host(body["metadata"]["namespace"], body["metadata"]["name"])
+    world().access.forget(body["metadata"]["namespace"], body["metadata"]["name"])
 
 
 @kopf.daemon(GROUP, VERSION, host_api.PLURAL, cancellation_timeout=5)

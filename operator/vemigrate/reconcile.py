@@ -79,6 +79,11 @@ class World:
     _ended: dict[str, tuple[int, HostAccess]] = field(default_factory=dict)
 
     _closing: set[asyncio.Task[None]] = field(default_factory=set)
+    # Hosts' credentials as last read, kept for as long as a host probe's interval (kube/hosts.py).
+    access: hosts.AccessCache = field(default_factory=hosts.AccessCache)
+
+    def __post_init__(self) -> None:
+        self.access.ttl = self.settings.host_probe_seconds
 
     def watch_job(self, uid: str, plan: MigrationPlan | None) -> bool:
         """Keep one long poll on the job of `plan` (this attempt's) running, or with None stop it. Returns
@@ -150,17 +155,32 @@ class _Host:
 
     obs: HostObservation
     driver: HypervisorDriver | None = None
+    # The credentials came from the cache (not read this pass); with the cache entry to drop when refused.
+    cached: bool = False
+    forget: Callable[[], None] = lambda: None
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
-async def _host(world: World, namespace: str, name: str, *, connect: bool = True) -> _Host:
-    """The host's object; with `connect`, also its Secrets and a driver (waiting phases only need the
-    object: whether it exists, and its limits)."""
+# A HypervisorHost's body as the operator's watch last delivered it, or None when it has not (yet).
+HostLookup = Callable[[str, str], Mapping[str, Any] | None]
+
+
+async def _host(
+    world: World, namespace: str, name: str, *, connect: bool = True, lookup: HostLookup | None = None
+) -> _Host:
+    """The host's object (from the watch's index when it has it; read from the API otherwise, which also
+    tells a missing host from one not delivered yet); with `connect`, also its Secrets (cached, see
+    World.access) and a driver. Waiting phases only need the object: whether it exists, and its limits."""
+    seen = lookup(namespace, name) if lookup is not None else None
     try:
-        hvh = await hosts.get_host(world.kube, namespace, name)
+        hvh = (
+            HypervisorHost.model_validate(seen)
+            if seen is not None
+            else await hosts.get_host(world.kube, namespace, name)
+        )
     except Exception as exc:  # the API server itself: not known this pass
         log.warning("reading HypervisorHost %s/%s: %s", namespace, name, exc)
         return _Host(HostObservation(name=name, reachable=None, error=str(exc)))
@@ -175,13 +195,14 @@ async def _host(world: World, namespace: str, name: str, *, connect: bool = True
     )
     if not connect:
         return _Host(obs)
+    cached = world.access.cached(namespace, hvh) is not None
     try:
-        access = await hosts.resolve(world.kube, namespace, hvh)
+        access = await world.access.resolve(world.kube, namespace, hvh)
     except hosts.HostConfigError as exc:
         return _Host(
             HostObservation(name=name, reachable=False, error=exc.message, error_reason=exc.reason, permanent=True)
         )
-    return _Host(obs, world.driver(access))
+    return _Host(obs, world.driver(access), cached=cached, forget=lambda: world.access.forget(namespace, name))
 
 
 async def _ask(host: _Host, call: Callable[[HypervisorDriver], Awaitable[T]]) -> T | None:
@@ -191,12 +212,17 @@ async def _ask(host: _Host, call: Callable[[HypervisorDriver], Awaitable[T]]) ->
     try:
         result = await call(host.driver)
     except DriverError as exc:
+        refused = isinstance(exc, PermanentError) and exc.reason in _PERMANENT_CONNECT_REASONS
+        if refused:
+            host.forget()
         host.obs = replace(
             host.obs,
             reachable=False,
             error=exc.message,
             error_reason=exc.reason,
-            permanent=isinstance(exc, PermanentError) and exc.reason in _PERMANENT_CONNECT_REASONS,
+            # Credentials read before this pass may be stale (a key rotated since): final only when the
+            # next pass, reading them afresh, is refused too.
+            permanent=refused and not host.cached,
         )
         return None
     if host.obs.reachable is None:  # a call made alongside this one may have failed: that stands
@@ -241,14 +267,15 @@ async def _observe(
     *,
     deleting: bool,
     others: Iterable[OtherMigration],
+    lookup: HostLookup | None,
 ) -> tuple[Observation, MigrationPlan | None]:
     meta = body["metadata"]
     namespace, uid = meta["namespace"], meta["uid"]
     phase = stored.phase if stored else Phase.PENDING
     connect = phase in _HOST_PHASES and not phase.final
     src, dst = await asyncio.gather(
-        _host(world, namespace, spec.source.host, connect=connect),
-        _host(world, namespace, spec.target.host, connect=connect),
+        _host(world, namespace, spec.source.host, connect=connect, lookup=lookup),
+        _host(world, namespace, spec.target.host, connect=connect, lookup=lookup),
     )
     created = datetime.fromisoformat(meta["creationTimestamp"]) if meta.get("creationTimestamp") else None
     base = Observation(
@@ -376,10 +403,11 @@ async def migration_pass(
     deleting: bool = False,
     others: Iterable[OtherMigration] = (),
     woken_by: str = "start",
+    lookup: HostLookup | None = None,
 ) -> Decision:
     """Observe, decide, act, and write the status if it changed (observing and deciding again while the
     core asks to see its own action's result). `woken_by`: what started this pass, for the log and
-    metrics. Returns the decision made."""
+    metrics. `lookup`: HypervisorHosts as the operator's watch has them. Returns the decision made."""
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     raw_status = body.get("status") or None
@@ -393,7 +421,7 @@ async def migration_pass(
     waiting = stored is None or stored.phase in (Phase.PENDING, Phase.QUEUED)
     async with world.admission if waiting else contextlib.nullcontext():
         pending = others_in_view(others, world.admitted.values())
-        obs, plan = await _observe(world, body, spec, stored, deleting=deleting, others=pending)
+        obs, plan = await _observe(world, body, spec, stored, deleting=deleting, others=pending, lookup=lookup)
         decision = decide(spec, stored, obs, _now())
         if waiting and decision.status.phase in ACTIVE_PHASES:
             world.admitted[meta["uid"]] = OtherMigration(
@@ -411,7 +439,9 @@ async def migration_pass(
     while decision.observe_again and steps < MAX_STEPS:
         # What was just done is complete (the source disposed of): its result is observed now, and the
         # core decides again from that observation, rather than a poll later. Status is written once.
-        obs, again = await _observe(world, body, spec, decision.status, deleting=deleting, others=pending)
+        obs, again = await _observe(
+            world, body, spec, decision.status, deleting=deleting, others=pending, lookup=lookup
+        )
         plan = again or plan
         decision = await _act_all(world, body, spec, obs, again, decide(spec, decision.status, obs, _now()))
         emitted += decision.events
@@ -475,9 +505,12 @@ async def host_pass(world: World, body: Mapping[str, Any]) -> HostStatus:
     before = hvh.status or HostStatus()
     now = _now()
     try:
-        access = await hosts.resolve(world.kube, namespace, hvh)
+        # Always read afresh: a probe is what keeps the passes' cached credentials current.
+        access = await world.access.resolve(world.kube, namespace, hvh, fresh=True)
         facts = await world.driver(access).probe()
     except (hosts.HostConfigError, DriverError) as exc:
+        if isinstance(exc, PermanentError) and exc.reason in _PERMANENT_CONNECT_REASONS:
+            world.access.forget(namespace, name)
         reachable, reason, message = ConditionStatus.FALSE, exc.reason, exc.message
         new = before.model_copy()
     else:

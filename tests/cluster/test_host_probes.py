@@ -64,7 +64,8 @@ def test_two_replicas_with_peering_one_works_the_other_stands_by(
     """Without --priority each replica takes one from its start time, so kopf does not pause them all
     (as it does for equal priorities): the first started works, the other stands by, and hosts still
     get probed."""
-    crds = Path(__file__).resolve().parents[2] / "charts" / "ve-migrate" / "crds"
+    # The peering CRDs come with the chart's kopf-peering subchart (not installed by the session).
+    crds = Path(__file__).resolve().parents[2] / "charts" / "ve-migrate" / "charts" / "kopf-peering" / "crds"
     kubectl = [str(control_plane.kubectl), f"--kubeconfig={control_plane.kubeconfig}"]
     subprocess.run([*kubectl, "apply", "--server-side", "--force-conflicts", "-f", str(crds)], check=True)
     subprocess.run([*kubectl, "wait", "--for=condition=Established", "crd/kopfpeerings.kopf.dev"], check=True)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import base64
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import kubernetes
@@ -128,3 +131,43 @@ async def resolve(kube: Kube, namespace: str, hvh: HypervisorHost) -> HostAccess
         # connections.
         version=f"{metadata.get('generation', '')}/{hash((private_key, password, known))}",
     )
+
+
+@dataclass
+class AccessCache:
+    """Each host's access as last resolved, so that a migration's passes do not read the host's Secrets
+    again every few seconds. An entry is used while the host's spec is the one it was read for and for at
+    most `ttl` seconds; every host probe reads the Secrets afresh and stores what it read, so a rotated
+    Secret is used from the next probe on. A host whose connection fails on its credentials or host keys
+    is forgotten (`forget`): the next pass reads them again rather than trusting what may be stale."""
+
+    ttl: float = 60.0
+    clock: Callable[[], float] = time.monotonic
+    _entries: dict[tuple[str, str], tuple[tuple[str, int], float, HostAccess]] = field(default_factory=dict)
+
+    @staticmethod
+    def _key(hvh: HypervisorHost) -> tuple[str, int]:
+        # A recreated host has a new UID; a spec change a new generation. Status writes change neither.
+        return str(hvh.metadata.get("uid", "")), int(hvh.metadata.get("generation") or 0)
+
+    def cached(self, namespace: str, hvh: HypervisorHost) -> HostAccess | None:
+        entry = self._entries.get((namespace, str(hvh.metadata.get("name", ""))))
+        if entry is None:
+            return None
+        key, read_at, access = entry
+        if key != self._key(hvh) or self.clock() - read_at > self.ttl:
+            return None
+        return access
+
+    async def resolve(self, kube: Kube, namespace: str, hvh: HypervisorHost, *, fresh: bool = False) -> HostAccess:
+        """The cached access when it is still current (and `fresh` is not asked), else the Secrets read now."""
+        access = None if fresh else self.cached(namespace, hvh)
+        if access is None:
+            name = str(hvh.metadata.get("name", ""))
+            self._entries.pop((namespace, name), None)  # a read that fails leaves nothing behind
+            access = await resolve(kube, namespace, hvh)
+            self._entries[(namespace, name)] = (self._key(hvh), self.clock(), access)
+        return access
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._entries.pop((namespace, name), None)
