@@ -295,8 +295,18 @@ async def _observe(
     # The pre-flight checks' facts are independent reads of both hosts: all in one round, not three.
     checking = phase == Phase.VALIDATING and dst.driver is not None
     target_access = dst.driver.access if dst.driver is not None else None
+
+    async def source_ve_and_sharing() -> VEFacts | None:
+        found = await _ask(src, lambda d: d.find_ve(spec.source.name))
+        if checking and found is not None and found.disk_paths and target_access is not None:
+            # Which disks the target sees as the same files (the SharedStorage check): asked as soon as
+            # the VE's disks are known, while the round's other reads still run.
+            probed, peer = found, target_access
+            found = replace(found, shared_disks=await _ask(src, lambda d: d.shared_disks(probed, peer)))
+        return found
+
     source_ve, target_ve, src_facts, dst_facts, reaches = await asyncio.gather(
-        _ask(src, lambda d: d.find_ve(spec.source.name)),
+        source_ve_and_sharing(),
         _ask(dst, lambda d: d.find_ve(spec.source.name)),
         _ask(src, lambda d: d.probe()) if checking else none(),
         _ask(dst, lambda d: d.probe([spec.target.path] if spec.target.path else [])) if checking else none(),
@@ -304,10 +314,6 @@ async def _observe(
     )
     src.obs = replace(src.obs, facts=src_facts or src.obs.facts)
     dst.obs = replace(dst.obs, facts=dst_facts or dst.obs.facts)
-    if checking and source_ve is not None and source_ve.disk_paths and target_access is not None:
-        # Which disks the target sees as the same files: for the SharedStorage check.
-        probed, peer = source_ve, target_access
-        source_ve = replace(source_ve, shared_disks=await _ask(src, lambda d: d.shared_disks(probed, peer)))
     plan = _plan(uid, spec, stored, source_ve, src, dst)
     job: JobObservation | None = None
     verified = disposed = leftovers = None
