@@ -153,3 +153,16 @@ def test_kill_stops_every_process_of_the_job(tmp_path: Path) -> None:
         time.sleep(0.05)
     assert not _alive(leader) and not _alive(member)
     assert _read(job)["state"] == "lost", "killed before it could write its exit status"
+
+
+@pytest.mark.parametrize(("lines", "status"), [(["echo ran"], "0"), (["echo ran", "exit 7", "echo never"], "7")])
+def test_the_finally_lines_run_whatever_happened_and_keep_the_status(
+    tmp_path: Path, lines: list[str], status: str
+) -> None:
+    """A job's shared SSH connection is closed by its `finally_` lines, on success and failure alike; they
+    run before the exit record, so a job seen over has nothing of it still running."""
+    job = tmp_path / "jobs" / "uid-1" / "1"
+    _start(job, hostjob.script(lines, finally_=["[ -e exit ] || echo closed >closed"]))
+    assert _wait_exit(job) == status
+    assert (job / "closed").read_text() == "closed\n"
+    assert (job / "log").read_text().split() == ["ran"]

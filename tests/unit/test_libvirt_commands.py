@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 import time
@@ -93,7 +94,8 @@ def test_live_script_checks_the_target_key_strictly_right_before_virsh_migrate(c
     commands = _commands(live_script(plan(), copy_disks=copy_disks, disks=[(disk, 1 << 20)] if copy_disks else []))
     migrate = next(i for i, line in enumerate(commands) if " migrate --live " in line)
     check = _tokens(commands[migrate - 1])
-    assert check[0] == "ssh" and check[-2:] == ["--", "true"] and "root@192.0.2.2" in check
+    assert check[0] == "ssh" and check[check.index("--") + 1 :] == ["true", "9", ">&", "-"]
+    assert "root@192.0.2.2" in check
     assert "StrictHostKeyChecking=yes" in check and "BatchMode=yes" in check
 
 
@@ -343,3 +345,31 @@ def test_a_disk_path_the_targets_record_cannot_hold_is_refused() -> None:
     with pytest.raises(PermanentError) as refused:
         live_script(plan(), copy_disks=True, disks=[(disk, 1 << 20)])
     assert refused.value.reason == "UnsupportedDisk"
+
+
+@pytest.mark.parametrize("kind", ["offline", "live"])
+def test_a_jobs_commands_on_the_target_share_one_ssh_connection_which_it_closes(kind: str) -> None:
+    """One SSH handshake to the target per job: every `ssh` the job runs names the job's control socket
+    (in its own 0700 directory, short enough for a socket path), none holds the job's lock (the master
+    outlives its command), and the script closes the connection whatever its outcome."""
+    disk = _Disk("vda", "/var/lib/libvirt/images/web1.qcow2", "qcow2")
+    if kind == "live":
+        job = plan()
+        text = live_script(job, copy_disks=True, disks=[(disk, 1 << 20)])
+    else:
+        job = plan(Mode.OFFLINE, ve=ve(state=VEState.STOPPED, disk_paths=(disk.path,)))
+        xml = (
+            f"<domain><name>web1</name><uuid>{UUID}</uuid><devices><disk type='file' device='disk'>"
+            f"<driver type='qcow2'/><source file='{disk.path}'/><target dev='vda'/></disk></devices></domain>"
+        )
+        text = _offline_script(job, xml)
+    socket = f"{hostjob.job_dir(job.uid, job.attempt)}/ssh"
+    assert len(socket) + len(".0123456789abcdef") < 108
+    run, _, after = text.partition("( run ); rc=$?")
+    remote = [line for line in _commands(run) if _tokens(line)[:1] == ["ssh"] or "| ssh " in line]
+    assert len(remote) >= 2
+    for line in remote:
+        assert f"ControlPath={socket}" in line and "ControlMaster=auto" in line, line
+        assert re.search(r" 9>&-( <\S+|\))?$", line.rstrip()), line
+    close = _tokens(after.splitlines()[1])
+    assert close[:4] == ["ssh", "-o", f"ControlPath={socket}", "-O"] and "exit" in close

@@ -124,9 +124,11 @@ def job_dir(uid: str, attempt: int) -> str:
     return f"{migration_dir(uid)}/{attempt}"
 
 
-def script(lines: Sequence[str]) -> str:
-    """A job script: runs the lines in order, stops at the first failure, and records the exit status."""
+def script(lines: Sequence[str], *, finally_: Sequence[str] = ()) -> str:
+    """A job script: runs the lines in order, stops at the first failure, then the `finally_` lines
+    whatever happened (they must not fail), and records the exit status."""
     body = "\n".join(lines)
+    after = "".join(f"{line}\n" for line in finally_)
     return (
         "#!/bin/sh\n"
         "# Written by the vemigrate operator; its outcome is read back from ./exit.\n"
@@ -137,6 +139,7 @@ def script(lines: Sequence[str]) -> str:
         f"{body}\n"
         "}\n"
         "( run ); rc=$?\n"
+        f"{after}"
         'echo "$rc" >exit.tmp && mv exit.tmp exit\n'
     )
 

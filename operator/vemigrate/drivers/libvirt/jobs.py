@@ -329,7 +329,7 @@ def live_script(
     stats = ["virsh", "-c", _destination(plan), "domjobinfo", "--completed", ve.uuid]
     lines.append(hostjob.command(stats) + " >stats 2>&1 || true")
     lines.append(_forget_record(plan))
-    return hostjob.script(lines)
+    return hostjob.script(lines, finally_=[_close_control(plan)])
 
 
 # On the target: each probe path read from stdin that is a file here, printed with its first bytes.
@@ -379,8 +379,20 @@ def shared_probe(target: HostAccess, disks: Sequence[str]) -> list[str]:
     return ["sh", "-c", _SHARED_PROBE, "sh", look, *disks]
 
 
-def ssh_command(target: HostAccess) -> str:
-    """The source's own SSH to the target (host key checked), as one shell command line ending in `--`."""
+# How long a job's shared SSH connection to the target outlives its last use when the job could not
+# close it (killed): the job closes it itself as it ends (`_close_control`).
+CONTROL_PERSIST_SECONDS = 30
+
+
+def ssh_command(target: HostAccess, control: str | None = None) -> str:
+    """The source's own SSH to the target (host key checked), as one shell command line ending in `--`.
+    With `control` (a socket path), the commands share one connection: the first one made becomes its
+    master, so a job pays for one SSH handshake to the target instead of one per step."""
+    shared = (
+        ["-o", "ControlMaster=auto", "-o", f"ControlPath={control}", "-o", f"ControlPersist={CONTROL_PERSIST_SECONDS}"]
+        if control
+        else []
+    )
     return shlex.join(
         [
             "ssh",
@@ -390,6 +402,7 @@ def ssh_command(target: HostAccess) -> str:
             "BatchMode=yes",
             "-o",
             "StrictHostKeyChecking=yes",
+            *shared,
             f"{target.user}@{target.data_address}",
             "--",
         ]
@@ -469,9 +482,22 @@ def _offline_stats(log: str) -> JobStats:
     return JobStats(bytes_processed=finished + current, bytes_total=total or None)
 
 
+def _control(plan: MigrationPlan) -> str:
+    """The job's SSH control socket, in its own directory (0700; about 80 bytes, within a socket path's
+    108 with the suffix ssh adds while it makes one)."""
+    return f"{hostjob.job_dir(plan.uid, plan.attempt)}/ssh"
+
+
 def _on_target(plan: MigrationPlan, argv: list[str]) -> str:
-    """A script line that runs argv on the target over the source node's own SSH (host key checked)."""
-    return f"{ssh_command(plan.target)} {shlex.quote(shlex.join(argv))}"
+    """A script line that runs argv on the target over the source node's own SSH (host key checked), on
+    the job's shared connection. Not holding the job's lock (fd 9): the connection's master outlives the
+    command that made it, and a lock it held would keep the job "running" after its end."""
+    return f"{ssh_command(plan.target, _control(plan))} {shlex.quote(shlex.join(argv))} 9>&-"
+
+
+def _close_control(plan: MigrationPlan) -> str:
+    """Ends the job's shared connection (whether the job succeeded or not); nothing when there is none."""
+    return f"ssh -o ControlPath={shlex.quote(_control(plan))} -O exit _ >/dev/null 2>&1 9>&- || true"
 
 
 # spec.bandwidthMiBps for the offline copies, which no libvirt or QEMU setting governs: stdin to stdout
@@ -589,7 +615,7 @@ def _offline_script(plan: MigrationPlan, xml: str) -> str:
         lines.append(_on_target(plan, ["virsh", "-c", "qemu:///system", "managedsave", "--running", "--", ve.name]))
         lines.append(_on_target(plan, ["rm", "-f", "--", saved, f"{directory}/domain.xml"]))
     lines.append(_forget_record(plan))
-    return hostjob.script(lines)
+    return hostjob.script(lines, finally_=[_close_control(plan)])
 
 
 # Names and sha256 of every file, and every symlink's target (never followed: a container's links
@@ -627,7 +653,7 @@ def _container_script(plan: MigrationPlan, xml: str) -> str:
         *_define_on_target(plan, _target_xml(plan, xml, directory), "lxc:///system"),
         _forget_record(plan),
     ]
-    return hostjob.script(lines)
+    return hostjob.script(lines, finally_=[_close_control(plan)])
 
 
 def _refuse_change_sid(plan: MigrationPlan) -> None:
