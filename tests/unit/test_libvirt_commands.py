@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import subprocess
 import time
@@ -370,6 +369,6 @@ def test_a_jobs_commands_on_the_target_share_one_ssh_connection_which_it_closes(
     assert len(remote) >= 2
     for line in remote:
         assert f"ControlPath={socket}" in line and "ControlMaster=auto" in line, line
-        assert re.search(r" 9>&-( <\S+|\))?$", line.rstrip()), line
+        assert " 9>&-" in line, line
     close = _tokens(after.splitlines()[1])
     assert close[:4] == ["ssh", "-o", f"ControlPath={socket}", "-O"] and "exit" in close

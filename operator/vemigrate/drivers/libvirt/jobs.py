@@ -325,9 +325,10 @@ def live_script(
     # checked strictly here first, with the same known_hosts files (see _destination).
     lines += [_on_target(plan, ["true"]), hostjob.command(argv)]
     lines.append(f"echo \"$(date -u '{_EVENT_TIME_FORMAT}'): {_JOB_ENDED}\" >>events")
-    # The completed job's statistics (downtime) are kept by the target's libvirtd.
-    stats = ["virsh", "-c", _destination(plan), "domjobinfo", "--completed", ve.uuid]
-    lines.append(hostjob.command(stats) + " >stats 2>&1 || true")
+    # The completed job's statistics (downtime) are kept by the target's libvirtd: read there, on the
+    # job's SSH connection (a libvirt connection to it would be another handshake).
+    stats = ["virsh", "-c", "qemu:///system", "domjobinfo", "--completed", ve.uuid]
+    lines.append(_on_target(plan, stats) + " >stats 2>&1 || true")
     lines.append(_forget_record(plan))
     return hostjob.script(lines, finally_=[_close_control(plan)])
 
