@@ -323,7 +323,8 @@ def live_script(
     lines.append("listener=$!; trap 'kill \"$listener\" 2>/dev/null' EXIT")
     # libvirtd's ssh takes its host key policy from ssh_config, which may accept a new key: the key is
     # checked strictly here first, with the same known_hosts files (see _destination).
-    lines += [_on_target(plan, ["true"]), hostjob.command(argv)]
+    # A connection of its own: the key as the target presents it now, not when the shared one was made.
+    lines += [_on_target(plan, ["true"], shared=False), hostjob.command(argv)]
     lines.append(f"echo \"$(date -u '{_EVENT_TIME_FORMAT}'): {_JOB_ENDED}\" >>events")
     # The completed job's statistics (downtime) are kept by the target's libvirtd: read there, on the
     # job's SSH connection (a libvirt connection to it would be another handshake).
@@ -489,11 +490,12 @@ def _control(plan: MigrationPlan) -> str:
     return f"{hostjob.job_dir(plan.uid, plan.attempt)}/ssh"
 
 
-def _on_target(plan: MigrationPlan, argv: list[str]) -> str:
+def _on_target(plan: MigrationPlan, argv: list[str], *, shared: bool = True) -> str:
     """A script line that runs argv on the target over the source node's own SSH (host key checked), on
-    the job's shared connection. Not holding the job's lock (fd 9): the connection's master outlives the
-    command that made it, and a lock it held would keep the job "running" after its end."""
-    return f"{ssh_command(plan.target, _control(plan))} {shlex.quote(shlex.join(argv))} 9>&-"
+    the job's shared connection unless told otherwise. Not holding the job's lock (fd 9): the
+    connection's master outlives the command that made it, and a lock it held would keep the job
+    "running" after its end."""
+    return f"{ssh_command(plan.target, _control(plan) if shared else None)} {shlex.quote(shlex.join(argv))} 9>&-"
 
 
 def _close_control(plan: MigrationPlan) -> str:
