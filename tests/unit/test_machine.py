@@ -128,13 +128,25 @@ CASES = [
         cause=QueueCause.CONCURRENCY_LIMIT,
     ),
     Case(
-        "finished and queued migrations take no slot",
+        "finished and younger queued migrations take no slot",
         None,
         obs={
             "cluster_limit": 1,
-            "others": (other(Phase.SUCCEEDED), other(Phase.FAILED), other(Phase.QUEUED)),
+            "others": (
+                other(Phase.SUCCEEDED),
+                other(Phase.FAILED),
+                other(Phase.QUEUED, created=T0 + timedelta(seconds=1)),
+            ),
         },
         phase=Phase.VALIDATING,
+    ),
+    Case(
+        "an older queued migration takes the last slot first",
+        None,
+        obs={"cluster_limit": 1, "others": (other(Phase.QUEUED, name="early"),)},
+        phase=Phase.QUEUED,
+        message="Behind early, queued earlier, for a cluster-wide slot (0 of 1 migrations in flight)",
+        cause=QueueCause.CONCURRENCY_LIMIT,
     ),
     Case(
         "an older unfinished migration of the same VE wins",

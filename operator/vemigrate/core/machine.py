@@ -36,8 +36,8 @@ from vemigrate.api.migration import (
     Result,
     SourceDisposition,
 )
+from vemigrate.core import admission, deadlines, progress
 from vemigrate.core import checks as preflight
-from vemigrate.core import deadlines, progress
 from vemigrate.core.conditions import find, set_condition
 from vemigrate.core.decision import Action, ActionKind, Decision, Event, EventType
 from vemigrate.core.observation import (
@@ -47,6 +47,7 @@ from vemigrate.core.observation import (
     JobState,
     JobStats,
     Observation,
+    OtherMigration,
     VEFacts,
     VEState,
 )
@@ -263,20 +264,19 @@ def _why_first(step: _Pass, uid: str) -> str:
 
 
 def _admission(step: _Pass) -> str | None:
-    """Why this migration may not start now (concurrency limits), or None."""
+    """Why this migration may not take its slots now (concurrency limits, and its turn: first come,
+    first served per slot, core/admission.py), or None."""
     spec, obs = step.spec, step.obs
-    active = [o for o in obs.others if o.phase in _ACTIVE_NAMES]
-    if obs.cluster_limit and len(active) >= obs.cluster_limit:
-        return f"Cluster limit: {len(active)} of {obs.cluster_limit} migrations in flight"
-    source_limit = obs.source.max_outbound if obs.source else 0
-    outbound = sum(1 for o in active if o.source_host == spec.source.host)
-    if source_limit and outbound >= source_limit:
-        return f"Host {spec.source.host!r} limit: {outbound} of {source_limit} outbound migrations in flight"
-    target_limit = obs.target.max_inbound if obs.target else 0
-    inbound = sum(1 for o in active if o.target_host == spec.target.host)
-    if target_limit and inbound >= target_limit:
-        return f"Host {spec.target.host!r} limit: {inbound} of {target_limit} inbound migrations in flight"
-    return None
+    me = OtherMigration(
+        uid=obs.uid,
+        created=obs.created or step.now,
+        phase=Phase.PENDING.value,
+        source_host=spec.source.host,
+        target_host=spec.target.host,
+        ve_name=spec.source.name,
+    )
+    blocked = admission.play(obs.others, admission.limits_of(obs), step.now, me=me).blocked.get(me.uid)
+    return blocked.message if blocked is not None else None
 
 
 # -- Validating -------------------------------------------------------------------------------

@@ -148,6 +148,13 @@ class OtherMigration:
     source_host: str
     target_host: str
     ve_name: str
+    name: str = ""
+    # What holds a waiting migration back besides the slots (core/admission.py: it then holds no place
+    # in the queue): its maintenance window (spec.notBefore), its retry backoff (status.nextAttemptTime),
+    # a Cancel or a deletion.
+    not_before: datetime | None = None
+    next_attempt: datetime | None = None
+    cancelling: bool = False
 
 
 def others_in_view(indexed: Iterable[OtherMigration], admitted: Iterable[OtherMigration]) -> list[OtherMigration]:
@@ -179,3 +186,6 @@ class Observation:
     uid: str = ""
     others: tuple[OtherMigration, ...] = ()
     cluster_limit: int = 0  # 0: no cluster-wide limit
+    # Every HypervisorHost of the namespace (existence and limits), read by a waiting pass only when its
+    # turn in the queue depends on other hosts' limits (admission.needs_every_host); None: not read.
+    hosts: tuple[HostObservation, ...] | None = None
