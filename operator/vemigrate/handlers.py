@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import logging
 import os
 from collections.abc import Coroutine, Mapping
@@ -18,11 +19,13 @@ from vemigrate.api import migration as migration_api
 from vemigrate.api.common import GROUP, VERSION
 from vemigrate.api.migration import FINAL_PHASES, MigrationStatus, Phase
 from vemigrate.core.decision import Decision
+from vemigrate.core.machine import ACTIVE_PHASES
 from vemigrate.core.observation import OtherMigration
 from vemigrate.kube import events
 
 PREFIX = GROUP
 _FINAL_NAMES = frozenset(p.value for p in FINAL_PHASES)
+_ACTIVE_NAMES = frozenset(p.value for p in ACTIVE_PHASES)
 FINALIZER = f"{GROUP}/finalizer"
 IDLE_POLL = 5.0
 
@@ -52,8 +55,10 @@ HostKey = tuple[str, str]  # a HypervisorHost's namespace and name
 # Migrations this process saw end, until the watch delivers their final status to the index: the
 # queued ones woken when a slot frees must not still count them in flight.
 _finished: set[str] = set()
-# Queued migrations woken (oldest first) when one that shares a host with them ends.
-WAKE_QUEUED = 4
+# The order the index first saw unfinished migrations in: the watch delivers them in the order they
+# were created, which orders those of one second of creationTimestamp in the queue (core/admission.py).
+_arrivals: dict[str, int] = {}
+_arrival_count = itertools.count(1)
 
 
 def install(world: reconcile.World) -> None:
@@ -134,8 +139,11 @@ def migrations(body: kopf.Body, uid: str, spec: kopf.Spec, meta: kopf.Meta, **_:
     """Every migration's hosts and phase, by namespace: what admission and duplicate detection compare
     against (hosts are namespaced, so migrations only compete within their namespace)."""
     created = meta.get("creationTimestamp")
-    if _phase(body) in _FINAL_NAMES:
+    final = _phase(body) in _FINAL_NAMES
+    if final:
         _finished.discard(uid)  # the index has its final phase now
+        _arrivals.pop(uid, None)  # the queue's order no longer concerns it
+    arrival = 0 if final else _arrivals.setdefault(uid, next(_arrival_count))
     return {
         str(meta.get("namespace")): OtherMigration(
             uid=uid,
@@ -144,6 +152,11 @@ def migrations(body: kopf.Body, uid: str, spec: kopf.Spec, meta: kopf.Meta, **_:
             source_host=str(spec.get("source", {}).get("host", "")),
             target_host=str(spec.get("target", {}).get("host", "")),
             ve_name=str(spec.get("source", {}).get("name", "")),
+            name=str(meta.get("name", "")),
+            arrival=arrival,
+            not_before=_time(spec.get("notBefore")),
+            next_attempt=_time((body.get("status") or {}).get("nextAttemptTime")),
+            cancelling=spec.get("action") == migration_api.Action.CANCEL.value or bool(meta.get("deletionTimestamp")),
         )
     }
 
@@ -162,6 +175,10 @@ def _lookup(index: kopf.Index[HostKey, dict[str, Any]]) -> reconcile.HostLookup:
     return lookup
 
 
+def _time(value: Any) -> datetime | None:
+    return datetime.fromisoformat(value) if isinstance(value, str) and value else None
+
+
 @kopf.on.event(GROUP, VERSION, migration_api.PLURAL)
 def failed_series(event: kopf.RawEvent, body: kopf.Body, name: str, namespace: str | None, **_: Any) -> None:
     """One metric series per Failed migration object, from the watch rather than from a pass: no pass
@@ -173,31 +190,26 @@ def failed_series(event: kopf.RawEvent, body: kopf.Body, name: str, namespace: s
     metrics.track_failed(str(namespace), name, reason)
 
 
-def _others(index: kopf.Index[str, OtherMigration], body: Mapping[str, Any]) -> list[OtherMigration]:
+def _others(index: kopf.Index[str, OtherMigration], namespace: str) -> list[OtherMigration]:
     global _phases_counted
     if not _phases_counted:  # kopf keeps the index current: the gauge reads it at every scrape
         metrics.count_phases(lambda: [o.phase for key in index for o in index[key]])
         _phases_counted = True
-    return [o for o in index.get(body["metadata"]["namespace"], []) if o.uid not in _finished]
+    return [o for o in index.get(namespace, []) if o.uid not in _finished]
 
 
-def _ended(uid: str, index: kopf.Index[str, OtherMigration], body: Mapping[str, Any]) -> None:
-    """A migration ended: wake the oldest queued migrations waiting on one of its hosts (or on the
-    cluster-wide limit) now, rather than at their next poll, so a freed slot goes to the longest waiter."""
-    _finished.add(uid)
-    spec = body.get("spec") or {}
-    hosts = {spec.get("source", {}).get("host"), spec.get("target", {}).get("host")}
-    everyone = bool(world().settings.cluster_limit)
-    queued = sorted(
-        (
-            o
-            for o in index.get(body["metadata"]["namespace"], [])
-            if o.phase == Phase.QUEUED.value and (everyone or o.source_host in hosts or o.target_host in hosts)
-        ),
-        key=lambda o: (o.created, o.uid),
-    )
-    for other in queued[:WAKE_QUEUED]:
+async def _next_up(index: kopf.Index[str, OtherMigration], namespace: str) -> None:
+    """A slot may have freed, or a migration ahead in the queue gone: wake the queued migrations whose turn
+    it is now (core/admission.py), rather than at their next poll. The others sleep on: it is not their
+    turn, and one woken whose turn it is not after all (the view moved on) only goes back to waiting."""
+    for other in await reconcile.next_up(world(), namespace, _others(index, namespace)):
         _wake(other.uid, "slot-freed")
+
+
+def _left_queue_or_slot(before: str, after: Phase) -> bool:
+    """A pass that makes room for others: it ended (in flight, or waiting ahead of others), or left its
+    slot to wait again (a retry's backoff). Being admitted, or staying put, makes none."""
+    return after.final or (before in _ACTIVE_NAMES and after.value not in _ACTIVE_NAMES)
 
 
 async def _whole(coro: Coroutine[Any, Any, Decision]) -> Decision:
@@ -281,11 +293,14 @@ async def _daemon_pass(
 ) -> Decision:
     """One pass; when it ends the migration, the queue hears of it within the same shielded run (kopf
     cancels the daemon as soon as the final status is written)."""
+    namespace = body["metadata"]["namespace"]
     decision = await reconcile.migration_pass(
-        world(), body, others=_others(migrations, body), woken_by=cause, lookup=_lookup(hypervisorhosts)
+        world(), body, others=_others(migrations, namespace), woken_by=cause, lookup=_lookup(hypervisorhosts)
     )
     if decision.status.phase.final:
-        _ended(uid, migrations, body)
+        _finished.add(uid)
+    if _left_queue_or_slot(_phase(body), decision.status.phase):
+        await _next_up(migrations, namespace)
     return decision
 
 
@@ -325,14 +340,14 @@ async def delete_migration(**kwargs: Any) -> None:
     """Deleting an unfinished migration cancels and rolls it back before the finalizer goes."""
     body: kopf.Body = kwargs["body"]
     migrations: kopf.Index[str, OtherMigration] = kwargs["migrations"]
-    uid = body["metadata"]["uid"]
+    uid, namespace = body["metadata"]["uid"], body["metadata"]["namespace"]
     async with _locks.setdefault(uid, asyncio.Lock()):
         decision = await _whole(
             reconcile.migration_pass(
                 world(),
                 body,
                 deleting=True,
-                others=_others(migrations, body),
+                others=_others(migrations, namespace),
                 woken_by="deletion",
                 lookup=_lookup(kwargs["hypervisorhosts"]),
             )
@@ -342,7 +357,8 @@ async def delete_migration(**kwargs: Any) -> None:
             f"rolling back before deletion (phase {decision.status.phase.value})", delay=decision.requeue_after or 2
         )
     _locks.pop(uid, None)
-    _ended(uid, migrations, body)
+    _finished.add(uid)
+    await _next_up(migrations, namespace)
 
 
 @kopf.on.create(GROUP, VERSION, host_api.PLURAL)

@@ -20,8 +20,11 @@ from pydantic import ValidationError
 from vemigrate import metrics
 from vemigrate.api.common import ConditionStatus
 from vemigrate.api.host import HostConditionType, HostStatus, HypervisorHost
+from vemigrate.api.migration import Action as SpecAction
 from vemigrate.api.migration import Failure, MigrationSpec, MigrationStatus, Mode, Phase
+from vemigrate.core import admission
 from vemigrate.core.access import HostAccess
+from vemigrate.core.admission import Limits
 from vemigrate.core.conditions import set_condition
 from vemigrate.core.decision import Action, ActionKind, Decision
 from vemigrate.core.machine import ACTIVE_PHASES, POLL_JOB, decide, disposition_for, resolve_mode
@@ -66,10 +69,12 @@ class World:
     make_driver: DriverFactory
     settings: Settings = field(default_factory=Settings)
     _drivers: dict[tuple[str, str], HypervisorDriver] = field(default_factory=dict)
-    # Admission is decided under this lock, and what it admitted is remembered until the API shows
-    # it, so two migrations never take the last slot at once.
+    # Admission is decided under this lock, and what a waiting pass decided (admitted, or still waiting)
+    # and a pass that left its slot (back to Queued) is remembered until the migration ends, so that two
+    # migrations never take the last slot at once and none is counted in the slot it left while the API's
+    # view lags (observation.others_in_view).
     admission: asyncio.Lock = field(default_factory=asyncio.Lock)
-    admitted: dict[str, OtherMigration] = field(default_factory=dict)
+    decided: dict[str, OtherMigration] = field(default_factory=dict)
 
     # Called with a migration's UID when its job is seen to end on its host (handlers wake its daemon).
     job_ended: Callable[[str], None] = lambda uid: None
@@ -164,6 +169,25 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _limits(hvh: HypervisorHost) -> HostObservation:
+    return HostObservation(
+        name=str(hvh.metadata.get("name", "")),
+        reachable=None,
+        facts=hvh.status,
+        max_inbound=hvh.spec.max_inbound,
+        max_outbound=hvh.spec.max_outbound,
+    )
+
+
+async def _every_host(world: World, namespace: str) -> tuple[HostObservation, ...] | None:
+    """Every HypervisorHost of the namespace (their limits, and which exist), or None if not read."""
+    try:
+        return tuple(_limits(hvh) for hvh in await hosts.list_hosts(world.kube, namespace))
+    except Exception as exc:  # the API server itself: not known this pass
+        log.warning("listing HypervisorHosts in %s: %s", namespace, exc)
+        return None
+
+
 # A HypervisorHost's body as the operator's watch last delivered it, or None when it has not (yet).
 HostLookup = Callable[[str, str], Mapping[str, Any] | None]
 
@@ -186,13 +210,7 @@ async def _host(
         return _Host(HostObservation(name=name, reachable=None, error=str(exc)))
     if hvh is None:
         return _Host(HostObservation(name=name, reachable=None, exists=False))
-    obs = HostObservation(
-        name=name,
-        reachable=None,
-        facts=hvh.status,
-        max_inbound=hvh.spec.max_inbound,
-        max_outbound=hvh.spec.max_outbound,
-    )
+    obs = replace(_limits(hvh), name=name)
     if not connect:
         return _Host(obs)
     cached = world.access.cached(namespace, hvh) is not None
@@ -278,16 +296,24 @@ async def _observe(
         _host(world, namespace, spec.target.host, connect=connect, lookup=lookup),
     )
     created = datetime.fromisoformat(meta["creationTimestamp"]) if meta.get("creationTimestamp") else None
+    everyone = list(others)
     base = Observation(
         generation=int(meta.get("generation", 1)),
         deleting=deleting,
         created=created,
+        arrival=next((o.arrival for o in everyone if o.uid == uid), 0),
         uid=uid,
-        others=tuple(o for o in others if o.uid != uid),
+        others=tuple(o for o in everyone if o.uid != uid),
         cluster_limit=world.settings.cluster_limit,
     )
     if phase not in _HOST_PHASES or phase.final:
-        return replace(base, source=src.obs, target=dst.obs), None
+        waiting = replace(base, source=src.obs, target=dst.obs)
+        if not phase.final and admission.needs_every_host(
+            waiting.others, admission.limits_of(waiting), _now(), admission.candidate(spec, waiting, _now())
+        ):
+            # Whether an older waiter goes first depends on another host's limit: one list of them all.
+            waiting = replace(waiting, hosts=await _every_host(world, namespace))
+        return waiting, None
 
     async def none() -> None:
         return None
@@ -424,20 +450,14 @@ async def migration_pass(
         # The CRD refuses such specs; an object stored before a schema change can still hold one.
         return await _invalid_spec(world, body, stored, exc)
 
-    waiting = stored is None or stored.phase in (Phase.PENDING, Phase.QUEUED)
+    before = stored.phase if stored else Phase.PENDING
+    waiting = before in (Phase.PENDING, Phase.QUEUED)
     async with world.admission if waiting else contextlib.nullcontext():
-        pending = others_in_view(others, world.admitted.values())
+        pending = others_in_view(others, world.decided.values())
         obs, plan = await _observe(world, body, spec, stored, deleting=deleting, others=pending, lookup=lookup)
         decision = decide(spec, stored, obs, _now())
-        if waiting and decision.status.phase in ACTIVE_PHASES:
-            world.admitted[meta["uid"]] = OtherMigration(
-                uid=meta["uid"],
-                created=obs.created or _now(),
-                phase=decision.status.phase.value,
-                source_host=spec.source.host,
-                target_host=spec.target.host,
-                ve_name=spec.source.name,
-            )
+        if waiting and not decision.status.phase.final:
+            world.decided[meta["uid"]] = _as_other(meta, spec, obs, decision.status)
 
     decision = await _act_all(world, body, spec, obs, plan, decision)
     emitted = list(decision.events)
@@ -473,13 +493,45 @@ async def migration_pass(
     for event in decision.events:
         await events.emit(world.kube, body, event.type.value, event.reason, event.message)
     metrics.WAKEUPS.labels(cause=woken_by).inc()
-    before = stored.phase if stored else Phase.PENDING
     if new.phase != before:
         log.info("%s/%s: %s -> %s (a pass woken by %s)", namespace, name, before.value, new.phase.value, woken_by)
     if new.phase.final:
-        world.admitted.pop(meta["uid"], None)
+        world.decided.pop(meta["uid"], None)
         world.forget(meta["uid"])
+    elif before in ACTIVE_PHASES and new.phase not in ACTIVE_PHASES:
+        world.decided[meta["uid"]] = _as_other(meta, spec, obs, new)  # out of its slot: to retry later
     return decision
+
+
+def _as_other(meta: Mapping[str, Any], spec: MigrationSpec, obs: Observation, new: MigrationStatus) -> OtherMigration:
+    """This migration as the others' admission sees it, with the phase just decided."""
+    return OtherMigration(
+        uid=meta["uid"],
+        created=obs.created or _now(),
+        arrival=obs.arrival,
+        phase=new.phase.value,
+        source_host=spec.source.host,
+        target_host=spec.target.host,
+        ve_name=spec.source.name,
+        name=meta["name"],
+        not_before=spec.not_before,
+        next_attempt=new.next_attempt_time,
+        cancelling=obs.deleting or spec.action == SpecAction.CANCEL,
+    )
+
+
+async def next_up(world: World, namespace: str, others: Iterable[OtherMigration]) -> list[OtherMigration]:
+    """The Queued migrations whose turn it is (core/admission.py), to be woken when a slot may have freed:
+    a migration ended or left its slot, or one ahead in the queue went. Every host is read only when one
+    is queued. A Pending one is not among them: its first pass is on its way."""
+    view = others_in_view(others, world.decided.values())
+    if not any(o.phase == Phase.QUEUED.value for o in view):
+        return []
+    every = await _every_host(world, namespace)
+    known = Limits(
+        cluster=world.settings.cluster_limit, hosts={h.name: h for h in every or ()}, complete=every is not None
+    )
+    return [o for o in admission.play(view, known, _now()).admitted if o.phase == Phase.QUEUED.value]
 
 
 async def _invalid_spec(

@@ -81,6 +81,13 @@ def test_an_older_migration_from_the_same_second_goes_by_uid() -> None:
     assert my_turn(waiter("tie", age=0), uid="uid-z")[0] == Phase.QUEUED
 
 
+def test_within_one_second_the_order_the_operator_saw_them_created_in_decides() -> None:
+    # The watch delivers creations in order; creationTimestamp alone cannot tell them apart.
+    assert my_turn(waiter("tie", age=0, arrival=7), arrival=8)[0] == Phase.QUEUED  # "uid-1" < "uid-tie"
+    assert my_turn(waiter("tie", age=0, arrival=9), uid="uid-z", arrival=8)[0] == Phase.VALIDATING
+    assert my_turn(waiter("older", age=1, arrival=9), arrival=8)[0] == Phase.QUEUED  # the second decides first
+
+
 def test_younger_waiters_do_not_hold_anything() -> None:
     assert my_turn(waiter("late", age=-5), waiter("later", age=-10, phase=Phase.PENDING))[0] == Phase.VALIDATING
 

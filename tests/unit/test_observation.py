@@ -29,3 +29,13 @@ def test_the_admission_counts_until_the_api_shows_it() -> None:
 def test_the_api_wins_once_it_shows_the_migration_past_waiting() -> None:
     view = others_in_view([_other("m0", "Failed"), _other("m1", "Transferring")], [_other("m0", "Validating")])
     assert sorted((o.uid, o.phase) for o in view) == [("m0", "Failed"), ("m1", "Transferring")]
+
+
+def test_a_migration_that_left_its_slot_is_not_counted_in_it_while_the_api_lags() -> None:
+    # Rolled back and queued for a retry: the index still shows it in flight until the watch delivers.
+    view = others_in_view([_other("m0", "RollingBack")], [_other("m0", "Queued")])
+    assert [(o.uid, o.phase) for o in view] == [("m0", "Queued")]
+
+
+def test_only_migrations_the_api_has_are_in_view() -> None:
+    assert others_in_view([], [_other("gone", "Validating")]) == []

@@ -2,7 +2,8 @@
 
 A migration in flight (Validating to RollingBack) holds one slot of each limit it counts against: its
 source host's maxOutbound, its target host's maxInbound and the cluster-wide --max-parallel. Waiting
-migrations (Pending, Queued) take slots in the order they were created (creationTimestamp, then UID):
+migrations (Pending, Queued) take slots in the order they were created (creationTimestamp; within one
+second, the order the operator saw them created in; then UID):
 the queue is played out oldest first, and each waiter that is ready takes all of its slots if every
 one has room, else none. A migration is admitted when its turn comes and its slots have room.
 
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
-from vemigrate.api.migration import Phase
+from vemigrate.api.migration import MigrationSpec, Phase
 from vemigrate.core.observation import HostObservation, Observation, OtherMigration
 
 # Other migrations' phases arrive as plain strings (from the kopf index).
@@ -109,8 +110,9 @@ def slots(m: OtherMigration, cluster_limit: int) -> tuple[Slot, ...]:
     return (Slot(SlotKind.CLUSTER), *own) if cluster_limit else own
 
 
-def _order(m: OtherMigration) -> tuple[datetime, str]:
-    return (m.created, m.uid)
+def _order(m: OtherMigration) -> tuple[datetime, int, str]:
+    """Oldest first; within one second of creationTimestamp in the order the operator saw them created."""
+    return (m.created, m.arrival, m.uid)
 
 
 def _duplicate_losers(migrations: Iterable[OtherMigration]) -> set[str]:
@@ -123,7 +125,8 @@ def _duplicate_losers(migrations: Iterable[OtherMigration]) -> set[str]:
     losers: set[str] = set()
     for same in by_ve.values():
         if len(same) > 1:
-            winner = next((m for m in same if m.phase in ACTIVE), None) or min(same, key=_order)
+            oldest = min(same, key=lambda m: (m.created, m.uid))  # as machine._duplicate decides
+            winner = next((m for m in same if m.phase in ACTIVE), None) or oldest
             losers.update(m.uid for m in same if m is not winner)
     return losers
 
@@ -180,6 +183,19 @@ def play(others: Sequence[OtherMigration], limits: Limits, now: datetime, me: Ot
             behind = tuple(taken_by.get(full, ()))
             blocked[waiter.uid] = Blocked(full, used[full] - len(behind), limits.of(full), behind)
     return Queue(tuple(admitted), blocked)
+
+
+def candidate(spec: MigrationSpec, obs: Observation, now: datetime) -> OtherMigration:
+    """The migration whose pass this is, as a waiter in the queue."""
+    return OtherMigration(
+        uid=obs.uid,
+        created=obs.created or now,
+        arrival=obs.arrival,
+        phase=Phase.PENDING.value,
+        source_host=spec.source.host,
+        target_host=spec.target.host,
+        ve_name=spec.source.name,
+    )
 
 
 def limits_of(obs: Observation) -> Limits:

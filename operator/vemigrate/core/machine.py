@@ -47,7 +47,6 @@ from vemigrate.core.observation import (
     JobState,
     JobStats,
     Observation,
-    OtherMigration,
     VEFacts,
     VEState,
 )
@@ -266,15 +265,8 @@ def _why_first(step: _Pass, uid: str) -> str:
 def _admission(step: _Pass) -> str | None:
     """Why this migration may not take its slots now (concurrency limits, and its turn: first come,
     first served per slot, core/admission.py), or None."""
-    spec, obs = step.spec, step.obs
-    me = OtherMigration(
-        uid=obs.uid,
-        created=obs.created or step.now,
-        phase=Phase.PENDING.value,
-        source_host=spec.source.host,
-        target_host=spec.target.host,
-        ve_name=spec.source.name,
-    )
+    obs = step.obs
+    me = admission.candidate(step.spec, obs, step.now)
     blocked = admission.play(obs.others, admission.limits_of(obs), step.now, me=me).blocked.get(me.uid)
     return blocked.message if blocked is not None else None
 

@@ -12,6 +12,9 @@ from datetime import datetime
 from enum import StrEnum
 
 from vemigrate.api.host import HostStatus, VEKind
+from vemigrate.api.migration import FINAL_PHASES
+
+_FINAL = frozenset(p.value for p in FINAL_PHASES)
 
 
 class VEState(StrEnum):
@@ -149,6 +152,9 @@ class OtherMigration:
     target_host: str
     ve_name: str
     name: str = ""
+    # The order this operator first saw the migrations in (the watch's, which is the order they were
+    # created in): creationTimestamp has whole seconds, this orders those of one second. 0: unknown.
+    arrival: int = 0
     # What holds a waiting migration back besides the slots (core/admission.py: it then holds no place
     # in the queue): its maintenance window (spec.notBefore), its retry backoff (status.nextAttemptTime),
     # a Cancel or a deletion.
@@ -157,14 +163,12 @@ class OtherMigration:
     cancelling: bool = False
 
 
-def others_in_view(indexed: Iterable[OtherMigration], admitted: Iterable[OtherMigration]) -> list[OtherMigration]:
-    """Each other migration once: as the API shows it, unless the API still shows it waiting while this
-    operator has already admitted it (its status write not yet seen)."""
-    view = {o.uid: o for o in admitted}
-    for o in indexed:
-        if o.uid not in view or o.phase not in ("Pending", "Queued"):
-            view[o.uid] = o
-    return list(view.values())
+def others_in_view(indexed: Iterable[OtherMigration], decided: Iterable[OtherMigration]) -> list[OtherMigration]:
+    """Each other migration the API has, once: as this operator last decided it (`decided`: admitted, or
+    waiting again) while its status write may not have reached the API's view yet, else as the API shows
+    it. A final phase the API shows always stands."""
+    mine = {o.uid: o for o in decided}
+    return [o if o.phase in _FINAL else mine.get(o.uid, o) for o in indexed]
 
 
 @dataclass(frozen=True)
@@ -183,6 +187,7 @@ class Observation:
     ssh_port_open: bool | None = None  # the source reaches the target's SSH port
     job: JobObservation | None = None
     created: datetime | None = None
+    arrival: int = 0  # as OtherMigration.arrival
     uid: str = ""
     others: tuple[OtherMigration, ...] = ()
     cluster_limit: int = 0  # 0: no cluster-wide limit

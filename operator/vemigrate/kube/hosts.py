@@ -38,6 +38,12 @@ async def get_host(kube: Kube, namespace: str, name: str) -> HypervisorHost | No
     return HypervisorHost.model_validate(body)
 
 
+async def list_hosts(kube: Kube, namespace: str) -> list[HypervisorHost]:
+    body = await kube.call(kube.custom.list_namespaced_custom_object, GROUP, VERSION, namespace, host_api.PLURAL)
+    items: list[Any] = body.get("items", []) if isinstance(body, dict) else []
+    return [HypervisorHost.model_validate(item) for item in items]
+
+
 async def _secret_data(kube: Kube, namespace: str, host: str, secret: str) -> dict[str, str | bytes]:
     """The Secret's data, still base64: only the key a host names is decoded (`_pick`). A Secret not
     marked for HypervisorHosts is refused before anything in it is used: a HypervisorHost's author
