@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
+from pydantic import ValidationError
 
 from vemigrate import metrics, reconcile
 from vemigrate.api import host as host_api
@@ -366,6 +367,17 @@ async def delete_migration(**kwargs: Any) -> None:
 @kopf.on.resume(GROUP, VERSION, host_api.PLURAL)
 async def probe_host_now(body: kopf.Body, **_: Any) -> None:
     await _probe(body)
+
+
+@kopf.on.update(GROUP, VERSION, host_api.PLURAL, field="spec")
+async def host_limits_changed(old: Any, new: Any, body: kopf.Body, **kwargs: Any) -> None:
+    """A host's limit raised makes room at once, as a freed slot does."""
+    try:
+        before, after = host_api.HostSpec.model_validate(old or {}), host_api.HostSpec.model_validate(new or {})
+    except ValidationError:
+        return  # not a spec the operator uses: its probe says why
+    if after.max_inbound > before.max_inbound or after.max_outbound > before.max_outbound:
+        await _next_up(kwargs["migrations"], body["metadata"]["namespace"])
 
 
 @kopf.on.delete(GROUP, VERSION, host_api.PLURAL, optional=True)

@@ -111,7 +111,7 @@ WAKEUPS = Counter(
     "vemigrate_migration_wakeups",
     "Migration passes by what started them: start (a daemon's first pass), job-ended (the job's end seen "
     "on its host), timer (the poll: progress, or the safety net), spec-change (spec.action), slot-freed "
-    "(a migration sharing a host ended), deletion.",
+    "(its turn in the queue came: a slot freed, one ahead of it went, or a host's limit was raised), deletion.",
     ["cause"],
     registry=REGISTRY,
 )
