@@ -275,8 +275,9 @@ def fairness(
     )
     table.add("start order (creation indices)", " ".join(str(i) for i in order))
     table.notes.append(
-        "A queued migration re-checks its slot on its own timer (core/machine.py POLL_QUEUE) rather than being "
-        "woken when one frees, so starts are not strictly first-come-first-served and a freed slot may idle "
-        "until the next check."
+        "Admission is first come, first served per slot (core/admission.py), and a migration that ends wakes "
+        "the queued migrations whose turn it is at once. Creation order here is this client's; the operator "
+        "orders migrations created within one second (creationTimestamp's resolution) by the order its watch "
+        "saw them created. Each source sends to one target, so 'within each source' is the strict order."
     )
     return table
