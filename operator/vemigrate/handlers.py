@@ -136,9 +136,12 @@ def _phase(body: Mapping[str, Any]) -> str:
 
 
 @kopf.index(GROUP, VERSION, migration_api.PLURAL)
-def migrations(body: kopf.Body, uid: str, spec: kopf.Spec, meta: kopf.Meta, **_: Any) -> dict[str, OtherMigration]:
+async def migrations(
+    body: kopf.Body, uid: str, spec: kopf.Spec, meta: kopf.Meta, **_: Any
+) -> dict[str, OtherMigration]:
     """Every migration's hosts and phase, by namespace: what admission and duplicate detection compare
-    against (hosts are namespaced, so migrations only compete within their namespace)."""
+    against (hosts are namespaced, so migrations only compete within their namespace). Async so that it
+    runs on the event loop in the order the watch delivered the objects (`_arrivals`), not on a thread."""
     created = meta.get("creationTimestamp")
     final = _phase(body) in _FINAL_NAMES
     if final:
