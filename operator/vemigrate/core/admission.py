@@ -2,10 +2,10 @@
 
 A migration in flight (Validating to RollingBack) holds one slot of each limit it counts against: its
 source host's maxOutbound, its target host's maxInbound and the cluster-wide --max-parallel. Waiting
-migrations (Pending, Queued) take slots in the order they were created (creationTimestamp; within one
-second, the order the operator saw them created in; then UID):
-the queue is played out oldest first, and each waiter that is ready takes all of its slots if every
-one has room, else none. A migration is admitted when its turn comes and its slots have room.
+migrations (Pending, Queued) of a namespace take slots in the order they were created (creationTimestamp;
+within one second, the order the operator saw them created in; then UID): the queue is played out oldest
+first, and each waiter that is ready takes all of its slots if every one has room, else none. A migration
+is admitted when its turn comes and its slots have room.
 
 So a slot that frees goes to the oldest waiter that can use it now. A waiter that cannot holds nothing,
 so it does not block younger ones (no head-of-line blocking):
