@@ -194,8 +194,9 @@ def compare(
         "raw SSH stream: `dd | ssh root@<target> 'cat >file'` between the same two lab hosts, the "
         "same ssh binary, options and key as the job's node-to-node streams; the bytes of the disk file.",
         "operator copy job: the job script's own wall time on the source (its `pid` file to its `exit` "
-        "file): sha256 of the source, `dd | [zstd -T0 |] ssh target '[zstd -d |] cat >file.part'`, "
-        "sha256 on the target, rename, `virsh define` there; throughput = disk bytes / that time.",
+        "file): `dd | tee (sha256) | [zstd -T0 |] ssh target '[zstd -d |] tee file.part | sha256sum'` "
+        "(each end hashes the stream as it passes), rename, `virsh define` there, all on one SSH "
+        "connection to the target; throughput = disk bytes / that time.",
         "operator create→Succeeded adds the pre-flight checks, the job start and the source's removal.",
     ]
     return table
