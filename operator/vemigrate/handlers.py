@@ -172,11 +172,17 @@ def hypervisorhosts(body: kopf.Body, namespace: str | None, name: str, **_: Any)
     return {(str(namespace), name): dict(body)}
 
 
-def _lookup(index: kopf.Index[HostKey, dict[str, Any]]) -> reconcile.HostLookup:
-    def lookup(namespace: str, name: str) -> dict[str, Any] | None:
-        return next(iter(index.get((namespace, name), ())), None)
+@dataclasses.dataclass(frozen=True)
+class _Hosts:
+    """The hosts index as reconcile reads it (reconcile.HostLookup)."""
 
-    return lookup
+    index: kopf.Index[HostKey, dict[str, Any]]
+
+    def get(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return next(iter(self.index.get((namespace, name), ())), None)
+
+    def in_namespace(self, namespace: str) -> list[Mapping[str, Any]]:
+        return [body for key in self.index if key[0] == namespace for body in self.index[key]]
 
 
 def _time(value: Any) -> datetime | None:
@@ -202,11 +208,13 @@ def _others(index: kopf.Index[str, OtherMigration], namespace: str) -> list[Othe
     return [o for o in index.get(namespace, []) if o.uid not in _finished]
 
 
-async def _next_up(index: kopf.Index[str, OtherMigration], namespace: str) -> None:
+async def _next_up(
+    index: kopf.Index[str, OtherMigration], namespace: str, hosts: kopf.Index[HostKey, dict[str, Any]]
+) -> None:
     """A slot may have freed, or a migration ahead in the queue gone: wake the queued migrations whose turn
     it is now (core/admission.py), rather than at their next poll. The others sleep on: it is not their
     turn, and one woken whose turn it is not after all (the view moved on) only goes back to waiting."""
-    for other in await reconcile.next_up(world(), namespace, _others(index, namespace)):
+    for other in await reconcile.next_up(world(), namespace, _others(index, namespace), _Hosts(hosts)):
         _wake(other.uid, "slot-freed")
 
 
@@ -299,12 +307,12 @@ async def _daemon_pass(
     cancels the daemon as soon as the final status is written)."""
     namespace = body["metadata"]["namespace"]
     decision = await reconcile.migration_pass(
-        world(), body, others=_others(migrations, namespace), woken_by=cause, lookup=_lookup(hypervisorhosts)
+        world(), body, others=_others(migrations, namespace), woken_by=cause, lookup=_Hosts(hypervisorhosts)
     )
     if decision.status.phase.final:
         _finished.add(uid)
     if _left_queue_or_slot(_phase(body), decision.status.phase):
-        await _next_up(migrations, namespace)
+        await _next_up(migrations, namespace, hypervisorhosts)
     return decision
 
 
@@ -353,7 +361,7 @@ async def delete_migration(**kwargs: Any) -> None:
                 deleting=True,
                 others=_others(migrations, namespace),
                 woken_by="deletion",
-                lookup=_lookup(kwargs["hypervisorhosts"]),
+                lookup=_Hosts(kwargs["hypervisorhosts"]),
             )
         )
     if not decision.release_finalizer:
@@ -362,7 +370,7 @@ async def delete_migration(**kwargs: Any) -> None:
         )
     _locks.pop(uid, None)
     _finished.add(uid)
-    await _next_up(migrations, namespace)
+    await _next_up(migrations, namespace, kwargs["hypervisorhosts"])
 
 
 @kopf.on.create(GROUP, VERSION, host_api.PLURAL)
@@ -380,7 +388,7 @@ async def host_limits_changed(old: Any, new: Any, body: kopf.Body, **kwargs: Any
     except ValidationError:
         return  # not a spec the operator uses: its probe says why
     if after.max_inbound > before.max_inbound or after.max_outbound > before.max_outbound:
-        await _next_up(kwargs["migrations"], body["metadata"]["namespace"])
+        await _next_up(kwargs["migrations"], body["metadata"]["namespace"], kwargs["hypervisorhosts"])
 
 
 @kopf.on.delete(GROUP, VERSION, host_api.PLURAL, optional=True)

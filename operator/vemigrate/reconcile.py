@@ -13,7 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from pydantic import ValidationError
 
@@ -179,17 +179,31 @@ def _limits(hvh: HypervisorHost) -> HostObservation:
     )
 
 
-async def _every_host(world: World, namespace: str) -> tuple[HostObservation, ...] | None:
-    """Every HypervisorHost of the namespace (their limits, and which exist), or None if not read."""
+class HostLookup(Protocol):
+    """HypervisorHosts' bodies as the operator's watch last delivered them (a kopf index)."""
+
+    def get(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        """The host's body, or None when the watch has not delivered it (yet)."""
+
+    def in_namespace(self, namespace: str) -> list[Mapping[str, Any]]:
+        """Every host of the namespace the watch has delivered."""
+
+
+async def _every_host(
+    world: World, namespace: str, lookup: HostLookup | None = None
+) -> tuple[HostObservation, ...] | None:
+    """Every HypervisorHost of the namespace (their limits, and which exist), or None if not read: from the
+    watch's index when there is one, else listed from the API."""
     try:
-        return tuple(_limits(hvh) for hvh in await hosts.list_hosts(world.kube, namespace))
-    except Exception as exc:  # the API server itself: not known this pass
+        found = (
+            [HypervisorHost.model_validate(body) for body in lookup.in_namespace(namespace)]
+            if lookup is not None
+            else await hosts.list_hosts(world.kube, namespace)
+        )
+    except Exception as exc:  # the API server itself, or a host the API stored before a schema change
         log.warning("listing HypervisorHosts in %s: %s", namespace, exc)
         return None
-
-
-# A HypervisorHost's body as the operator's watch last delivered it, or None when it has not (yet).
-HostLookup = Callable[[str, str], Mapping[str, Any] | None]
+    return tuple(_limits(hvh) for hvh in found)
 
 
 async def _host(
@@ -198,7 +212,7 @@ async def _host(
     """The host's object (from the watch's index when it has it; read from the API otherwise, which also
     tells a missing host from one not delivered yet); with `connect`, also its Secrets (cached, see
     World.access) and a driver. Waiting phases only need the object: whether it exists, and its limits."""
-    seen = lookup(namespace, name) if lookup is not None else None
+    seen = lookup.get(namespace, name) if lookup is not None else None
     try:
         hvh = (
             HypervisorHost.model_validate(seen)
@@ -312,7 +326,7 @@ async def _observe(
             waiting.others, admission.limits_of(waiting), _now(), admission.candidate(spec, waiting, _now())
         ):
             # Whether an older waiter goes first depends on another host's limit: one list of them all.
-            waiting = replace(waiting, hosts=await _every_host(world, namespace))
+            waiting = replace(waiting, hosts=await _every_host(world, namespace, lookup))
         return waiting, None
 
     async def none() -> None:
@@ -520,14 +534,16 @@ def _as_other(meta: Mapping[str, Any], spec: MigrationSpec, obs: Observation, ne
     )
 
 
-async def next_up(world: World, namespace: str, others: Iterable[OtherMigration]) -> list[OtherMigration]:
+async def next_up(
+    world: World, namespace: str, others: Iterable[OtherMigration], lookup: HostLookup | None = None
+) -> list[OtherMigration]:
     """The Queued migrations whose turn it is (core/admission.py), to be woken when a slot may have freed:
     a migration ended or left its slot, or one ahead in the queue went. Every host is read only when one
     is queued. A Pending one is not among them: its first pass is on its way."""
     view = others_in_view(others, world.decided.values())
     if not any(o.phase == Phase.QUEUED.value for o in view):
         return []
-    every = await _every_host(world, namespace)
+    every = await _every_host(world, namespace, lookup)
     known = Limits(
         cluster=world.settings.cluster_limit, hosts={h.name: h for h in every or ()}, complete=every is not None
     )
