@@ -1,17 +1,23 @@
 """Reaching a host's libvirtd: through a Unix socket forwarded over the host's one SSH connection, whose
 host key is verified (drivers/ssh.py), never through a URI opened as written (`_connection_plan`). Every
-blocking libvirt call runs in a thread under a deadline (`Libvirtd.call`); a hung call is a fact (state
-unknown), not a reason to block, and libvirt's errors are classified (`_classify`): retryable,
-permanent, or state unknown.
+blocking libvirt call runs in one of the host's own threads (drivers/threads.py) under a deadline
+(`Libvirtd.call`); a hung call is a fact (state unknown), not a reason to block, and it holds a thread
+of its host only. libvirt's keepalive closes a connection whose libvirtd stopped answering, which ends
+the calls stuck on it and frees their threads. libvirt's errors are classified (`_classify`):
+retryable, permanent, or state unknown.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import tempfile
+import threading
+import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
@@ -22,9 +28,16 @@ from vemigrate.api.host import LIBVIRT_URI, LIBVIRT_URI_SCHEME
 from vemigrate.core.access import HostAccess
 from vemigrate.drivers.errors import DriverError, PermanentError, RetryableError, StateUnknownError
 from vemigrate.drivers.ssh import SSHHost
+from vemigrate.drivers.threads import NOT_RESPONDING
+from vemigrate.drivers.threads import for_host as host_threads
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 CALL_TIMEOUT = 30.0
+# libvirt's keepalive: a probe after this many idle seconds, and the connection closed after this many
+# unanswered ones (a dead libvirtd is seen in 20 s, before a call's deadline).
+KEEPALIVE_INTERVAL = 5
+KEEPALIVE_COUNT = 3
 LIBVIRT_SOCKET = "/run/libvirt/libvirt-sock"
 # libvirt prints every error to stderr by default; ours are raised, classified and reported instead.
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
@@ -65,51 +78,153 @@ def _classify(exc: libvirt.libvirtError, what: str) -> DriverError:
     return PermanentError("LibvirtError", message)
 
 
+def _alive(conn: Any) -> bool:
+    with contextlib.suppress(libvirt.libvirtError):
+        return bool(conn.isAlive())  # a local check, no round trip
+    return False
+
+
+def _close_in_thread(conn: Any) -> None:
+    """Close a connection off the event loop, without waiting: a libvirt connection talks through an SSH
+    forward that the loop serves, so closing it there (or its finalizer running there) could wait on
+    the loop itself. Used for connections already dead (closing is local then) or nobody waits on."""
+
+    def close() -> None:
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.close()
+
+    threading.Thread(target=close, name="libvirt-close", daemon=True).start()
+
+
+def _close_when_returned(call: Future[Any]) -> None:
+    """The connection a connection attempt nobody waits on any more returns, if it ever does, closed."""
+
+    def returned(done: Future[Any]) -> None:
+        if not done.cancelled() and done.exception() is None:
+            _close_in_thread(done.result())
+
+    call.add_done_callback(returned)
+
+
+_events_lock = threading.Lock()
+_events_running = False
+
+
+def _run_events() -> None:
+    while True:
+        try:
+            libvirt.virEventRunDefaultImpl()
+        except libvirt.libvirtError as exc:  # never seen; not worth a busy loop
+            log.warning("libvirt's event loop: %s", exc)
+            time.sleep(1)
+
+
+def _start_event_loop() -> None:
+    """libvirt's own event loop, in a thread of its own: what keepalive needs (libvirt refuses
+    setKeepAlive without one). Registered once, before the process opens its first connection, as
+    libvirt requires."""
+    global _events_running
+    with _events_lock:
+        if not _events_running:
+            libvirt.virEventRegisterDefaultImpl()
+            threading.Thread(target=_run_events, name="libvirt-events", daemon=True).start()
+            _events_running = True
+
+
+def _open(uri: str, host: str) -> Any:
+    """A connection with keepalive on (in one of the host's threads): a libvirtd that stops answering
+    (hung, frozen, its link cut) then has its connection closed by libvirt within KEEPALIVE_INTERVAL *
+    (KEEPALIVE_COUNT + 1) seconds, and every call waiting on it ends with an error, its thread freed."""
+    conn = libvirt.open(uri)
+    try:
+        conn.setKeepAlive(KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)
+    except libvirt.libvirtError as exc:  # a libvirtd without keepalive (older than 0.9.8): deadlines only
+        log.warning("libvirtd on %s: no keepalive (%s); calls rely on their deadlines", host, exc)
+    return conn
+
+
 class Libvirtd:
-    """libvirtd on one host, connected on first use and again whenever the connection died."""
+    """libvirtd on one host, connected on first use and again whenever the connection died. Its calls run
+    in the host's own threads (shared by every Libvirtd of that HypervisorHost)."""
 
     def __init__(self, access: HostAccess, ssh: SSHHost) -> None:
         self.access = access
         self.ssh = ssh
+        self.threads = host_threads(access.namespace, access.name)
         self._conn: Any = None
         self._forward: Any = None
         self._sockdir: tempfile.TemporaryDirectory[str] | None = None
         self._lock = asyncio.Lock()
+        # A connection attempt that outlived its deadline, and when it began: no second one is made
+        # while it holds its thread, and the connection it returns, if it ever does, is used.
+        self._opening: Future[Any] | None = None
+        self._opening_since = 0.0
 
     async def _connect(self) -> Any:
         async with self._lock:
             if self._conn is not None:
-                with contextlib.suppress(libvirt.libvirtError):
-                    if self._conn.isAlive():  # a local check, no round trip
-                        return self._conn
+                if _alive(self._conn):
+                    return self._conn
+                # Closed: libvirtd went away, or keepalive gave up on it.
                 stale, self._conn = self._conn, None
-                with contextlib.suppress(libvirt.libvirtError, TimeoutError):
-                    await asyncio.wait_for(asyncio.to_thread(stale.close), CALL_TIMEOUT)
-            hypervisor, path = _connection_plan(self.access.libvirt_uri, self.access.name)
+                _close_in_thread(stale)
+            name = self.access.name
+            if self._opening is not None:
+                opening = self._opening
+                if not opening.done():
+                    waited = time.monotonic() - self._opening_since
+                    raise RetryableError(
+                        NOT_RESPONDING,
+                        f"libvirtd on {name} does not answer: the connection opened {waited:.0f} s ago still waits "
+                        "on it (no second one is opened meanwhile)",
+                    )
+                self._opening = None
+                if not opening.cancelled() and opening.exception() is None:
+                    late = opening.result()
+                    if _alive(late):  # it answered after all, through the forward still open
+                        self._conn = late
+                        return late
+                    _close_in_thread(late)
+            hypervisor, path = _connection_plan(self.access.libvirt_uri, name)
             if self._forward is not None:
                 self._forward.close()
             self._sockdir = tempfile.TemporaryDirectory(prefix="vem-")
             local = str(Path(self._sockdir.name) / "libvirt-sock")
             self._forward = await self.ssh.forward_socket(local, LIBVIRT_SOCKET)
             uri = f"{hypervisor}+unix://{path}?socket={local}"
+            _start_event_loop()
+            what = "connecting to libvirtd"
+            call = self.threads.submit(lambda: _open(uri, name), CALL_TIMEOUT, what)
             try:
-                self._conn = await asyncio.wait_for(asyncio.to_thread(libvirt.open, uri), CALL_TIMEOUT)
+                self._conn = await self.threads.wait(call, CALL_TIMEOUT, what)
             except TimeoutError as exc:
-                raise StateUnknownError("LibvirtTimeout", f"libvirtd on {self.access.name} did not answer") from exc
+                self._opening, self._opening_since = call, time.monotonic() - CALL_TIMEOUT
+                raise StateUnknownError("LibvirtTimeout", f"libvirtd on {name} did not answer") from exc
+            except asyncio.CancelledError:
+                if not call.cancelled():
+                    self._opening, self._opening_since = call, time.monotonic()
+                raise
             except libvirt.libvirtError as exc:
-                raise _classify(exc, f"connecting to libvirtd on {self.access.name}") from exc
+                raise _classify(exc, f"connecting to libvirtd on {name}") from exc
             return self._conn
 
     async def call(self, what: str, fn: Callable[[Any], T], timeout: float = CALL_TIMEOUT) -> T:
-        """fn(connection) in a thread, under a deadline, with libvirt errors classified."""
+        """fn(connection) in one of the host's threads, under a deadline, with libvirt errors classified."""
         conn = await self._connect()
         try:
-            return await asyncio.wait_for(asyncio.to_thread(fn, conn), timeout)
+            return await self.threads.run(lambda: fn(conn), timeout, what)
         except TimeoutError as exc:
             raise StateUnknownError(
                 "LibvirtTimeout", f"{what} on {self.access.name} did not finish in {timeout:.0f} s"
             ) from exc
         except libvirt.libvirtError as exc:
+            if not _alive(conn):
+                # The connection closed under the call (keepalive gave up on libvirtd, or it went away):
+                # whatever libvirt calls the error, what the call did on the host is unknown.
+                message = exc.get_error_message() or str(exc)
+                raise StateUnknownError(
+                    "LibvirtUnreachable", f"{what} on {self.access.name}: the connection to libvirtd closed ({message})"
+                ) from exc
             raise _classify(exc, f"{what} on {self.access.name}") from exc
 
     async def close(self) -> None:
@@ -117,9 +232,16 @@ class Libvirtd:
         async with self._lock:
             conn, self._conn = self._conn, None
             if conn is not None:
-                # In a thread: closing talks to libvirtd through the forward this loop serves.
-                with contextlib.suppress(libvirt.libvirtError, TimeoutError):
-                    await asyncio.wait_for(asyncio.to_thread(conn.close), CALL_TIMEOUT)
+                # In the host's threads: closing talks to libvirtd through the forward this loop serves.
+                try:
+                    await self.threads.run(conn.close, CALL_TIMEOUT, "closing the connection")
+                except DriverError:  # not sent: its threads are all held; never dropped on this thread
+                    _close_in_thread(conn)
+                except (TimeoutError, libvirt.libvirtError):
+                    pass
+            if self._opening is not None:
+                _close_when_returned(self._opening)
+                self._opening = None
             if self._forward is not None:
                 self._forward.close()
                 self._forward = None
