@@ -1,10 +1,13 @@
-"""The kubernetes client, configured once, with blocking calls moved off the event loop."""
+"""The kubernetes client, configured once, with blocking calls moved off the event loop onto threads of
+its own: never the ones hosts' calls use, so a host that does not answer cannot hold up a status write."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import kubernetes
@@ -13,6 +16,8 @@ import yaml
 T = TypeVar("T")
 
 CALL_TIMEOUT = 30.0
+# API calls at once: every call ends by its request timeout, so these threads are never held for long.
+KUBE_THREADS = 8
 
 
 class NoCredentials(Exception):
@@ -20,10 +25,11 @@ class NoCredentials(Exception):
 
 
 class Kube:
-    """Thin async wrapper: every call runs in a thread under a deadline."""
+    """Thin async wrapper: every call runs in one of the client's own threads under a deadline."""
 
     def __init__(self, api_client: Any) -> None:
         self.api_client = api_client
+        self._threads = ThreadPoolExecutor(max_workers=KUBE_THREADS, thread_name_prefix="kube")
         self.core = kubernetes.client.CoreV1Api(api_client)
         self.custom = kubernetes.client.CustomObjectsApi(api_client)
 
@@ -47,7 +53,7 @@ class Kube:
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         kwargs.setdefault("_request_timeout", CALL_TIMEOUT)
-        return await asyncio.to_thread(fn, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self._threads, functools.partial(fn, *args, **kwargs))
 
 
 def not_found(exc: BaseException) -> bool:
