@@ -86,6 +86,7 @@ def _run(args: argparse.Namespace) -> int:
         cluster_limit=args.max_parallel,
         host_probe_seconds=args.host_probe_seconds,
         progress_seconds=args.progress_seconds,
+        stalled_pass_seconds=args.stalled_pass_seconds,
     )
     try:
         kube = Kube.from_environment(args.kubeconfig)
@@ -124,6 +125,12 @@ def _register_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     run.add_argument("--metrics-port", type=int, default=9090, help="port for /metrics (0: off)")
     run.add_argument("--metrics-address", default="0.0.0.0", help="address for /metrics")  # noqa: S104
     run.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="kopf liveness endpoint URL ('' off)")
+    run.add_argument(
+        "--stalled-pass-seconds",
+        type=float,
+        default=600.0,
+        help="the liveness endpoint fails once a migration pass has run this long and none has ended for as long",
+    )
     run.add_argument("--peering", help="kopf peering name, for several replicas (one active); default: standalone")
     run.add_argument(
         "--priority",

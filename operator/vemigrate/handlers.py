@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import itertools
 import logging
 import os
-from collections.abc import Coroutine, Mapping
+import time
+from collections.abc import Coroutine, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -224,11 +226,68 @@ def _left_queue_or_slot(before: str, after: Phase) -> bool:
     return after.final or (before in _ACTIVE_NAMES and after.value not in _ACTIVE_NAMES)
 
 
+class PassClock:
+    """When each migration pass in progress began, and when the last one ended: what the liveness probe
+    reads. Every call a pass makes has a deadline, so a working pass ends within minutes, whatever its
+    hosts do."""
+
+    def __init__(self) -> None:
+        self.running: dict[int, float] = {}
+        self.last_end = time.monotonic()
+        self._keys = itertools.count()
+
+    @contextlib.contextmanager
+    def timing(self) -> Iterator[None]:
+        key = next(self._keys)
+        self.running[key] = time.monotonic()
+        try:
+            yield
+        finally:
+            del self.running[key]
+            self.last_end = time.monotonic()
+
+    def stalled(self, bound: float, now: float | None = None) -> str | None:
+        """Why passes have stopped completing, or None: only when a pass has been running for `bound`
+        seconds and none has ended for as long. An idle operator (no pass running) is never stalled."""
+        now = time.monotonic() if now is None else now
+        if not self.running:
+            return None
+        oldest = now - min(self.running.values())
+        quiet = now - self.last_end
+        if oldest < bound or quiet < bound:
+            return None
+        return (
+            f"{len(self.running)} migration pass(es) running, the oldest for {oldest:.0f} s, and none has "
+            f"ended for {quiet:.0f} s (limit {bound:g} s)"
+        )
+
+
+_passes = PassClock()
+
+
+async def _timed(coro: Coroutine[Any, Any, Decision]) -> Decision:
+    with _passes.timing():
+        return await coro
+
+
 async def _whole(coro: Coroutine[Any, Any, Decision]) -> Decision:
     """Run a pass to its end even when kopf cancels the handler (it stops a daemon as soon as the
     status it just wrote is final): a pass's status write, Events, metrics and job clean-up belong
-    together."""
-    return await asyncio.shield(asyncio.ensure_future(coro))
+    together. Timed inside the shield: a cancelled handler does not end the pass it leaves running."""
+    return await asyncio.shield(asyncio.ensure_future(_timed(coro)))
+
+
+@kopf.on.probe(id="passes")
+async def passes_complete(**_: Any) -> dict[str, float]:
+    """kopf's liveness endpoint (`--liveness`) answers 500 once migration passes stop completing: one has
+    been running for --stalled-pass-seconds and none has ended for as long (a deadlock, a starved
+    thread pool). Answered from the event loop: a blocked loop does not answer at all."""
+    bound = _world.settings.stalled_pass_seconds if _world is not None else reconcile.Settings().stalled_pass_seconds
+    stalled = _passes.stalled(bound)
+    if stalled is not None:
+        log.error("liveness: migration passes stopped completing: %s", stalled)
+        raise kopf.PermanentError(f"migration passes stopped completing: {stalled}")
+    return {"running": len(_passes.running), "lastEndedSecondsAgo": round(time.monotonic() - _passes.last_end, 1)}
 
 
 def _with_status(body: Mapping[str, Any], status: MigrationStatus | None) -> dict[str, Any]:

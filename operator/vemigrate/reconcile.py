@@ -59,6 +59,8 @@ class Settings:
     host_probe_seconds: float = 60.0
     # How often a running job's progress is sampled by a pass; its end wakes a pass at once regardless.
     progress_seconds: float = POLL_JOB
+    # The liveness probe fails once a migration pass has run this long and none has ended for as long.
+    stalled_pass_seconds: float = 600.0
 
 
 @dataclass
