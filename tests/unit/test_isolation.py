@@ -1,0 +1,143 @@
+"""Isolation of a host that stops answering (issue #14): its blocking calls hold only its own few
+threads, then fail at once as `HostNotResponding` (never permanent); the API client's calls run on
+threads of their own; the liveness probe fails only when migration passes stop completing. Blocking
+calls here are threads waiting on an Event: no libvirt, no services."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import kopf
+import pytest
+
+from vemigrate import handlers, reconcile
+from vemigrate.core.observation import ErrorClass
+from vemigrate.drivers.errors import DriverError, PermanentError
+from vemigrate.drivers.threads import NOT_RESPONDING, HostThreads, for_host
+from vemigrate.kube.client import Kube
+from vemigrate.reconcile import _PERMANENT_CONNECT_REASONS
+
+
+@pytest.fixture
+def hung() -> Iterator[threading.Event]:
+    """Released at the end of the test, whatever happened: no thread outlives it."""
+    release = threading.Event()
+    yield release
+    release.set()
+
+
+def test_a_hung_host_holds_its_own_threads_then_fails_fast(hung: threading.Event) -> None:
+    async def scenario() -> None:
+        frozen, other = HostThreads("ns/frozen", size=2), HostThreads("ns/other", size=2)
+        for _ in range(2):  # each call outlives its deadline and keeps its thread
+            with pytest.raises(TimeoutError):
+                await frozen.run(hung.wait, 0.2, "reading")
+        assert frozen.overdue() == 2
+        started = time.monotonic()
+        with pytest.raises(DriverError) as refused:
+            await frozen.run(lambda: "sent", 30, "looking up the VE")
+        assert time.monotonic() - started < 0.1, "refused at once, not after its deadline"
+        error = refused.value
+        assert error.reason == NOT_RESPONDING and error.error_class == ErrorClass.RETRYABLE
+        assert not isinstance(error, PermanentError) and error.reason not in _PERMANENT_CONNECT_REASONS
+        assert "frozen does not answer" in error.message and "looking up the VE was not sent" in error.message
+        # Another host, and the API client, are not touched by it.
+        assert await other.run(lambda: "answered", 1, "reading") == "answered"
+        assert await Kube(api_client=None).call(lambda **_: "written") == "written"
+        hung.set()  # the host answers again: its threads come back, and so do its calls
+        deadline = time.monotonic() + 5
+        while frozen.overdue() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert await frozen.run(lambda: "answered", 1, "reading") == "answered"
+
+    asyncio.run(scenario())
+
+
+def test_a_call_that_gets_no_thread_in_time_was_never_sent(hung: threading.Event) -> None:
+    ran: list[str] = []
+
+    async def scenario() -> None:
+        threads = HostThreads("ns/busy", size=1)
+        busy = asyncio.ensure_future(threads.run(hung.wait, 5, "a long call"))
+        await asyncio.sleep(0.05)
+        with pytest.raises(DriverError) as queued:
+            await threads.run(lambda: ran.append("sent"), 0.2, "reading")
+        assert queued.value.reason == NOT_RESPONDING and "got no thread" in queued.value.message
+        hung.set()
+        await busy
+        await asyncio.sleep(0.05)
+
+    asyncio.run(scenario())
+    assert ran == [], "the queued call was dropped, not run after its caller gave up"
+
+
+def test_each_host_has_one_set_of_threads_for_the_life_of_the_process() -> None:
+    assert for_host("ns", "node-a") is for_host("ns", "node-a")
+    assert for_host("ns", "node-a") is not for_host("other", "node-a")
+
+
+def test_api_calls_do_not_queue_behind_the_default_executor(hung: threading.Event) -> None:
+    """Whatever holds the loop's default executor (before, every host's libvirt calls ran there), a status
+    write still goes through."""
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=1))
+        held = loop.run_in_executor(None, hung.wait)
+        written = await asyncio.wait_for(Kube(api_client=None).call(lambda **_: "written"), 2)
+        assert written == "written"
+        hung.set()
+        await held
+
+    asyncio.run(scenario())
+
+
+def _probe(clock: handlers.PassClock, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setattr(handlers, "_passes", clock)
+    return asyncio.run(handlers.passes_complete())
+
+
+def test_liveness_fails_only_when_passes_stop_completing(monkeypatch: pytest.MonkeyPatch) -> None:
+    world = reconcile.World(kube=Kube(api_client=None), make_driver=lambda access: None)  # type: ignore[arg-type,return-value]
+    world.settings.stalled_pass_seconds = 100
+    monkeypatch.setattr(handlers, "_world", world)
+    now = time.monotonic()
+
+    idle = handlers.PassClock()
+    idle.last_end = now - 10_000
+    assert idle.stalled(100) is None, "an idle operator, however long idle, is live"
+    assert _probe(idle, monkeypatch)["running"] == 0
+
+    working = handlers.PassClock()
+    working.running = {1: now - 500}  # one pass stuck for long...
+    working.last_end = now - 5  # ...while others keep ending: the operator works
+    assert working.stalled(100) is None
+    assert _probe(working, monkeypatch)["running"] == 1
+
+    recent = handlers.PassClock()
+    recent.running = {1: now - 50}  # a pass under way for less than the limit
+    recent.last_end = now - 10_000
+    assert recent.stalled(100) is None
+
+    stuck = handlers.PassClock()
+    stuck.running = {1: now - 150, 2: now - 120}
+    stuck.last_end = now - 150
+    said = stuck.stalled(100)
+    assert said is not None and "2 migration pass(es) running, the oldest for 150 s" in said
+    with pytest.raises(kopf.PermanentError, match="migration passes stopped completing"):
+        _probe(stuck, monkeypatch)
+
+
+def test_the_pass_clock_times_a_pass_from_its_start_to_its_end() -> None:
+    clock = handlers.PassClock()
+    with clock.timing():
+        assert len(clock.running) == 1
+        assert clock.stalled(60, now=time.monotonic() + 30) is None
+        assert clock.stalled(60, now=time.monotonic() + 90) is not None, "running 90 s, none ended for 90 s"
+    assert clock.running == {} and clock.stalled(60, now=time.monotonic() + 90) is None
+    assert time.monotonic() - clock.last_end < 1
