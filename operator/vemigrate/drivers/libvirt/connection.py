@@ -34,10 +34,12 @@ from vemigrate.drivers.threads import for_host as host_threads
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 CALL_TIMEOUT = 30.0
-# libvirt's keepalive: a probe after this many idle seconds, and the connection closed after this many
-# unanswered ones (a dead libvirtd is seen in 20 s, before a call's deadline).
-KEEPALIVE_INTERVAL = 5
-KEEPALIVE_COUNT = 3
+# KEEPALIVE: libvirt's keepalive is not turned on. It needs libvirt's event loop registered and run in a
+# thread; with both, libvirt 9.0's client crashed this process (SIGSEGV in virNetClientIOEventFD) when a
+# frozen libvirtd resumed after keepalive had closed a connection several calls were waiting on
+# (tests/lab/test_isolation.py, three runs out of three). A call stuck on a hung libvirtd holds its
+# host's thread until libvirtd answers again; the host's few threads bound that, and its calls fail at
+# once meanwhile (drivers/threads.py).
 LIBVIRT_SOCKET = "/run/libvirt/libvirt-sock"
 # libvirt prints every error to stderr by default; ours are raised, classified and reported instead.
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
@@ -106,41 +108,9 @@ def _close_when_returned(call: Future[Any]) -> None:
     call.add_done_callback(returned)
 
 
-_events_lock = threading.Lock()
-_events_running = False
-
-
-def _run_events() -> None:
-    while True:
-        try:
-            libvirt.virEventRunDefaultImpl()
-        except libvirt.libvirtError as exc:  # never seen; not worth a busy loop
-            log.warning("libvirt's event loop: %s", exc)
-            time.sleep(1)
-
-
-def _start_event_loop() -> None:
-    """libvirt's own event loop, in a thread of its own: what keepalive needs (libvirt refuses
-    setKeepAlive without one). Registered once, before the process opens its first connection, as
-    libvirt requires."""
-    global _events_running
-    with _events_lock:
-        if not _events_running:
-            libvirt.virEventRegisterDefaultImpl()
-            threading.Thread(target=_run_events, name="libvirt-events", daemon=True).start()
-            _events_running = True
-
-
-def _open(uri: str, host: str) -> Any:
-    """A connection with keepalive on (in one of the host's threads): a libvirtd that stops answering
-    (hung, frozen, its link cut) then has its connection closed by libvirt within KEEPALIVE_INTERVAL *
-    (KEEPALIVE_COUNT + 1) seconds, and every call waiting on it ends with an error, its thread freed."""
-    conn = libvirt.open(uri)
-    try:
-        conn.setKeepAlive(KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)
-    except libvirt.libvirtError as exc:  # a libvirtd without keepalive (older than 0.9.8): deadlines only
-        log.warning("libvirtd on %s: no keepalive (%s); calls rely on their deadlines", host, exc)
-    return conn
+def _open(uri: str) -> Any:
+    """A connection, opened in one of the host's threads. No libvirt keepalive: see KEEPALIVE above."""
+    return libvirt.open(uri)
 
 
 class Libvirtd:
@@ -192,9 +162,8 @@ class Libvirtd:
             local = str(Path(self._sockdir.name) / "libvirt-sock")
             self._forward = await self.ssh.forward_socket(local, LIBVIRT_SOCKET)
             uri = f"{hypervisor}+unix://{path}?socket={local}"
-            _start_event_loop()
             what = "connecting to libvirtd"
-            call = self.threads.submit(lambda: _open(uri, name), CALL_TIMEOUT, what)
+            call = self.threads.submit(lambda: _open(uri), CALL_TIMEOUT, what)
             try:
                 self._conn = await self.threads.wait(call, CALL_TIMEOUT, what)
             except TimeoutError as exc:
