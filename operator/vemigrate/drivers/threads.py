@@ -2,9 +2,9 @@
 holds only its own threads and never the ones other hosts, or the API client, need.
 
 A deadline frees the waiting coroutine, never the thread: a call that outlives its deadline keeps its
-thread until the host answers (or libvirt's keepalive gives up on the connection). Once every thread of
-a host is held so, further calls on it fail at once (`HostNotResponding`) instead of queueing behind
-them; they run again as soon as one of those threads comes back.
+thread until the host answers. Once every thread of a host is held so, further calls on it fail at once
+(`HostNotResponding`) instead of queueing behind them; they run again as soon as one of those threads
+comes back.
 """
 
 from __future__ import annotations

@@ -2,9 +2,8 @@
 host key is verified (drivers/ssh.py), never through a URI opened as written (`_connection_plan`). Every
 blocking libvirt call runs in one of the host's own threads (drivers/threads.py) under a deadline
 (`Libvirtd.call`); a hung call is a fact (state unknown), not a reason to block, and it holds a thread
-of its host only. libvirt's keepalive closes a connection whose libvirtd stopped answering, which ends
-the calls stuck on it and frees their threads. libvirt's errors are classified (`_classify`):
-retryable, permanent, or state unknown.
+of its host only, until libvirtd answers again (no libvirt keepalive: see KEEPALIVE). libvirt's errors
+are classified (`_classify`): retryable, permanent, or state unknown.
 """
 
 from __future__ import annotations
@@ -135,7 +134,7 @@ class Libvirtd:
             if self._conn is not None:
                 if _alive(self._conn):
                     return self._conn
-                # Closed: libvirtd went away, or keepalive gave up on it.
+                # Closed: libvirtd went away (restarted, killed).
                 stale, self._conn = self._conn, None
                 _close_in_thread(stale)
             name = self.access.name
@@ -188,7 +187,7 @@ class Libvirtd:
             ) from exc
         except libvirt.libvirtError as exc:
             if not _alive(conn):
-                # The connection closed under the call (keepalive gave up on libvirtd, or it went away):
+                # The connection closed under the call (libvirtd went away):
                 # whatever libvirt calls the error, what the call did on the host is unknown.
                 message = exc.get_error_message() or str(exc)
                 raise StateUnknownError(
