@@ -155,13 +155,15 @@ class Libvirtd:
                         return late
                     _close_in_thread(late)
             hypervisor, path = _connection_plan(self.access.libvirt_uri, name)
+            what = "connecting to libvirtd"
+            if self.threads.overdue() >= self.threads.size:  # before a new forward that would go unused
+                raise self.threads.not_responding(what)
             if self._forward is not None:
                 self._forward.close()
             self._sockdir = tempfile.TemporaryDirectory(prefix="vem-")
             local = str(Path(self._sockdir.name) / "libvirt-sock")
             self._forward = await self.ssh.forward_socket(local, LIBVIRT_SOCKET)
             uri = f"{hypervisor}+unix://{path}?socket={local}"
-            what = "connecting to libvirtd"
             call = self.threads.submit(lambda: _open(uri), CALL_TIMEOUT, what)
             try:
                 self._conn = await self.threads.wait(call, CALL_TIMEOUT, what)
