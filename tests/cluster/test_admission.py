@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,24 @@ def test_a_host_limit_admits_exactly_that_many_and_counts_each_once(
         operator.stop()
 
 
+def _watchers(
+    custom: Any, namespace: str, operator: OperatorProcess
+) -> tuple[Callable[[str], str], Callable[[str, str, float], None]]:
+    """A migration's phase now, and a wait until it reaches one (failing with the operator's log)."""
+
+    def phase(name: str) -> str:
+        found = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, MIGRATIONS, name)
+        return str((found.get("status") or {}).get("phase"))
+
+    def becomes(name: str, wanted: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while phase(name) != wanted:
+            assert time.monotonic() < deadline, f"{name} not {wanted} in {timeout} s\n{operator.tail()}"
+            time.sleep(0.2)
+
+    return phase, becomes
+
+
 def test_a_freed_slot_goes_to_the_oldest_waiter_at_once(
     control_plane: ControlPlaneInfo, kube_admin: Any, namespace: str, tmp_path: Path
 ) -> None:
@@ -65,17 +84,7 @@ def test_a_freed_slot_goes_to_the_oldest_waiter_at_once(
     try:
         loopback_hosts(kube_admin, namespace, maxOutbound=1, maxInbound=5)
         custom = client.CustomObjectsApi(kube_admin)
-
-        def phase(name: str) -> str:
-            found = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, MIGRATIONS, name)
-            return str((found.get("status") or {}).get("phase"))
-
-        def becomes(name: str, wanted: str, timeout: float) -> float:
-            start = time.monotonic()
-            while phase(name) != wanted:
-                assert time.monotonic() - start < timeout, f"{name} not {wanted} in {timeout} s\n{operator.tail()}"
-                time.sleep(0.2)
-            return time.monotonic() - start
+        phase, becomes = _watchers(custom, namespace, operator)
 
         names = [f"m{i}" for i in range(4)]
         for i, name in enumerate(names):
@@ -106,16 +115,7 @@ def test_a_raised_host_limit_admits_a_waiter_at_once(
     try:
         loopback_hosts(kube_admin, namespace, maxOutbound=1, maxInbound=5)
         custom = client.CustomObjectsApi(kube_admin)
-
-        def phase(name: str) -> str:
-            found = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, MIGRATIONS, name)
-            return str((found.get("status") or {}).get("phase"))
-
-        def becomes(name: str, wanted: str, timeout: float) -> None:
-            deadline = time.monotonic() + timeout
-            while phase(name) != wanted:
-                assert time.monotonic() < deadline, f"{name} not {wanted} in {timeout} s\n{operator.tail()}"
-                time.sleep(0.2)
+        _, becomes = _watchers(custom, namespace, operator)
 
         for i, wanted in enumerate(("Validating", "Queued")):
             spec = migration(f"m{i}", source={"host": "node-a", "name": f"ve{i}"}, target={"host": "node-b"})
