@@ -69,7 +69,16 @@ def test_a_commit_is_synced_and_a_host_judged_by_our_health_script(
         revision = gitops.commit("a host whose Secret is missing", {"host.yaml": _host("no-secret")})
         started = time.monotonic()
         gitops.create_application("hosts")
-        seen = gitops.synced_at("hosts", revision, "Degraded", timeout=120)
+        # The operator may judge the host before Argo CD's sync operation has ended: wait for both.
+        seen = gitops.wait(
+            "hosts",
+            lambda s: (
+                (s.revision, s.sync, s.health) == (revision, "Synced", "Degraded")
+                and s.operation not in ("", "Running")
+            ),
+            120,
+            f"Synced to {revision[:8]}, Degraded, its sync operation ended",
+        )
         took = time.monotonic() - started
         health = seen.resource("HypervisorHost", "no-secret")["health"]
         assert health["status"] == "Degraded" and "SecretNotFound" in health["message"], health
