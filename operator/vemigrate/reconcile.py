@@ -506,9 +506,9 @@ async def migration_pass(
     # Counted as soon as the status says so, not after the Events' round trips: a reader of both
     # (a dashboard, a test) sees the outcome in /metrics moments after it sees it on the object.
     metrics.record_pass(meta["uid"], stored, new, spec.not_before)
+    metrics.WAKEUPS.labels(cause=woken_by).inc()
     for event in decision.events:
         await events.emit(world.kube, body, event.type.value, event.reason, event.message)
-    metrics.WAKEUPS.labels(cause=woken_by).inc()
     if new.phase != before:
         log.info("%s/%s: %s -> %s (a pass woken by %s)", namespace, name, before.value, new.phase.value, woken_by)
     if new.phase.final:

@@ -123,7 +123,7 @@ def test_the_job_end_wakes_the_pass_that_finishes_the_migration(
         migrations = Migrations(client.CustomObjectsApi(kube_admin), namespace, operator)
         migrations.create(name, {"source": {"host": "lab1", "name": name}, "target": {"host": "lab2"}})
         status = migrations.wait_phase(name, "Succeeded", "Failed", timeout=600)["status"]
-        woken = operator.metric("vemigrate_migration_wakeups_total", cause="job-ended")
+        woken = operator.metric_reaches("vemigrate_migration_wakeups_total", 1, cause="job-ended")
     finally:
         operator.stop()
         if session is not None:
