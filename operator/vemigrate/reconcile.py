@@ -229,9 +229,11 @@ async def _host(
     obs = replace(_limits(hvh), name=name)
     if not connect:
         return _Host(obs)
-    cached = world.access.cached(namespace, hvh) is not None
+    access = world.access.cached(namespace, hvh)
+    cached = access is not None
     try:
-        access = await world.access.resolve(world.kube, namespace, hvh)
+        if access is None:
+            access = await world.access.resolve(world.kube, namespace, hvh, fresh=True)
     except hosts.HostConfigError as exc:
         return _Host(
             HostObservation(name=name, reachable=False, error=exc.message, error_reason=exc.reason, permanent=True)
