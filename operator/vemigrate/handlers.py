@@ -21,6 +21,7 @@ from vemigrate.api import host as host_api
 from vemigrate.api import migration as migration_api
 from vemigrate.api.common import GROUP, VERSION
 from vemigrate.api.migration import FINAL_PHASES, MigrationStatus, Phase
+from vemigrate.api.reasons import Reason
 from vemigrate.core.decision import Decision
 from vemigrate.core.machine import ACTIVE_PHASES
 from vemigrate.core.observation import OtherMigration
@@ -335,7 +336,7 @@ async def run_migration(**kwargs: Any) -> None:
                 if error != said:
                     said = error
                     message = f"Reconcile pass failed ({error}); retrying every {IDLE_POLL:g} s (traceback in the log)"
-                    await events.emit(world().kube, body, "Warning", "ReconcileError", message)
+                    await events.emit(world().kube, body, "Warning", Reason.RECONCILE_ERROR, message)
                 await stopped.wait(IDLE_POLL)
                 cause = "timer"
                 continue

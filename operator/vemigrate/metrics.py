@@ -28,6 +28,7 @@ from vemigrate import __version__
 from vemigrate.api.checks import CheckResult
 from vemigrate.api.host import Driver
 from vemigrate.api.migration import FINAL_PHASES, MigrationStatus, Mode, Phase
+from vemigrate.api.reasons import Reason
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 # The operator's own process (CPU, resident memory, open files, start time: `process_*`) and its Python
@@ -135,7 +136,7 @@ QUEUE_WAIT = Gauge(
     registry=REGISTRY,
 )
 
-_TIMEOUT_REASONS = ("ProgressTimeout", "CompletionTimeout")
+_TIMEOUT_REASONS = (Reason.PROGRESS_TIMEOUT, Reason.COMPLETION_TIMEOUT)
 _RESULTS = tuple(p.value for p in sorted(FINAL_PHASES))
 # A queued migration is seen by a pass at least every minute; an entry older than this is forgotten
 # (an object gone without a final pass, a paused standby replica).

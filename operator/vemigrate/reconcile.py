@@ -22,6 +22,7 @@ from vemigrate.api.common import ConditionStatus
 from vemigrate.api.host import HostConditionType, HostStatus, HypervisorHost
 from vemigrate.api.migration import Action as SpecAction
 from vemigrate.api.migration import Failure, MigrationSpec, MigrationStatus, Mode, Phase
+from vemigrate.api.reasons import Reason
 from vemigrate.core import admission
 from vemigrate.core.access import HostAccess
 from vemigrate.core.admission import Limits
@@ -269,13 +270,13 @@ async def _ask(host: _Host, call: Callable[[HypervisorDriver], Awaitable[T]]) ->
 # Connection failures that waiting cannot fix: reported at once instead of after the timeout.
 _PERMANENT_CONNECT_REASONS = frozenset(
     {
-        "HostKeyMismatch",
-        "AuthenticationFailed",
-        "NoHostKey",
-        "InvalidKnownHosts",
-        "InvalidPrivateKey",
-        "UnsafeLibvirtURI",
-        "DriverUnavailable",  # this installation cannot drive the host (libvirt-python missing)
+        Reason.HOST_KEY_MISMATCH,
+        Reason.AUTHENTICATION_FAILED,
+        Reason.NO_HOST_KEY,
+        Reason.INVALID_KNOWN_HOSTS,
+        Reason.INVALID_PRIVATE_KEY,
+        Reason.UNSAFE_LIBVIRT_URI,
+        Reason.DRIVER_UNAVAILABLE,  # this installation cannot drive the host (libvirt-python missing)
     }
 )
 
@@ -564,13 +565,13 @@ async def _invalid_spec(
     where = ".".join(str(p) for p in first["loc"])
     message = f"spec.{where}: {first['msg']}"
     before = current.phase
-    current.failure = Failure(phase=before, reason="InvalidSpec", message=message)
-    current.reason = "InvalidSpec"
+    current.failure = Failure(phase=before, reason=Reason.INVALID_SPEC, message=message)
+    current.reason = Reason.INVALID_SPEC
     current.phase = Phase.FAILED
     current.completion_time = _now()
     meta = body["metadata"]
     await status.patch_migration_status(world.kube, meta["namespace"], meta["name"], current)
-    await events.emit(world.kube, body, "Warning", "InvalidSpec", message)
+    await events.emit(world.kube, body, "Warning", Reason.INVALID_SPEC, message)
     metrics.record_final(stored, current)
     return Decision(status=current)
 
@@ -594,7 +595,7 @@ async def host_pass(world: World, body: Mapping[str, Any]) -> HostStatus:
     else:
         reachable, reason, message = (
             ConditionStatus.TRUE,
-            "Probed",
+            Reason.PROBED,
             f"{access.user}@{access.address}:{access.port} answered",
         )
         new = facts.model_copy(update={"last_probe_time": now})

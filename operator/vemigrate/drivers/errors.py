@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from vemigrate.api.reasons import Reason
 from vemigrate.core.observation import ErrorClass
 
 
 class DriverError(Exception):
-    """A host operation failed. `reason` is one CamelCase word for status and metrics."""
+    """A host operation failed. `reason` says which way, for status, Events and metrics."""
 
     error_class = ErrorClass.PERMANENT
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: Reason, message: str) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message

@@ -23,6 +23,7 @@ import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from vemigrate.api.reasons import Reason
 from vemigrate.core.observation import ErrorClass, JobObservation, JobState
 from vemigrate.drivers.errors import PermanentError
 from vemigrate.drivers.jobfailure import JobFailure
@@ -114,13 +115,13 @@ class JobRecord:
 def migration_dir(uid: str) -> str:
     """Every attempt's job of one migration lives under this directory."""
     if not _UID.match(uid):
-        raise PermanentError("InvalidUID", f"migration UID {uid!r} cannot name a job directory")
+        raise PermanentError(Reason.INVALID_UID, f"migration UID {uid!r} cannot name a job directory")
     return f"{JOBS_DIR}/{uid}"
 
 
 def job_dir(uid: str, attempt: int) -> str:
     if attempt < 1:
-        raise PermanentError("InvalidAttempt", f"attempt {attempt} cannot name a job directory")
+        raise PermanentError(Reason.INVALID_ATTEMPT, f"attempt {attempt} cannot name a job directory")
     return f"{migration_dir(uid)}/{attempt}"
 
 
@@ -189,7 +190,7 @@ def observe(record: JobRecord, job: str, classify: Callable[[int | None, str], J
         why = "the host restarted since it started" if record.rebooted else "its processes are gone"
         return JobObservation(
             state=JobState.FAILED,
-            error_reason="JobLost",
+            error_reason=Reason.JOB_LOST,
             error_message=f"{job} ended without an exit status: {why}",
             error_class=ErrorClass.RETRYABLE,
         )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from vemigrate.api.reasons import Reason
 from vemigrate.core.observation import ErrorClass
 
 # The job scripts' own exit statuses.
@@ -28,28 +29,28 @@ RETRYABLE, PERMANENT = ErrorClass.RETRYABLE, ErrorClass.PERMANENT
 # (pattern over the job's log, reason, class): most specific first. Each pattern is libvirt's, QEMU's,
 # ssh's or coreutils' own wording for one situation.
 _TABLE = (
-    ("no space left on device|not enough space|disk quota exceeded", "NoSpace", PERMANENT),
-    ("host key verification failed|remote host identification has changed", "HostKeyMismatch", PERMANENT),
-    (r"permission denied \(publickey|authentication failed", "AuthenticationFailed", PERMANENT),
-    ("domain '[^']*' already exists|already exists with uuid", "NameInUse", PERMANENT),
-    ("cannot get interface mtu|network '[^']*' not found|bridge .* not found", "NetworkMissing", PERMANENT),
+    ("no space left on device|not enough space|disk quota exceeded", Reason.NO_SPACE, PERMANENT),
+    ("host key verification failed|remote host identification has changed", Reason.HOST_KEY_MISMATCH, PERMANENT),
+    (r"permission denied \(publickey|authentication failed", Reason.AUTHENTICATION_FAILED, PERMANENT),
+    ("domain '[^']*' already exists|already exists with uuid", Reason.NAME_IN_USE, PERMANENT),
+    ("cannot get interface mtu|network '[^']*' not found|bridge .* not found", Reason.NETWORK_MISSING, PERMANENT),
     (
         "guest cpu doesn't match|cpu is incompatible|incompatible cpu|does not provide required features",
-        "CPUIncompatible",
+        Reason.CPU_INCOMPATIBLE,
         PERMANENT,
     ),
-    ("unsupported configuration|operation not supported|argument unsupported", "Unsupported", PERMANENT),
+    ("unsupported configuration|operation not supported|argument unsupported", Reason.UNSUPPORTED, PERMANENT),
     (
         "connection refused|failed to connect to the hypervisor|unable to connect to server",
-        "PeerUnavailable",
+        Reason.PEER_UNAVAILABLE,
         RETRYABLE,
     ),
-    ("keepalive|connection timed out|operation timed out|timed out during operation", "Timeout", RETRYABLE),
+    ("keepalive|connection timed out|operation timed out|timed out during operation", Reason.TIMEOUT, RETRYABLE),
     (
         "client socket is closed|end of file while reading data|cannot recv data|cannot write data|"
         "connection reset|broken pipe|connection closed|no route to host|network is unreachable|"
         "unable to read from monitor",
-        "ConnectionLost",
+        Reason.CONNECTION_LOST,
         RETRYABLE,
     ),
 )
@@ -58,7 +59,7 @@ _PATTERNS = tuple((re.compile(pattern, re.IGNORECASE), reason, cls) for pattern,
 
 @dataclass(frozen=True)
 class JobFailure:
-    reason: str
+    reason: Reason
     error_class: ErrorClass
     message: str
     aborted: bool = False  # stopped on request (an abort, a cancel), not failed
@@ -76,15 +77,15 @@ def classify(exit_status: int | None, log_tail: str) -> JobFailure:
     line = error_line(log_tail)[:1000]
     lowered = line.lower()
     if "operation aborted" in lowered or "migration job: canceled" in lowered:
-        return JobFailure("Aborted", PERMANENT, line, aborted=True)
+        return JobFailure(Reason.ABORTED, PERMANENT, line, aborted=True)
     if exit_status == EXIT_IN_THE_WAY:
-        return JobFailure("TargetPathInUse", PERMANENT, line)
+        return JobFailure(Reason.TARGET_PATH_IN_USE, PERMANENT, line)
     for pattern, reason, error_class in _PATTERNS:
         if pattern.search(log_tail):
             found = next((x for x in reversed(log_tail.splitlines()) if pattern.search(x)), line)
             return JobFailure(reason, error_class, found.split("\r")[-1].strip()[:1000] or line)
     if exit_status == EXIT_CHECKSUM:
-        return JobFailure("ChecksumMismatch", PERMANENT, line)
+        return JobFailure(Reason.CHECKSUM_MISMATCH, PERMANENT, line)
     if exit_status == EXIT_SSH:
-        return JobFailure("ConnectionLost", RETRYABLE, line)
-    return JobFailure("MigrationFailed", PERMANENT, line)
+        return JobFailure(Reason.CONNECTION_LOST, RETRYABLE, line)
+    return JobFailure(Reason.MIGRATION_FAILED, PERMANENT, line)

@@ -29,6 +29,7 @@ from pathlib import PurePosixPath
 
 from vemigrate.api.host import CPUFacts, HostStatus, StorageFacts, VEKind, VersionFacts
 from vemigrate.api.migration import Mode, SourceDisposition
+from vemigrate.api.reasons import Reason
 from vemigrate.core.access import HostAccess
 from vemigrate.core.checks import is_virtuozzo6
 from vemigrate.core.observation import JobObservation, JobState, JobStats, VEFacts, VEState
@@ -129,17 +130,17 @@ class PrlctlDriver:
         said = (done.stderr.strip() or done.stdout.strip())[-500:]
         where = f"{' '.join(argv[:2])} on {self.access.name}"
         if done.exit_status == 127:
-            raise PermanentError("PrlctlMissing", f"{argv[0]} is not installed on {self.access.name}: {said}")
+            raise PermanentError(Reason.PRLCTL_MISSING, f"{argv[0]} is not installed on {self.access.name}: {said}")
         if done.exit_status == out.EXIT_NO_DISPATCHER:
-            raise RetryableError("DispatcherUnavailable", f"{where}: the dispatcher does not answer: {said}")
-        raise PermanentError("PrlctlError", f"{where} exited {done.exit_status}: {said}")
+            raise RetryableError(Reason.DISPATCHER_UNAVAILABLE, f"{where}: the dispatcher does not answer: {said}")
+        raise PermanentError(Reason.PRLCTL_ERROR, f"{where} exited {done.exit_status}: {said}")
 
     async def _list(self) -> list[out.ListedVE]:
         listed = await self._tool([PRLCTL, "list", "-a", "-i", "-j"])
         try:
             return out.parse_list(listed.stdout)
         except ValueError as exc:
-            raise PermanentError("PrlctlOutput", f"{self.access.name}: {exc}") from exc
+            raise PermanentError(Reason.PRLCTL_OUTPUT, f"{self.access.name}: {exc}") from exc
 
     async def _lookup(self, name: str) -> out.ListedVE | None:
         return next((entry for entry in await self._list() if entry.matches(name)), None)
@@ -152,7 +153,7 @@ class PrlctlDriver:
             info = out.parse_server_info(info_text)
             networks = out.parse_networks(nets_text)
         except ValueError as exc:
-            raise PermanentError("PrlctlOutput", f"{self.access.name}: {exc}") from exc
+            raise PermanentError(Reason.PRLCTL_OUTPUT, f"{self.access.name}: {exc}") from exc
         measured = list(dict.fromkeys(p for p in (info.vm_home, CT_PRIVATE, *paths, "/") if p))
         shell, sent_ns = await hostfacts.run(self.ssh, _FACTS, measured)
         return host_status(info, networks, shell, sent_ns, self.access, measured)
@@ -197,7 +198,7 @@ class PrlctlDriver:
     async def start_job(self, plan: MigrationPlan) -> None:
         ve = plan.ve
         if ve is None:
-            raise PermanentError("VENotFound", f"VE {plan.spec.source.name!r} is not on {self.access.name}")
+            raise PermanentError(Reason.VE_NOT_FOUND, f"VE {plan.spec.source.name!r} is not on {self.access.name}")
         argv = migrate_argv(request_for(plan, target_ve_id=await self._target_ve_id(plan, ve)))
         where = hostjob.job_dir(plan.uid, plan.attempt)
         entry = await self._lookup(ve.uuid)
@@ -284,12 +285,13 @@ class PrlctlDriver:
         if disposition == SourceDisposition.REMOVED and entry.facts.type == VEKind.VM:
             if entry.facts.state != VEState.STOPPED:
                 raise PermanentError(
-                    "SourceStillRunning", f"{entry.facts.name} is {entry.facts.state.value} on {self.access.name}"
+                    Reason.SOURCE_STILL_RUNNING,
+                    f"{entry.facts.name} is {entry.facts.state.value} on {self.access.name}",
                 )
             await self._tool([PRLCTL, "delete", entry.facts.uuid], timeout=300)
             return
         raise PermanentError(
-            "SourceNotRenamed",
+            Reason.SOURCE_NOT_RENAMED,
             f"prlctl migrate completed but {entry.facts.name} is still registered on {self.access.name}; "
             "rename its private area and config with .migrated (or delete it) by hand",
         )
@@ -351,7 +353,7 @@ class PrlctlDriver:
         entry = await self._copy_here(plan)
         if entry is not None and before is None:
             raise PermanentError(
-                "TargetOwnershipUnknown",
+                Reason.TARGET_OWNERSHIP_UNKNOWN,
                 f"{entry.facts.name} (UUID {entry.facts.uuid}) on {self.access.name} may be this migration's "
                 f"half-built copy, but the record of what was there before ({record}) is unreadable: check "
                 "the VE and delete it by hand if it is the copy",

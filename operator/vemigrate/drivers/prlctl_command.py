@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from vemigrate.api.host import VEKind
+from vemigrate.api.reasons import Reason
 from vemigrate.drivers.errors import PermanentError
 from vemigrate.drivers.protocol import MigrationPlan
 
@@ -62,7 +63,7 @@ def request_for(plan: MigrationPlan, *, target_ve_id: str | None = None) -> Migr
     if tuning:
         # prlctl migrate has no such options: its dispatcher tunes the transfer itself. Said, not ignored.
         raise PermanentError(
-            "UnsupportedByPrlctl",
+            Reason.UNSUPPORTED_BY_PRLCTL,
             f"prlctl migrate has no options for {', '.join(tuning)}: remove them for hosts with driver prlctl",
         )
     return MigrateRequest(
@@ -84,22 +85,23 @@ def refuse(request: MigrateRequest) -> None:
     """Raise for the combinations prlctl (or the migration guide) does not allow."""
     if request.change_sid and not request.clone:
         raise PermanentError(
-            "ChangeSidNeedsClone", "--changesid can only be used with --clone (spec.changeSid needs clone)"
+            Reason.CHANGE_SID_NEEDS_CLONE, "--changesid can only be used with --clone (spec.changeSid needs clone)"
         )
     if request.path is not None:
         path = PurePosixPath(request.path)
         if not path.is_absolute():
             raise PermanentError(
-                "RelativeTargetPath", f"--dst={request.path}: prlctl does not allow relative paths; give a full path"
+                Reason.RELATIVE_TARGET_PATH,
+                f"--dst={request.path}: prlctl does not allow relative paths; give a full path",
             )
         if ".." in path.parts:
-            raise PermanentError("InvalidTargetPath", f"--dst={request.path}: '..' components are not allowed")
+            raise PermanentError(Reason.INVALID_TARGET_PATH, f"--dst={request.path}: '..' components are not allowed")
     if not request.tunnel and request.kind == VEKind.CONTAINER:
         raise PermanentError(
-            "TunnellessContainer", "tunnelless container migration is not supported: set spec.tunnel to true"
+            Reason.TUNNELLESS_CONTAINER, "tunnelless container migration is not supported: set spec.tunnel to true"
         )
     if not request.ve.strip():
-        raise PermanentError("InvalidVE", "the VE to migrate has no name")
+        raise PermanentError(Reason.INVALID_VE, "the VE to migrate has no name")
 
 
 def destination(request: MigrateRequest) -> str:

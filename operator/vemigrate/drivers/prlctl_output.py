@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vemigrate.api.host import VEKind
+from vemigrate.api.reasons import Reason
 from vemigrate.core.observation import ErrorClass, NFSFacts, VEFacts, VEState
 from vemigrate.drivers.jobfailure import JobFailure
 
@@ -276,23 +277,23 @@ def classify_exit(exit_status: int | None, log: str) -> JobFailure:
         exit_status = -1
     detail = " ".join(error_lines(log))[:1000] or f"prlctl migrate exited {exit_status} without a message"
     if exit_status == EXIT_USAGE:
-        return JobFailure("InvalidArguments", ErrorClass.PERMANENT, f"prlctl refused the command line: {detail}")
+        return JobFailure(Reason.INVALID_ARGUMENTS, ErrorClass.PERMANENT, f"prlctl refused the command line: {detail}")
     if exit_status == EXIT_NO_DISPATCHER:
         return JobFailure(
-            "DispatcherUnavailable", ErrorClass.RETRYABLE, f"prlctl could not reach the dispatcher: {detail}"
+            Reason.DISPATCHER_UNAVAILABLE, ErrorClass.RETRYABLE, f"prlctl could not reach the dispatcher: {detail}"
         )
     if exit_status == EXIT_FROZEN:
-        return JobFailure("VEFrozen", ErrorClass.RETRYABLE, f"the VE is frozen: {detail}")
+        return JobFailure(Reason.VE_FROZEN, ErrorClass.RETRYABLE, f"the VE is frozen: {detail}")
     if exit_status > 128 and exit_status != EXIT_ERROR:
         return JobFailure(
-            "JobKilled", ErrorClass.RETRYABLE, f"prlctl was killed by signal {exit_status - 128}: {detail}"
+            Reason.JOB_KILLED, ErrorClass.RETRYABLE, f"prlctl was killed by signal {exit_status - 128}: {detail}"
         )
     if any(line.lower().startswith("canceling the migration") for line in output_lines(log)) or (
         _CANCELLED.search(detail) is not None
     ):
-        return JobFailure("Aborted", ErrorClass.PERMANENT, detail, aborted=True)
+        return JobFailure(Reason.ABORTED, ErrorClass.PERMANENT, detail, aborted=True)
     transient = _TRANSIENT.search(detail) is not None
-    return JobFailure("MigrationFailed", ErrorClass.RETRYABLE if transient else ErrorClass.PERMANENT, detail)
+    return JobFailure(Reason.MIGRATION_FAILED, ErrorClass.RETRYABLE if transient else ErrorClass.PERMANENT, detail)
 
 
 def succeeded(log: str) -> bool:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import asyncssh
 
+from vemigrate.api.reasons import Reason
 from vemigrate.core.access import HostAccess
 from vemigrate.drivers.errors import DriverError, PermanentError, RetryableError, StateUnknownError
 
@@ -34,7 +35,7 @@ class Completed:
 def known_hosts_for(access: HostAccess) -> asyncssh.SSHKnownHosts:
     if not access.known_hosts.strip():
         raise PermanentError(
-            "NoHostKey",
+            Reason.NO_HOST_KEY,
             f"HypervisorHost {access.name!r} has no known_hosts entry or hostKey: refusing to connect unverified",
         )
     # asyncssh's parse errors quote the offending line ("Invalid known hosts entry: <line>"), which may
@@ -45,7 +46,7 @@ def known_hosts_for(access: HostAccess) -> asyncssh.SSHKnownHosts:
         pass
     origin = access.known_hosts_origin or f"the known_hosts of HypervisorHost {access.name!r}"
     raise PermanentError(
-        "InvalidKnownHosts",
+        Reason.INVALID_KNOWN_HOSTS,
         f"{origin} is not a valid known_hosts file (HypervisorHost {access.name!r}; its text is not repeated here)",
     )
 
@@ -59,7 +60,7 @@ def _client_keys(access: HostAccess) -> list[asyncssh.SSHKey] | None:
         pass  # as in known_hosts_for: the error is not repeated
     origin = access.credentials_origin or f"the SSH private key of HypervisorHost {access.name!r}"
     raise PermanentError(
-        "InvalidPrivateKey",
+        Reason.INVALID_PRIVATE_KEY,
         f"{origin} is not an SSH private key the operator can read (OpenSSH or PEM, without a passphrase; "
         f"HypervisorHost {access.name!r})",
     )
@@ -72,18 +73,20 @@ def classify(access: HostAccess, exc: BaseException) -> DriverError:
         return exc
     if isinstance(exc, asyncssh.HostKeyNotVerifiable):
         return PermanentError(
-            "HostKeyMismatch",
+            Reason.HOST_KEY_MISMATCH,
             f"host key of {where} does not match its known_hosts: refusing to connect ({exc.reason})",
         )
     if isinstance(exc, asyncssh.PermissionDenied):
-        return PermanentError("AuthenticationFailed", f"{where} refused the credentials from the Secret: {exc.reason}")
+        return PermanentError(
+            Reason.AUTHENTICATION_FAILED, f"{where} refused the credentials from the Secret: {exc.reason}"
+        )
     if isinstance(exc, TimeoutError):
-        return StateUnknownError("Timeout", f"{where} did not answer in time")
+        return StateUnknownError(Reason.TIMEOUT, f"{where} did not answer in time")
     if isinstance(exc, asyncssh.DisconnectError | asyncssh.ConnectionLost | asyncssh.ChannelOpenError):
-        return StateUnknownError("ConnectionLost", f"connection to {where} lost: {exc}")
+        return StateUnknownError(Reason.CONNECTION_LOST, f"connection to {where} lost: {exc}")
     if isinstance(exc, OSError):
-        return RetryableError("HostUnreachable", f"cannot connect to {where}: {exc.strerror or exc}")
-    return RetryableError("SSHError", f"{where}: {exc}")
+        return RetryableError(Reason.HOST_UNREACHABLE, f"cannot connect to {where}: {exc.strerror or exc}")
+    return RetryableError(Reason.SSH_ERROR, f"{where}: {exc}")
 
 
 class SSHHost:
@@ -147,7 +150,7 @@ class SSHHost:
         )
         if check and not done.ok:
             raise PermanentError(
-                "CommandFailed",
+                Reason.COMMAND_FAILED,
                 f"{argv[0]} on {self.access.name} exited {done.exit_status}: {done.stderr.strip()[:500]}",
             )
         return done

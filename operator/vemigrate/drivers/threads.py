@@ -16,13 +16,14 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from vemigrate.api.reasons import Reason
 from vemigrate.drivers.errors import RetryableError
 
 T = TypeVar("T")
 # Calls on one host at once: a pass makes at most two (its reads of the source, or of the target, and
 # a probe), and a few migrations and the host's own probe may share the host.
 HOST_THREADS = 4
-NOT_RESPONDING = "HostNotResponding"
+NOT_RESPONDING = Reason.HOST_NOT_RESPONDING
 
 
 class HostThreads:

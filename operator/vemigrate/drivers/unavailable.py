@@ -8,6 +8,7 @@ from typing import NoReturn
 
 from vemigrate.api.host import HostStatus
 from vemigrate.api.migration import SourceDisposition
+from vemigrate.api.reasons import Reason
 from vemigrate.core.access import HostAccess
 from vemigrate.core.observation import JobObservation, VEFacts
 from vemigrate.drivers.errors import PermanentError
@@ -20,7 +21,7 @@ class UnavailableDriver:
         self.why = why
 
     def _refuse(self) -> NoReturn:
-        raise PermanentError("DriverUnavailable", f"HypervisorHost {self.access.name!r}: {self.why}")
+        raise PermanentError(Reason.DRIVER_UNAVAILABLE, f"HypervisorHost {self.access.name!r}: {self.why}")
 
     async def close(self) -> None:
         return None

@@ -13,6 +13,7 @@ import kubernetes
 from vemigrate.api import host as host_api
 from vemigrate.api.common import GROUP, VERSION
 from vemigrate.api.host import HostSpec, HypervisorHost
+from vemigrate.api.reasons import Reason
 from vemigrate.core.access import HostAccess
 from vemigrate.kube.client import Kube, not_found
 
@@ -20,7 +21,7 @@ from vemigrate.kube.client import Kube, not_found
 class HostConfigError(Exception):
     """The HypervisorHost cannot be used as configured (missing Secret or key). Waiting will not help."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: Reason, message: str) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
@@ -53,18 +54,19 @@ async def _secret_data(kube: Kube, namespace: str, host: str, secret: str) -> di
     except kubernetes.client.ApiException as exc:
         if not_found(exc):
             raise HostConfigError(
-                "SecretNotFound", f"HypervisorHost {host!r} refers to Secret {secret!r}, which does not exist"
+                Reason.SECRET_NOT_FOUND, f"HypervisorHost {host!r} refers to Secret {secret!r}, which does not exist"
             ) from exc
         if exc.status == 403:
             raise HostConfigError(
-                "SecretForbidden", f"the operator may not read Secret {secret!r} (RBAC) used by HypervisorHost {host!r}"
+                Reason.SECRET_FORBIDDEN,
+                f"the operator may not read Secret {secret!r} (RBAC) used by HypervisorHost {host!r}",
             ) from exc
         raise
     labels = (body.metadata.labels if body.metadata else None) or {}
     if labels.get(host_api.SECRET_MARK_LABEL) != host_api.SECRET_MARK_VALUE:
         mark = f"{host_api.SECRET_MARK_LABEL}={host_api.SECRET_MARK_VALUE}"
         raise HostConfigError(
-            "SecretNotMarked",
+            Reason.SECRET_NOT_MARKED,
             f"Secret {namespace}/{secret}, named by HypervisorHost {host!r}, is not marked for use by "
             f"HypervisorHosts: add the label {mark} to it (kubectl -n {namespace} label secret {secret} {mark})",
         )
@@ -80,12 +82,13 @@ def _pick(
                 return key, base64.b64decode(data[key]).decode()
             except ValueError:  # not base64 or not UTF-8; the error would quote the bytes
                 raise HostConfigError(
-                    "SecretNotText", f"Secret {namespace}/{secret} key {key} (HypervisorHost {host!r}) is not text"
+                    Reason.SECRET_NOT_TEXT,
+                    f"Secret {namespace}/{secret} key {key} (HypervisorHost {host!r}) is not text",
                 ) from None
     have = ", ".join(sorted(data)) or "none"
     wanted = " or ".join(repr(k) for k in keys)
     raise HostConfigError(
-        "SecretKeyMissing", f"Secret {secret!r} of HypervisorHost {host!r} has no key {wanted} (it has: {have})"
+        Reason.SECRET_KEY_MISSING, f"Secret {secret!r} of HypervisorHost {host!r} has no key {wanted} (it has: {have})"
     )
 
 

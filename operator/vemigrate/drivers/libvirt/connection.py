@@ -24,6 +24,7 @@ from urllib.parse import parse_qsl, urlsplit
 import libvirt
 
 from vemigrate.api.host import LIBVIRT_URI, LIBVIRT_URI_SCHEME
+from vemigrate.api.reasons import Reason
 from vemigrate.core.access import HostAccess
 from vemigrate.drivers.errors import DriverError, PermanentError, RetryableError, StateUnknownError
 from vemigrate.drivers.ssh import SSHHost
@@ -66,17 +67,17 @@ def _connection_plan(uri: str | None, host: str) -> tuple[str, str]:
         problem = "is not of the form <driver>+ssh://[user@]host[:port][/system]"
     else:
         return parsed.scheme.partition("+")[0], "/system"
-    raise PermanentError("UnsafeLibvirtURI", f"spec.libvirtURI of HypervisorHost {host!r} {problem}")
+    raise PermanentError(Reason.UNSAFE_LIBVIRT_URI, f"spec.libvirtURI of HypervisorHost {host!r} {problem}")
 
 
 def _classify(exc: libvirt.libvirtError, what: str) -> DriverError:
     code = exc.get_error_code()
     message = f"{what}: {exc.get_error_message() or exc}"
     if code in _UNKNOWN_CODES:
-        return StateUnknownError("LibvirtUnreachable", message)
+        return StateUnknownError(Reason.LIBVIRT_UNREACHABLE, message)
     if code in (libvirt.VIR_ERR_OPERATION_TIMEOUT, libvirt.VIR_ERR_AGENT_UNRESPONSIVE):
-        return RetryableError("LibvirtTimeout", message)
-    return PermanentError("LibvirtError", message)
+        return RetryableError(Reason.LIBVIRT_TIMEOUT, message)
+    return PermanentError(Reason.LIBVIRT_ERROR, message)
 
 
 def _alive(conn: Any) -> bool:
@@ -169,7 +170,7 @@ class Libvirtd:
                 self._conn = await self.threads.wait(call, CALL_TIMEOUT, what)
             except TimeoutError as exc:
                 self._opening, self._opening_since = call, time.monotonic() - CALL_TIMEOUT
-                raise StateUnknownError("LibvirtTimeout", f"libvirtd on {name} did not answer") from exc
+                raise StateUnknownError(Reason.LIBVIRT_TIMEOUT, f"libvirtd on {name} did not answer") from exc
             except asyncio.CancelledError:
                 if not call.cancelled():
                     self._opening, self._opening_since = call, time.monotonic()
@@ -185,7 +186,7 @@ class Libvirtd:
             return await self.threads.run(lambda: fn(conn), timeout, what)
         except TimeoutError as exc:
             raise StateUnknownError(
-                "LibvirtTimeout", f"{what} on {self.access.name} did not finish in {timeout:.0f} s"
+                Reason.LIBVIRT_TIMEOUT, f"{what} on {self.access.name} did not finish in {timeout:.0f} s"
             ) from exc
         except libvirt.libvirtError as exc:
             if not _alive(conn):
@@ -193,7 +194,8 @@ class Libvirtd:
                 # whatever libvirt calls the error, what the call did on the host is unknown.
                 message = exc.get_error_message() or str(exc)
                 raise StateUnknownError(
-                    "LibvirtUnreachable", f"{what} on {self.access.name}: the connection to libvirtd closed ({message})"
+                    Reason.LIBVIRT_UNREACHABLE,
+                    f"{what} on {self.access.name}: the connection to libvirtd closed ({message})",
                 ) from exc
             raise _classify(exc, f"{what} on {self.access.name}") from exc
 

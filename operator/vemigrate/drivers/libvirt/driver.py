@@ -17,6 +17,7 @@ import libvirt
 
 from vemigrate.api.host import HostStatus, VEKind
 from vemigrate.api.migration import Mode, SourceDisposition
+from vemigrate.api.reasons import Reason
 from vemigrate.core.access import HostAccess
 from vemigrate.core.observation import JobObservation, JobState, JobStats, VEFacts, VEState
 from vemigrate.drivers import hostfacts, hostjob, jobfailure
@@ -212,13 +213,13 @@ class LibvirtDriver:
     # -- the job on the source --------------------------------------------------------------
     async def start_job(self, plan: MigrationPlan) -> None:
         if plan.ve is None:
-            raise PermanentError("VENotFound", f"VE {plan.spec.source.name!r} is not on {self.access.name}")
+            raise PermanentError(Reason.VE_NOT_FOUND, f"VE {plan.spec.source.name!r} is not on {self.access.name}")
         flags = libvirt.VIR_DOMAIN_XML_SECURE | libvirt.VIR_DOMAIN_XML_INACTIVE
         xml = await self.libvirtd.call("reading the domain", lambda c: self._lookup(c, plan.ve.uuid).XMLDesc(flags))  # type: ignore[union-attr]
         if plan.ve.type == VEKind.CONTAINER:
             if plan.mode == Mode.LIVE:
                 raise PermanentError(
-                    "LiveContainerUnsupported",
+                    Reason.LIVE_CONTAINER_UNSUPPORTED,
                     "libvirt's LXC driver cannot move a running container: stop it and migrate offline, "
                     "or migrate it live between Virtuozzo nodes (driver: prlctl)",
                 )
@@ -226,7 +227,7 @@ class LibvirtDriver:
         elif plan.mode == Mode.LIVE:
             if plan.spec.clone:
                 raise PermanentError(
-                    "CloneNeedsStoppedVM",
+                    Reason.CLONE_NEEDS_STOPPED_VM,
                     "libvirt cannot clone a running VM live: stop it and migrate offline with clone, "
                     "or migrate without clone",
                 )
@@ -380,7 +381,7 @@ class LibvirtDriver:
             await self._rename_migrated(plan)
             return
         if disposition != SourceDisposition.REMOVED:
-            raise PermanentError("UnsupportedDisposition", f"libvirt VMs are removed, not {disposition.value}")
+            raise PermanentError(Reason.UNSUPPORTED_DISPOSITION, f"libvirt VMs are removed, not {disposition.value}")
 
         def disks(conn: Any) -> list[str] | None:
             dom = self._lookup(conn, plan.spec.source.name)
@@ -388,7 +389,7 @@ class LibvirtDriver:
                 return None
             if dom.isActive():
                 # Never remove a running copy: the target copy is verified, but this one still runs.
-                raise PermanentError("SourceStillRunning", f"{dom.name()} still runs on {self.access.name}")
+                raise PermanentError(Reason.SOURCE_STILL_RUNNING, f"{dom.name()} still runs on {self.access.name}")
             # A disk another domain here also uses is that domain's too: it stays.
             others = {
                 d.path
@@ -407,7 +408,7 @@ class LibvirtDriver:
             verdicts = await self._shared(plan.target, files)
             if any(v == "unknown" for v in verdicts.values()):
                 raise StateUnknownError(
-                    "SharedStorageUnknown",
+                    Reason.SHARED_STORAGE_UNKNOWN,
                     f"could not tell whether {self.access.name} shares the disks {', '.join(files)[:300]} with the "
                     "target; none removed yet",
                 )
@@ -429,7 +430,7 @@ class LibvirtDriver:
             if dom is None:
                 return
             if dom.isActive():
-                raise PermanentError("SourceStillRunning", f"{dom.name()} still runs on {self.access.name}")
+                raise PermanentError(Reason.SOURCE_STILL_RUNNING, f"{dom.name()} still runs on {self.access.name}")
             flags = libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
             dom.undefineFlags(flags | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
 
@@ -459,7 +460,7 @@ class LibvirtDriver:
             if dom is None:
                 return None
             if dom.isActive():
-                raise PermanentError("SourceStillRunning", f"{dom.name()} still runs on {self.access.name}")
+                raise PermanentError(Reason.SOURCE_STILL_RUNNING, f"{dom.name()} still runs on {self.access.name}")
             xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE | libvirt.VIR_DOMAIN_XML_INACTIVE)
             return xml, _private_area(ET.fromstring(xml))
 
@@ -524,7 +525,7 @@ class LibvirtDriver:
                 return  # not this migration's: never touched
             if dom.isActive():
                 # It may be the only running copy (post-copy, or a job that finished unseen): never stopped here.
-                raise PermanentError("TargetActive", f"{dom.name()} runs on {self.access.name}; left as it is")
+                raise PermanentError(Reason.TARGET_ACTIVE, f"{dom.name()} runs on {self.access.name}; left as it is")
             if dom.isPersistent():
                 if conn.getType() == "LXC":  # takes no undefine flags: it has no saved state or NVRAM
                     dom.undefine()
@@ -539,7 +540,7 @@ class LibvirtDriver:
             await self._refresh_pools(removed)
         if kept:
             raise PermanentError(
-                "TargetNotEmpty",
+                Reason.TARGET_NOT_EMPTY,
                 f"left on {self.access.name}: {', '.join(kept)[:500]} (created by this migration, but it holds "
                 "files this migration did not make)",
             )

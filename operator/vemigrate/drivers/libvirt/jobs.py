@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+from vemigrate.api.reasons import Reason
 from vemigrate.core.access import HostAccess
 from vemigrate.core.observation import JobStats, VEState
 from vemigrate.drivers import hostjob
@@ -254,7 +255,9 @@ def _destination(plan: MigrationPlan) -> str:
 def _recordable(path: str) -> str:
     """A path the target's record can hold: one line, absolute (the record is read line by line)."""
     if not path.startswith("/") or any(c in path for c in "\n\r"):
-        raise PermanentError("UnsupportedDisk", f"disk path {path!r} cannot be recorded: not absolute, or a line break")
+        raise PermanentError(
+            Reason.UNSUPPORTED_DISK, f"disk path {path!r} cannot be recorded: not absolute, or a line break"
+        )
     return path
 
 
@@ -289,7 +292,7 @@ def live_script(
     directory = _target_dir(plan, ve.uuid) if plan.spec.target.path else None
     if directory is not None and shared:
         raise PermanentError(
-            "TargetPathOnSharedStorage",
+            Reason.TARGET_PATH_ON_SHARED_STORAGE,
             f"spec.target.path cannot be honoured: {', '.join(shared)} on storage both hosts share stay where "
             "they are; remove spec.target.path, or move those disks to local storage first",
         )
@@ -546,7 +549,7 @@ def _copy_lines(plan: MigrationPlan, src: str, dst: str) -> list[str]:
 def _disk_file(disk: _Disk) -> str:
     """A disk's file name in <path>/<UUID>/: by its device, so two disks of one base name cannot meet."""
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", disk.target) or not re.fullmatch(r"[a-z0-9]{1,16}", disk.format):
-        raise PermanentError("UnsupportedDisk", f"disk {disk.target!r} ({disk.format}) cannot name a file")
+        raise PermanentError(Reason.UNSUPPORTED_DISK, f"disk {disk.target!r} ({disk.format}) cannot name a file")
     return f"{disk.target}.{disk.format}"
 
 
@@ -588,7 +591,8 @@ def _offline_script(plan: MigrationPlan, xml: str) -> str:
     suspended = ve.state == VEState.SUSPENDED
     if suspended and plan.spec.clone:
         raise PermanentError(
-            "CloneOfSuspendedVM", "a suspended VM's saved memory cannot take a new UUID: resume or stop it first"
+            Reason.CLONE_OF_SUSPENDED_VM,
+            "a suspended VM's saved memory cannot take a new UUID: resume or stop it first",
         )
     directory = _target_dir(plan, _copy_uuid(plan))
     saved = f"{directory}/memory.save"
@@ -636,7 +640,7 @@ def _container_script(plan: MigrationPlan, xml: str) -> str:
     assert ve is not None
     _refuse_change_sid(plan)
     if ve.private_area is None:
-        raise PermanentError("NoPrivateArea", f"container {ve.name} has no root file system directory to copy")
+        raise PermanentError(Reason.NO_PRIVATE_AREA, f"container {ve.name} has no root file system directory to copy")
     q = shlex.quote
     private, directory = ve.private_area, _target_dir(plan, _copy_uuid(plan))
     unpack_tar = 'tar -C "$1" --numeric-owner -xpf -'
@@ -662,7 +666,7 @@ def _container_script(plan: MigrationPlan, xml: str) -> str:
 def _refuse_change_sid(plan: MigrationPlan) -> None:
     if plan.spec.change_sid:
         raise PermanentError(
-            "ChangeSidUnsupported",
+            Reason.CHANGE_SID_UNSUPPORTED,
             "libvirt has no --changesid: run Sysprep in the clone instead, and migrate without changeSid",
         )
 
