@@ -4,5 +4,6 @@ Each figure is measured in the same run as its baseline and reported as a ratio 
 several runs; the table goes to the terminal and into docs/performance.md. Nothing here asserts a
 timing. The runner uses the real parts (lab hypervisor hosts, kube-apiserver and etcd, the operator
 as its own process); the one stand-in, for the 1,000-object control-plane run, is named
-`SimulatedHost` (benchmarks/simulated.py) and says so in every row it produces.
+`SimulatedHost` (vemigrate/drivers/simulated.py, run by benchmarks/simulated.py) and says so in every row
+it produces.
 """

@@ -1,5 +1,5 @@
 """The control plane at fleet scale: many migration objects on the real kube-apiserver, reconciled by
-the real operator process whose hosts are SIMULATED (benchmarks/simulated.py: `SimulatedHost`), since
+the real operator process whose hosts are SIMULATED (`SimulatedHost`, vemigrate/drivers/simulated.py), since
 this machine cannot run a fleet of guests. What is measured is the operator and the API server: the
 time from create to `Validating`, the operator's CPU seconds and peak memory (/proc), API requests per
 migration (the apiserver's own `apiserver_request_total`), and the queue under per-host limits."""
@@ -169,9 +169,9 @@ def many_dry_runs(
     table.add("operator peak memory (VmHWM)", f"{peak / 2**20:.0f} MiB")
     table.add("API requests by the operator per migration", f"{total_requests / count:.1f}")
     table.notes += [
-        "SIMULATED hosts: `SimulatedHost` (benchmarks/simulated.py) answers every driver call from memory at "
-        "once; kopf, the handlers, reconcile, the pre-flight checks, status writes and Events are the "
-        "product's, against the real kube-apiserver and etcd of this machine.",
+        "SIMULATED hosts: `SimulatedHost` (vemigrate/drivers/simulated.py, run by benchmarks/simulated.py) answers "
+        "every driver call from memory at once; kopf, the handlers, reconcile, the pre-flight checks, status "
+        "writes and Events are the product's, against the real kube-apiserver and etcd of this machine.",
         "create → Validating: the `Validating` entry of `status.phaseTransitions` (operator's clock) minus the "
         "time just before this client's create call (same machine clock).",
         "API requests: the apiserver's `apiserver_request_total` before and after, minus this client's own "
