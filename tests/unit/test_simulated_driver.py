@@ -12,6 +12,7 @@ import pytest
 from tests.unit.builders import spec
 from vemigrate.api.host import VEKind
 from vemigrate.api.migration import Mode, SourceDisposition
+from vemigrate.api.reasons import Reason
 from vemigrate.core.access import HostAccess
 from vemigrate.core.observation import ErrorClass, JobState, VEState
 from vemigrate.drivers.errors import PermanentError, StateUnknownError
@@ -76,7 +77,8 @@ async def test_a_live_job_runs_completes_and_stays_readable_until_forgotten() ->
 
 async def test_a_failed_job_says_why_and_leaves_its_half_built_copy_for_cleanup() -> None:
     world, clock = _world()
-    world.script("web1", JobScript(seconds=1, failure=("HostUnreachable", "the link broke", ErrorClass.RETRYABLE)))
+    broke = (Reason.HOST_UNREACHABLE, "the link broke", ErrorClass.RETRYABLE)
+    world.script("web1", JobScript(seconds=1, failure=broke))
     src, dst = world.driver(SOURCE), world.driver(TARGET)
     plan = _plan(world)
     await src.start_job(plan)
@@ -101,7 +103,7 @@ async def test_a_failed_job_says_why_and_leaves_its_half_built_copy_for_cleanup(
 
 async def test_an_aborted_job_is_cancelled_and_a_refused_start_starts_nothing() -> None:
     world, _ = _world()
-    world.script("web1", JobScript(seconds=None), JobScript(refused=PermanentError("Unsupported", "no")))
+    world.script("web1", JobScript(seconds=None), JobScript(refused=PermanentError(Reason.UNSUPPORTED, "no")))
     src = world.driver(SOURCE)
     plan = _plan(world)
     await src.start_job(plan)

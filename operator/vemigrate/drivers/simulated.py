@@ -35,6 +35,7 @@ from datetime import UTC, datetime
 
 from vemigrate.api.host import CPUFacts, HostStatus, NetworkFacts, StorageFacts, VEKind, VersionFacts
 from vemigrate.api.migration import Mode, SourceDisposition
+from vemigrate.api.reasons import Reason
 from vemigrate.core.access import HostAccess
 from vemigrate.core.observation import ErrorClass, JobObservation, JobState, JobStats, VEFacts, VEState
 from vemigrate.drivers.errors import DriverError, PermanentError, StateUnknownError
@@ -90,7 +91,7 @@ class JobScript:
     no job starts."""
 
     seconds: float | None = None
-    failure: tuple[str, str, ErrorClass] | None = None
+    failure: tuple[Reason, str, ErrorClass] | None = None
     refused: DriverError | None = None
 
 
@@ -109,7 +110,7 @@ class _Job:
     plan: MigrationPlan
     started: float
     ends: float | None  # monotonic; None: until told
-    failure: tuple[str, str, ErrorClass] | None
+    failure: tuple[Reason, str, ErrorClass] | None
     aborted: bool = False
     settled: bool = False  # its end was applied to both hosts' copies
     ended: asyncio.Event = field(default_factory=asyncio.Event)
@@ -153,7 +154,7 @@ class SimulatedWorld:
         self._scripts.setdefault(ve_name, []).extend(jobs)
 
     def stop_answering(self, host: str, error: DriverError | None = None) -> None:
-        self._silent[host] = error or StateUnknownError("Timeout", f"{host} did not answer in time (simulated)")
+        self._silent[host] = error or StateUnknownError(Reason.TIMEOUT, f"{host} did not answer in time (simulated)")
 
     def answer_again(self, host: str) -> None:
         self._silent.pop(host, None)
@@ -235,7 +236,7 @@ class SimulatedWorld:
         if (plan.uid, plan.attempt) in jobs:
             return  # a no-op when it already exists (the contract)
         if plan.ve is None:
-            raise PermanentError("VENotFound", f"VE {plan.spec.source.name!r} is not on {plan.source.name}")
+            raise PermanentError(Reason.VE_NOT_FOUND, f"VE {plan.spec.source.name!r} is not on {plan.source.name}")
         scripted = self._scripts.get(plan.ve.name) or [JobScript(seconds=self.job_seconds)]
         script = scripted.pop(0)
         if script.refused is not None:
@@ -257,7 +258,7 @@ class SimulatedWorld:
         if job.aborted:
             return JobObservation(
                 state=JobState.CANCELLED,
-                error_reason="Aborted",
+                error_reason=Reason.ABORTED,
                 error_message="migration job: canceled by client (simulated)",
                 error_class=ErrorClass.PERMANENT,
             )
@@ -309,7 +310,7 @@ class SimulatedWorld:
         if found is None or disposition == SourceDisposition.KEPT:
             return
         if found.facts.state.live:
-            raise PermanentError("SourceStillRunning", f"{found.facts.name} still runs on {host}")
+            raise PermanentError(Reason.SOURCE_STILL_RUNNING, f"{found.facts.name} still runs on {host}")
         copies = self._ves[host]
         del copies[found.facts.name]
         if disposition == SourceDisposition.RENAMED_MIGRATED:
@@ -338,7 +339,7 @@ class SimulatedWorld:
         if found is None:
             return  # nothing of this migration's: never touched
         if found.complete and found.facts.state.live:
-            raise PermanentError("TargetActive", f"{found.facts.name} runs on {plan.target.name}; left as it is")
+            raise PermanentError(Reason.TARGET_ACTIVE, f"{found.facts.name} runs on {plan.target.name}; left as it is")
         del self._ves[plan.target.name][found.facts.name]
 
 
