@@ -33,6 +33,11 @@ class Reason(StrEnum):
     TARGET_MIGRATING = "TargetMigrating"
     COMPLETED_BEFORE_ABORT = "CompletedBeforeAbort"
     RECONCILE_ERROR = "ReconcileError"
+    START_JOB_FAILED = "StartJobFailed"
+    ABORT_JOB_FAILED = "AbortJobFailed"
+    FORCE_COMPLETE_FAILED = "ForceCompleteFailed"
+    CLEANUP_TARGET_FAILED = "CleanupTargetFailed"
+    DISPOSE_SOURCE_FAILED = "DisposeSourceFailed"
 
     # Why a migration failed or rolled back (status.failure.reason), decided by the phase machine.
     INVALID_SPEC = "InvalidSpec"

@@ -20,7 +20,8 @@ def set_condition(
     now: datetime,
     generation: int | None,
 ) -> list[Condition]:
-    """A new list with `type_` set; the others keep their order and values."""
+    """A new list with `type_` set; the others keep their order and values. `reason` is a str: a member of
+    Reason, Phase or QueueCause when written this pass, or a failure's reason copied from the stored status."""
     previous = find(conditions, type_)
     since = previous.last_transition_time if previous is not None and previous.status == status else now
     updated = Condition(

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from vemigrate.api.migration import MigrationStatus, Mode, SourceDisposition
+from vemigrate.api.migration import MigrationStatus, Mode, Phase, SourceDisposition
+from vemigrate.api.reasons import Reason
 
 
 class ActionKind(StrEnum):
@@ -14,6 +15,20 @@ class ActionKind(StrEnum):
     FORCE_COMPLETE = "ForceComplete"  # finish now: pause for switchover, or start post-copy
     CLEANUP_TARGET = "CleanupTarget"  # remove what this migration built on the target
     DISPOSE_SOURCE = "DisposeSource"  # remove or rename the source; only after the target is verified
+
+    @property
+    def failed(self) -> Reason:
+        """The reason of the Warning Event when this action's driver call fails."""
+        return _FAILED[self]
+
+
+_FAILED = {
+    ActionKind.START_JOB: Reason.START_JOB_FAILED,
+    ActionKind.ABORT_JOB: Reason.ABORT_JOB_FAILED,
+    ActionKind.FORCE_COMPLETE: Reason.FORCE_COMPLETE_FAILED,
+    ActionKind.CLEANUP_TARGET: Reason.CLEANUP_TARGET_FAILED,
+    ActionKind.DISPOSE_SOURCE: Reason.DISPOSE_SOURCE_FAILED,
+}
 
 
 @dataclass(frozen=True)
@@ -31,7 +46,7 @@ class EventType(StrEnum):
 @dataclass(frozen=True)
 class Event:
     type: EventType
-    reason: str
+    reason: Reason | Phase  # a phase's name when it enters that phase
     message: str
 
 

@@ -36,6 +36,7 @@ from vemigrate.api.migration import (
     Result,
     SourceDisposition,
 )
+from vemigrate.api.reasons import Reason
 from vemigrate.core import admission, deadlines, progress
 from vemigrate.core import checks as preflight
 from vemigrate.core.conditions import find, set_condition
@@ -80,8 +81,8 @@ class _Pass:
         self.actions: list[Action] = []
         self.events: list[Event] = []
         self.requeue_after: float | None = None
-        self.waiting_reason: tuple[str, str] | None = None  # (reason, message) while observing only
-        self.success_reason = "Migrated"
+        self.waiting_reason: tuple[Reason, str] | None = None  # (reason, message) while observing only
+        self.success_reason: Reason = Reason.MIGRATED
         self.success_message = ""  # the Succeeded condition's message: what was done, without the reason
         self.phase_message: str | None = None  # why the phase changed this pass
         self.queue_cause: QueueCause | None = None  # why it waits, when it entered or stays in Queued
@@ -96,7 +97,7 @@ class _Pass:
     def act(self, kind: ActionKind, **kwargs: object) -> None:
         self.actions.append(Action(kind, **kwargs))  # type: ignore[arg-type]
 
-    def event(self, type_: EventType, reason: str, message: str) -> None:
+    def event(self, type_: EventType, reason: Reason | Phase, message: str) -> None:
         self.events.append(Event(type_, reason, message))
 
     def poll(self, seconds: float) -> None:
@@ -107,7 +108,7 @@ class _Pass:
         self.wake_on_job_end = True
         self.poll(POLL_JOB)
 
-    def wait(self, reason: str, message: str, seconds: float = POLL_WAIT) -> None:
+    def wait(self, reason: Reason, message: str, seconds: float = POLL_WAIT) -> None:
         """Nothing can be decided this pass: keep the phase, say why, look again later."""
         self.waiting_reason = (reason, message)
         self.poll(seconds)
@@ -125,7 +126,7 @@ class _Pass:
             self.status.queued_reason = None
         kind = EventType.WARNING if phase in (Phase.FAILED, Phase.ROLLING_BACK) else EventType.NORMAL
         self.phase_message = message or f"Migration is {phase.value}"
-        self.event(kind, phase.value, self.phase_message)
+        self.event(kind, phase, self.phase_message)
 
     def entered(self, phase: Phase) -> datetime:
         """When the current stint in `phase` began (the last transition into it)."""
@@ -134,18 +135,18 @@ class _Pass:
                 return transition.time
         return self.now
 
-    def fail(self, reason: str, message: str, *, retryable: bool = False) -> None:
+    def fail(self, reason: Reason, message: str, *, retryable: bool = False) -> None:
         """Without a rollback: only from phases in which nothing was moved or touched."""
         self.status.failure = Failure(phase=self.status.phase, reason=reason, message=message, retryable=retryable)
         _conclude_failure(self)
 
-    def succeed(self, reason: str, message: str) -> None:
+    def succeed(self, reason: Reason, message: str) -> None:
         self.success_reason, self.success_message = reason, message
         self.status.failure = None
         self.status.progress = progress.completed(self.status.progress, JobStats(), self.now)
         self.goto(Phase.SUCCEEDED, f"{reason}: {message}")
 
-    def roll_back(self, reason: str, message: str, *, retryable: bool) -> None:
+    def roll_back(self, reason: Reason, message: str, *, retryable: bool) -> None:
         """Stop the job and undo the target; the final phase is decided once that is observed."""
         self.status.failure = Failure(phase=self.status.phase, reason=reason, message=message, retryable=retryable)
         self.act(ActionKind.ABORT_JOB)
@@ -153,7 +154,7 @@ class _Pass:
         self.until_job_ends()
 
     def cancelled(self, message: str) -> None:
-        self.status.failure = Failure(phase=self.status.phase, reason="Cancelled", message=message)
+        self.status.failure = Failure(phase=self.status.phase, reason=Reason.CANCELLED, message=message)
         self.goto(Phase.CANCELLED, message)
 
 
@@ -189,7 +190,7 @@ def _waiting(step: _Pass) -> None:
         names = ", ".join(repr(h.name) for h in missing)
         created = obs.created or now
         if now - created > timedelta(seconds=spec.timeouts.progress_seconds):
-            step.fail("HostNotFound", f"No HypervisorHost {names} in this namespace")
+            step.fail(Reason.HOST_NOT_FOUND, f"No HypervisorHost {names} in this namespace")
             return
         _queue(
             step,
@@ -201,7 +202,7 @@ def _waiting(step: _Pass) -> None:
     duplicate = _duplicate(step)
     if duplicate is not None:
         step.fail(
-            "DuplicateMigration",
+            Reason.DUPLICATE_MIGRATION,
             f"Migration {duplicate} of VE {spec.source.name!r} on {spec.source.host!r} {_why_first(step, duplicate)} "
             "and is not finished; this one moves nothing",
         )
@@ -278,9 +279,9 @@ def _unreachable(hosts: list[HostObservation | None]) -> HostObservation | None:
     return next((h for h in missing if h.permanent), missing[0] if missing else None)
 
 
-def _host_problem(host: HostObservation) -> tuple[str, str]:
+def _host_problem(host: HostObservation) -> tuple[Reason, str]:
     detail = f": {host.error}" if host.error else ""
-    return host.error_reason or "HostUnreachable", f"Host {host.name!r} not reachable{detail}"
+    return host.error_reason or Reason.HOST_UNREACHABLE, f"Host {host.name!r} not reachable{detail}"
 
 
 def resolve_mode(requested: Mode, ve: VEFacts) -> Mode:
@@ -308,18 +309,18 @@ def _validating(step: _Pass) -> None:
         elif now - step.entered(Phase.VALIDATING) > timedelta(seconds=spec.timeouts.progress_seconds):
             step.fail(reason, message, retryable=True)
         else:
-            step.wait("HostUnreachable", message)
+            step.wait(Reason.HOST_UNREACHABLE, message)
         return
     assert obs.source is not None and obs.target is not None
     if obs.source_ve is None:
         if obs.target_ve is not None and not spec.clone:
             status.result = Result(target_name=obs.target_ve.name, target_uuid=obs.target_ve.uuid)
             step.succeed(
-                "AlreadyOnTarget",
+                Reason.ALREADY_ON_TARGET,
                 f"VE {spec.source.name!r} is on {spec.target.host!r} and gone from {spec.source.host!r}; nothing moved",
             )
             return
-        step.fail("VENotFound", f"No VE {spec.source.name!r} on host {spec.source.host!r}")
+        step.fail(Reason.VE_NOT_FOUND, f"No VE {spec.source.name!r} on host {spec.source.host!r}")
         return
     ve = obs.source_ve
     mode = resolve_mode(spec.mode, ve)
@@ -338,10 +339,10 @@ def _validating(step: _Pass) -> None:
     status.checks = results
     failures = [c for c in results if c.result == CheckResult.FAILED]
     if failures:
-        step.fail("PreflightFailed", preflight.summary(results))
+        step.fail(Reason.PREFLIGHT_FAILED, preflight.summary(results))
         return
     if spec.dry_run:
-        step.succeed("DryRun", f"{preflight.summary(results)}; nothing moved")
+        step.succeed(Reason.DRY_RUN, f"{preflight.summary(results)}; nothing moved")
         return
     status.failure = None
     step.goto(Phase.TRANSFERRING, f"Attempt {status.attempts}: {mode.value.lower()} migration started")
@@ -356,7 +357,7 @@ def _job_unobserved(step: _Pass) -> None:
     source = step.obs.source
     why = source.error if source is not None and source.error else "the source host did not answer"
     where = f" on {source.name!r}" if source is not None else ""
-    step.wait("StateUnknown", f"Cannot observe the migration job{where}: {why}")
+    step.wait(Reason.STATE_UNKNOWN, f"Cannot observe the migration job{where}: {why}")
 
 
 def _transferring(step: _Pass) -> None:
@@ -374,7 +375,7 @@ def _transferring(step: _Pass) -> None:
             return
         if step.cancelling:
             # Nothing running (the start never happened): rolling back only cleans the target.
-            step.roll_back("Cancelled", "Cancelled by spec.action or deletion", retryable=False)
+            step.roll_back(Reason.CANCELLED, "Cancelled by spec.action or deletion", retryable=False)
             return
         # Drivers keep records of finished jobs, so NONE means the start never happened.
         step.act(ActionKind.START_JOB, mode=status.mode)
@@ -388,7 +389,7 @@ def _transferring(step: _Pass) -> None:
         _to_finalizing(step, job)
         return
     # FAILED or CANCELLED (an abort we did not ask for counts as a failure).
-    reason = job.error_reason or ("Aborted" if job.state == JobState.CANCELLED else "MigrationFailed")
+    reason = job.error_reason or (Reason.ABORTED if job.state == JobState.CANCELLED else Reason.MIGRATION_FAILED)
     message = job.error_message or f"The migration job ended {job.state.value.lower()}"
     if _hands_off(obs):
         # The job failed (or was lost) after the VE moved, or in the middle of a post-copy: a rollback
@@ -399,13 +400,13 @@ def _transferring(step: _Pass) -> None:
         # Invariant 3: whether the VE is split between the hosts (a failed post-copy) cannot be told
         # without seeing it, and a rollback of a split VE would lose it. Look again.
         step.wait(
-            "StateUnknown",
+            Reason.STATE_UNKNOWN,
             f"The migration job ended {job.state.value.lower()} ({reason}); waiting to observe the VE "
             "before deciding whether a rollback is safe",
         )
         return
     if step.cancelling:
-        reason, message = "Cancelled", "Cancelled by spec.action or deletion"
+        reason, message = Reason.CANCELLED, "Cancelled by spec.action or deletion"
     step.roll_back(reason, message, retryable=job.error_class == ErrorClass.RETRYABLE)
 
 
@@ -417,10 +418,10 @@ def _running(step: _Pass, job: JobObservation) -> None:
     if step.cancelling:
         if post_copy:
             # The VE already runs on the target: aborting now would lose it. Finish instead.
-            step.wait("CancelTooLate", "Cancel ignored: the VE already runs on the target (post-copy)")
+            step.wait(Reason.CANCEL_TOO_LATE, "Cancel ignored: the VE already runs on the target (post-copy)")
             step.wake_on_job_end = True
             return
-        step.roll_back("Cancelled", "Cancelled by spec.action or deletion", retryable=False)
+        step.roll_back(Reason.CANCELLED, "Cancelled by spec.action or deletion", retryable=False)
         return
     step.until_job_ends()
     if post_copy:
@@ -428,7 +429,7 @@ def _running(step: _Pass, job: JobObservation) -> None:
     started = step.entered(Phase.TRANSFERRING)
     if deadlines.progress_stalled(status.progress, started, spec.timeouts, now):
         step.roll_back(
-            "ProgressTimeout",
+            Reason.PROGRESS_TIMEOUT,
             f"No data moved for more than {spec.timeouts.progress_seconds} s (spec.timeouts.progressSeconds)",
             retryable=True,
         )
@@ -440,7 +441,7 @@ def _running(step: _Pass, job: JobObservation) -> None:
             return
         if spec.action != SpecAction.FORCE_COMPLETE and not spec.post_copy:
             step.roll_back(
-                "CompletionTimeout",
+                Reason.COMPLETION_TIMEOUT,
                 f"Not finished by {deadline.isoformat()} ({spec.timeouts.completion_per_gib_seconds} s per GiB, "
                 "spec.timeouts.completionPerGiBSeconds); set postCopy or ForceComplete to finish such VEs",
                 retryable=True,
@@ -492,14 +493,14 @@ def disposition_for(spec: MigrationSpec, ve: VEFacts | None) -> SourceDispositio
 def _finalizing(step: _Pass) -> None:
     spec, obs, status = step.spec, step.obs, step.status
     if step.cancelling:
-        step.waiting_reason = ("CancelTooLate", "Cancel ignored: the transfer already completed")
+        step.waiting_reason = (Reason.CANCEL_TOO_LATE, "Cancel ignored: the transfer already completed")
     if obs.target_verified is None:
-        step.wait("StateUnknown", f"Cannot verify the copy on {spec.target.host!r} yet")
+        step.wait(Reason.STATE_UNKNOWN, f"Cannot verify the copy on {spec.target.host!r} yet")
         return
     if obs.target_verified is False:
         # Both copies stay as they are: the source is not touched, the target is not deleted.
         step.fail(
-            "TargetVerificationFailed",
+            Reason.TARGET_VERIFICATION_FAILED,
             f"The copy on {spec.target.host!r} did not verify; the source on {spec.source.host!r} "
             "was left untouched. Inspect both hosts before retrying",
         )
@@ -508,7 +509,7 @@ def _finalizing(step: _Pass) -> None:
     disposition = disposition_for(spec, obs.source_ve or obs.target_ve)
     if disposition != SourceDisposition.KEPT and obs.source_disposed is not True:
         if obs.source_disposed is None or obs.source is None or obs.source.reachable is not True:
-            step.wait("StateUnknown", f"Cannot observe the source on {spec.source.host!r}")
+            step.wait(Reason.STATE_UNKNOWN, f"Cannot observe the source on {spec.source.host!r}")
             return
         step.act(ActionKind.DISPOSE_SOURCE, disposition=disposition)
         # The disposal is done when its call returns: its result is observed in this same pass (and
@@ -522,7 +523,7 @@ def _finalizing(step: _Pass) -> None:
         target_uuid=target.uuid if target else None,
         source_disposition=disposition,
     )
-    step.succeed("Migrated", f"VE on {spec.target.host!r}; source {disposition.value.lower()}")
+    step.succeed(Reason.MIGRATED, f"VE on {spec.target.host!r}; source {disposition.value.lower()}")
 
 
 # -- RollingBack ------------------------------------------------------------------------------
@@ -535,20 +536,22 @@ def _rolling_back(step: _Pass) -> None:
         return
     if job.state == JobState.COMPLETED:
         # The job finished before the abort reached it: the target holds the complete VE now.
-        step.event(EventType.WARNING, "CompletedBeforeAbort", "The transfer completed before it could be stopped")
+        step.event(
+            EventType.WARNING, Reason.COMPLETED_BEFORE_ABORT, "The transfer completed before it could be stopped"
+        )
         _to_finalizing(step, job)
         return
     if job.state == JobState.POST_COPY:
-        step.wait("CancelTooLate", "The VE already runs on the target (post-copy); waiting for it to finish")
+        step.wait(Reason.CANCEL_TOO_LATE, "The VE already runs on the target (post-copy); waiting for it to finish")
         step.wake_on_job_end = True
         return
     if job.state in (JobState.RUNNING, JobState.SWITCHOVER):
         step.act(ActionKind.ABORT_JOB)
-        step.wait("Aborting", "Waiting for the migration job to stop")
+        step.wait(Reason.ABORTING, "Waiting for the migration job to stop")
         step.until_job_ends()
         return
     if obs.source is None or obs.source.reachable is not True or obs.target_leftovers is None:
-        step.wait("StateUnknown", "Cannot observe both hosts to finish the rollback")
+        step.wait(Reason.STATE_UNKNOWN, "Cannot observe both hosts to finish the rollback")
         return
     failure = status.failure
     cause = f"Rolling back after {failure.reason}: {failure.message}" if failure else "Rolling back"
@@ -559,7 +562,7 @@ def _rolling_back(step: _Pass) -> None:
         waited = step.now - step.entered(Phase.ROLLING_BACK)
         if waited <= timedelta(seconds=spec.timeouts.progress_seconds):
             step.wait(
-                "TargetMigrating",
+                Reason.TARGET_MIGRATING,
                 f"The VE on {spec.target.host!r} is still paused for the stopped migration; waiting for "
                 "libvirt to remove it before cleaning up",
             )
@@ -570,16 +573,16 @@ def _rolling_back(step: _Pass) -> None:
     if obs.source_ve is None:
         # No complete source copy observed: never clean the target now, it may be the only copy.
         step.fail(
-            "RollbackIncomplete",
+            Reason.ROLLBACK_INCOMPLETE,
             f"VE {spec.source.name!r} is not on {spec.source.host!r} after the rollback; the target "
             f"{spec.target.host!r} was left as it is",
         )
         return
     if obs.target_leftovers:
         step.act(ActionKind.CLEANUP_TARGET)
-        step.wait("CleaningUp", f"Removing what this migration left on {spec.target.host!r}", POLL_JOB)
+        step.wait(Reason.CLEANING_UP, f"Removing what this migration left on {spec.target.host!r}", POLL_JOB)
         return
-    if step.cancelling or (failure is not None and failure.reason == "Cancelled"):
+    if step.cancelling or (failure is not None and failure.reason == Reason.CANCELLED):
         step.cancelled("Cancelled; the VE stays on the source and nothing is left on the target")
         return
     _conclude_failure(step)
@@ -643,7 +646,7 @@ def _needs_attention(step: _Pass, cause: str) -> None:
         "See docs/runbooks/NeedsAttention.md"
     )
     phase = status.failure.phase if status.failure is not None else status.phase
-    status.failure = Failure(phase=phase, reason="NeedsAttention", message=message, retryable=False)
+    status.failure = Failure(phase=phase, reason=Reason.NEEDS_ATTENTION, message=message, retryable=False)
     _conclude_failure(step)
 
 
@@ -652,7 +655,7 @@ def _conclude_failure(step: _Pass) -> None:
     spec, status, now = step.spec, step.status, step.now
     if status.failure is None:
         # A rollback whose cause was not recorded (an older status): still a failure, and a specific one.
-        status.failure = Failure(phase=status.phase, reason="RolledBack", message="The migration was rolled back")
+        status.failure = Failure(phase=status.phase, reason=Reason.ROLLED_BACK, message="The migration was rolled back")
     failure = status.failure
     if failure.retryable and status.attempts < spec.retry.max_attempts and not step.cancelling:
         wait = deadlines.backoff(status.attempts, spec.retry.backoff_seconds)
@@ -692,20 +695,20 @@ def _write_conditions(step: _Pass) -> None:
             conds,
             ConditionType.PREFLIGHT_PASSED,
             ConditionStatus.FALSE if failed else ConditionStatus.TRUE,
-            "PreflightFailed" if failed else "AllChecksPassed",
+            Reason.PREFLIGHT_FAILED if failed else Reason.ALL_CHECKS_PASSED,
             preflight.summary(status.checks),
             now,
             gen,
         )
     elif find(conds, ConditionType.PREFLIGHT_PASSED) is None:
         conds = set_condition(
-            conds, ConditionType.PREFLIGHT_PASSED, ConditionStatus.UNKNOWN, "NotChecked", "", now, gen
+            conds, ConditionType.PREFLIGHT_PASSED, ConditionStatus.UNKNOWN, Reason.NOT_CHECKED, "", now, gen
         )
 
     if phase.final:
         progressing = (ConditionStatus.FALSE, phase.value, "")
     elif step.waiting_reason is not None:
-        unknown = step.waiting_reason[0] in ("StateUnknown", "HostUnreachable")
+        unknown = step.waiting_reason[0] in (Reason.STATE_UNKNOWN, Reason.HOST_UNREACHABLE)
         progressing = (
             ConditionStatus.UNKNOWN if unknown else ConditionStatus.TRUE,
             step.waiting_reason[0],
@@ -715,7 +718,7 @@ def _write_conditions(step: _Pass) -> None:
         # The cause is the reason, so a program (Argo CD's health check) can tell a maintenance window,
         # which is paused on purpose, from a wait that ends by itself.
         previous = find(conds, ConditionType.PROGRESSING)
-        cause = previous.reason if previous is not None and previous.reason in _QUEUE_CAUSES else "Queued"
+        cause = previous.reason if previous is not None and previous.reason in _QUEUE_CAUSES else Phase.QUEUED
         progressing = (ConditionStatus.FALSE, step.queue_cause or cause, status.queued_reason or "")
     else:
         # The reason the phase was entered stays the message until the phase changes again.
@@ -724,6 +727,7 @@ def _write_conditions(step: _Pass) -> None:
         progressing = (ConditionStatus.TRUE, phase.value, step.phase_message or kept or f"Migration is {phase.value}")
     conds = set_condition(conds, ConditionType.PROGRESSING, *progressing, now, gen)
 
+    succeeded: tuple[ConditionStatus, str, str]  # a failure's reason as stored: a str, whoever wrote it
     if phase == Phase.SUCCEEDED:
         previous = find(conds, ConditionType.SUCCEEDED)
         kept = previous.message if previous is not None and previous.status == ConditionStatus.TRUE else ""
@@ -731,13 +735,13 @@ def _write_conditions(step: _Pass) -> None:
     elif phase in (Phase.FAILED, Phase.CANCELLED) and failure is not None:
         succeeded = (ConditionStatus.FALSE, failure.reason, failure.message)
     else:
-        succeeded = (ConditionStatus.UNKNOWN, "InProgress", f"Migration is {phase.value}")
+        succeeded = (ConditionStatus.UNKNOWN, Reason.IN_PROGRESS, f"Migration is {phase.value}")
     conds = set_condition(conds, ConditionType.SUCCEEDED, *succeeded, now, gen)
 
     if phase == Phase.FAILED and failure is not None:
         failed_cond = (ConditionStatus.TRUE, failure.reason, failure.message)
     else:
-        failed_cond = (ConditionStatus.FALSE, "NotFailed", "")
+        failed_cond = (ConditionStatus.FALSE, Reason.NOT_FAILED, "")
     conds = set_condition(conds, ConditionType.FAILED, *failed_cond, now, gen)
     status.conditions = conds
     # One field for the REASON column (a printer column's JSONPath cannot pick the condition that is True).

@@ -13,6 +13,7 @@ from enum import StrEnum
 
 from vemigrate.api.host import HostStatus, VEKind
 from vemigrate.api.migration import FINAL_PHASES
+from vemigrate.api.reasons import Reason
 
 _FINAL = frozenset(p.value for p in FINAL_PHASES)
 
@@ -92,7 +93,7 @@ class HostObservation:
     exists: bool = True  # False: no HypervisorHost of that name in the migration's namespace
     facts: HostStatus | None = None
     error: str | None = None  # why it was not reachable, for the condition message
-    error_reason: str | None = None  # one CamelCase word: HostUnreachable, HostKeyMismatch, SecretNotFound, ...
+    error_reason: Reason | None = None  # HostUnreachable, HostKeyMismatch, SecretNotFound, ...
     permanent: bool = False  # waiting will not help (wrong key, host key mismatch, missing Secret)
     max_inbound: int = 2
     max_outbound: int = 2
@@ -136,7 +137,7 @@ class JobObservation:
 
     state: JobState
     stats: JobStats = field(default_factory=JobStats)
-    error_reason: str | None = None
+    error_reason: Reason | None = None
     error_message: str | None = None
     error_class: ErrorClass | None = None
 

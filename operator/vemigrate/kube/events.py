@@ -11,13 +11,15 @@ from typing import Any
 
 import kubernetes
 
+from vemigrate.api.migration import Phase
+from vemigrate.api.reasons import Reason
 from vemigrate.kube.client import Kube
 
 COMPONENT = "vemigrate"
 log = logging.getLogger(__name__)
 
 
-async def emit(kube: Kube, body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+async def emit(kube: Kube, body: Mapping[str, Any], type_: str, reason: Reason | Phase, message: str) -> None:
     """Post one Event about `body`. Failing to post is logged, never fatal: Events are best effort."""
     meta = body.get("metadata", {})
     now = datetime.now(UTC)
