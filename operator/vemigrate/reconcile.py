@@ -432,7 +432,7 @@ async def _act_all(
         try:
             await _act(world, action, plan, src, dst)
         except DriverError as exc:
-            await events.emit(world.kube, body, "Warning", action.kind.failed, exc.message)
+            await events.emit(world.kube, body, "Warning", action.kind.failed, f"{exc.reason}: {exc.message}")
             if action.kind == ActionKind.START_JOB and isinstance(exc, PermanentError):
                 # The job could not even start, and will not: record it as a failed job.
                 failed = JobObservation(
