@@ -9,9 +9,10 @@ that table and this enum the same).
 
 from __future__ import annotations
 
-from enum import StrEnum
+from enum import StrEnum, unique
 
 
+@unique  # two members with one value would make one an alias: a reason documented twice
 class Reason(StrEnum):
     # The outcome of a migration: the Succeeded condition and status.reason.
     MIGRATED = "Migrated"
