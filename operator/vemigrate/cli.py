@@ -71,9 +71,11 @@ def _run(args: argparse.Namespace) -> int:
 
     import kopf
 
-    from vemigrate import handlers, metrics, reconcile
+    import vemigrate.handlers  # noqa: F401 (importing it registers kopf's handlers)
+    from vemigrate import metrics, reconcile
     from vemigrate.drivers.registry import driver_for
     from vemigrate.kube.client import Kube, NoCredentials
+    from vemigrate.memo import Memo
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.log_level != "DEBUG":
@@ -93,7 +95,8 @@ def _run(args: argparse.Namespace) -> int:
     except NoCredentials as error:
         print(f"vemigrate run: no Kubernetes credentials: {error}", file=sys.stderr)
         return 2
-    handlers.install(reconcile.World(kube=kube, make_driver=driver_for, settings=settings))
+    # What the operator keeps between passes: kopf hands it to every handler.
+    memo = Memo(reconcile.World(kube=kube, make_driver=driver_for, settings=settings))
     if args.metrics_port:
         metrics.serve(args.metrics_port, args.metrics_address)
     priority = args.priority if args.priority is not None else seniority(time.time(), secrets.randbelow(_TIE_BREAK))
@@ -104,6 +107,7 @@ def _run(args: argparse.Namespace) -> int:
         namespaces=args.namespace or [],
         clusterwide=not args.namespace,
         liveness_endpoint=args.liveness or None,
+        memo=memo,
     )
     return 0
 

@@ -23,7 +23,7 @@ from vemigrate.api.host import HostConditionType, HostStatus, HypervisorHost
 from vemigrate.api.migration import Action as SpecAction
 from vemigrate.api.migration import Failure, MigrationSpec, MigrationStatus, Mode, Phase
 from vemigrate.api.reasons import Reason
-from vemigrate.core import admission
+from vemigrate.core import admission as queueing
 from vemigrate.core.access import HostAccess
 from vemigrate.core.admission import Limits
 from vemigrate.core.conditions import set_condition
@@ -36,12 +36,12 @@ from vemigrate.core.observation import (
     Observation,
     OtherMigration,
     VEFacts,
-    others_in_view,
 )
 from vemigrate.drivers.errors import DriverError, PermanentError
 from vemigrate.drivers.protocol import DriverFactory, HypervisorDriver, MigrationPlan
 from vemigrate.kube import events, hosts, status
 from vemigrate.kube.client import Kube
+from vemigrate.queue import Admission
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -66,20 +66,15 @@ class Settings:
 
 @dataclass
 class World:
-    """What passes share: the API client, the drivers (one per host, reused), the settings."""
+    """What passes share: the API client, the drivers (one per host, reused), the settings, and the long
+    poll on each migration's running job. (Admission's bookkeeping is vemigrate.queue.Admission.)"""
 
     kube: Kube
     make_driver: DriverFactory
     settings: Settings = field(default_factory=Settings)
     _drivers: dict[tuple[str, str], HypervisorDriver] = field(default_factory=dict)
-    # Admission is decided under this lock, and what a waiting pass decided (admitted, or still waiting)
-    # and a pass that left its slot (back to Queued) is remembered until the migration ends, so that two
-    # migrations never take the last slot at once and none is counted in the slot it left while the API's
-    # view lags (observation.others_in_view).
-    admission: asyncio.Lock = field(default_factory=asyncio.Lock)
-    decided: dict[str, OtherMigration] = field(default_factory=dict)
 
-    # Called with a migration's UID when its job is seen to end on its host (handlers wake its daemon).
+    # Called with a migration's UID when its job is seen to end on its host (memo.Memo wakes its daemon).
     job_ended: Callable[[str], None] = lambda uid: None
     # The long poll on each migration's running job, by the job it waits on: (attempt, source host).
     _watches: dict[str, tuple[tuple[int, HostAccess], asyncio.Task[None]]] = field(default_factory=dict)
@@ -327,8 +322,8 @@ async def _observe(
     )
     if phase not in _HOST_PHASES or phase.final:
         waiting = replace(base, source=src.obs, target=dst.obs)
-        if not phase.final and admission.needs_every_host(
-            waiting.others, admission.limits_of(waiting), _now(), admission.candidate(spec, waiting, _now())
+        if not phase.final and queueing.needs_every_host(
+            waiting.others, queueing.limits_of(waiting), _now(), queueing.candidate(spec, waiting, _now())
         ):
             # Whether an older waiter goes first depends on another host's limit: one list of them all.
             waiting = replace(waiting, hosts=await _every_host(world, namespace, lookup))
@@ -451,14 +446,17 @@ async def migration_pass(
     world: World,
     body: Mapping[str, Any],
     *,
+    admission: Admission,
     deleting: bool = False,
     others: Iterable[OtherMigration] = (),
     woken_by: str = "start",
     lookup: HostLookup | None = None,
 ) -> Decision:
     """Observe, decide, act, and write the status if it changed (observing and deciding again while the
-    core asks to see its own action's result). `woken_by`: what started this pass, for the log and
-    metrics. `lookup`: HypervisorHosts as the operator's watch has them. Returns the decision made."""
+    core asks to see its own action's result). `admission`: this process's side of the queue, shared by
+    every pass. `others`: the namespace's migrations as the operator's watch has them. `woken_by`: what
+    started this pass, for the log and metrics. `lookup`: HypervisorHosts as the operator's watch has them.
+    Returns the decision made."""
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     raw_status = body.get("status") or None
@@ -467,16 +465,18 @@ async def migration_pass(
         spec = MigrationSpec.model_validate(body.get("spec") or {})
     except ValidationError as exc:
         # The CRD refuses such specs; an object stored before a schema change can still hold one.
-        return await _invalid_spec(world, body, stored, exc)
+        decision = await _invalid_spec(world, body, stored, exc)
+        admission.ended(meta["uid"])  # final, written or not
+        return decision
 
     before = stored.phase if stored else Phase.PENDING
     waiting = before in (Phase.PENDING, Phase.QUEUED)
-    async with world.admission if waiting else contextlib.nullcontext():
-        pending = others_in_view(others, world.decided.values())
+    async with admission.lock if waiting else contextlib.nullcontext():
+        pending = admission.view(others)
         obs, plan = await _observe(world, body, spec, stored, deleting=deleting, others=pending, lookup=lookup)
         decision = decide(spec, stored, obs, _now())
         if waiting and not decision.status.phase.final:
-            world.decided[meta["uid"]] = _as_other(meta, spec, obs, decision.status)
+            admission.decided(_as_other(meta, spec, obs, decision.status))
 
     decision = await _act_all(world, body, spec, obs, plan, decision)
     emitted = list(decision.events)
@@ -515,10 +515,10 @@ async def migration_pass(
     if new.phase != before:
         log.info("%s/%s: %s -> %s (a pass woken by %s)", namespace, name, before.value, new.phase.value, woken_by)
     if new.phase.final:
-        world.decided.pop(meta["uid"], None)
+        admission.ended(meta["uid"])
         world.forget(meta["uid"])
     elif before in ACTIVE_PHASES and new.phase not in ACTIVE_PHASES:
-        world.decided[meta["uid"]] = _as_other(meta, spec, obs, new)  # out of its slot: to retry later
+        admission.decided(_as_other(meta, spec, obs, new))  # out of its slot: to retry later
     return decision
 
 
@@ -540,19 +540,23 @@ def _as_other(meta: Mapping[str, Any], spec: MigrationSpec, obs: Observation, ne
 
 
 async def next_up(
-    world: World, namespace: str, others: Iterable[OtherMigration], lookup: HostLookup | None = None
+    world: World,
+    admission: Admission,
+    namespace: str,
+    others: Iterable[OtherMigration],
+    lookup: HostLookup | None = None,
 ) -> list[OtherMigration]:
     """The Queued migrations whose turn it is (core/admission.py), to be woken when a slot may have freed:
     a migration ended or left its slot, or one ahead in the queue went. Every host is read only when one
     is queued. A Pending one is not among them: its first pass is on its way."""
-    view = others_in_view(others, world.decided.values())
+    view = admission.view(others)
     if not any(o.phase == Phase.QUEUED.value for o in view):
         return []
     every = await _every_host(world, namespace, lookup)
     known = Limits(
         cluster=world.settings.cluster_limit, hosts={h.name: h for h in every or ()}, complete=every is not None
     )
-    return [o for o in admission.play(view, known, _now()).admitted if o.phase == Phase.QUEUED.value]
+    return [o for o in queueing.play(view, known, _now()).admitted if o.phase == Phase.QUEUED.value]
 
 
 async def _invalid_spec(

@@ -20,6 +20,7 @@ from vemigrate.core.observation import ErrorClass
 from vemigrate.drivers.errors import DriverError, PermanentError
 from vemigrate.drivers.threads import NOT_RESPONDING, HostThreads, for_host
 from vemigrate.kube.client import Kube
+from vemigrate.memo import Memo, PassClock
 from vemigrate.reconcile import _PERMANENT_CONNECT_REASONS
 
 
@@ -97,44 +98,44 @@ def test_api_calls_do_not_queue_behind_the_default_executor(hung: threading.Even
     asyncio.run(scenario())
 
 
-def _probe(clock: handlers.PassClock, monkeypatch: pytest.MonkeyPatch) -> Any:
-    monkeypatch.setattr(handlers, "_passes", clock)
-    return asyncio.run(handlers.passes_complete())
+def _probe(memo: Memo, clock: PassClock) -> Any:
+    memo.passes = clock
+    return asyncio.run(handlers.passes_complete(memo=memo))
 
 
-def test_liveness_fails_only_when_passes_stop_completing(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_liveness_fails_only_when_passes_stop_completing() -> None:
     world = reconcile.World(kube=Kube(api_client=None), make_driver=lambda access: None)  # type: ignore[arg-type,return-value]
     world.settings.stalled_pass_seconds = 100
-    monkeypatch.setattr(handlers, "_world", world)
+    memo = Memo(world)
     now = time.monotonic()
 
-    idle = handlers.PassClock()
+    idle = PassClock()
     idle.last_end = now - 10_000
     assert idle.stalled(100) is None, "an idle operator, however long idle, is live"
-    assert _probe(idle, monkeypatch)["running"] == 0
+    assert _probe(memo, idle)["running"] == 0
 
-    working = handlers.PassClock()
+    working = PassClock()
     working.running = {1: now - 500}  # one pass stuck for long...
     working.last_end = now - 5  # ...while others keep ending: the operator works
     assert working.stalled(100) is None
-    assert _probe(working, monkeypatch)["running"] == 1
+    assert _probe(memo, working)["running"] == 1
 
-    recent = handlers.PassClock()
+    recent = PassClock()
     recent.running = {1: now - 50}  # a pass under way for less than the limit
     recent.last_end = now - 10_000
     assert recent.stalled(100) is None
 
-    stuck = handlers.PassClock()
+    stuck = PassClock()
     stuck.running = {1: now - 150, 2: now - 120}
     stuck.last_end = now - 150
     said = stuck.stalled(100)
     assert said is not None and "2 migration pass(es) running, the oldest for 150 s" in said
     with pytest.raises(kopf.PermanentError, match="migration passes stopped completing"):
-        _probe(stuck, monkeypatch)
+        _probe(memo, stuck)
 
 
 def test_the_pass_clock_times_a_pass_from_its_start_to_its_end() -> None:
-    clock = handlers.PassClock()
+    clock = PassClock()
     with clock.timing():
         assert len(clock.running) == 1
         assert clock.stalled(60, now=time.monotonic() + 30) is None
