@@ -14,7 +14,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -24,6 +24,7 @@ from vemigrate.api.host import VEKind
 from vemigrate.api.migration import MigrationSpec, Mode
 from vemigrate.core.access import HostAccess
 from vemigrate.core.observation import VEFacts, VEState
+from vemigrate.core.plan import resolve
 from vemigrate.drivers.hostjob import JOBS_DIR
 from vemigrate.drivers.libvirt import completed_stats, live_argv
 from vemigrate.drivers.protocol import MigrationPlan
@@ -74,14 +75,9 @@ def plan_for(lab: LabInfo, guest: Guest, src: str, dst: str, spec: dict[str, Any
     """The plan the operator would hand its driver for this migration."""
     full = MigrationSpec.model_validate({"source": {"host": src, "name": guest.name}, "target": {"host": dst}, **spec})
     ve = VEFacts(name=guest.name, uuid=guest.uuid, type=VEKind.VM, state=VEState.RUNNING, disk_paths=(guest.disk,))
-    return MigrationPlan(
-        uid=str(uuid.uuid4()),
-        spec=full,
-        mode=Mode.LIVE,
-        ve=ve,
-        source=_access(lab, src, "bench"),
-        target=_access(lab, dst, "bench"),
-    )
+    uid = str(uuid.uuid4())
+    resolved = replace(resolve(uid, full, ve, None, None), mode=Mode.LIVE)
+    return MigrationPlan.of(uid, full, resolved, ve, _access(lab, src, "bench"), _access(lab, dst, "bench"))
 
 
 def _sh(host: str, script: str, *args: str) -> str:

@@ -21,14 +21,15 @@ from vemigrate import metrics
 from vemigrate.api.common import ConditionStatus
 from vemigrate.api.host import HostConditionType, HostStatus, HypervisorHost
 from vemigrate.api.migration import Action as SpecAction
-from vemigrate.api.migration import Failure, MigrationSpec, MigrationStatus, Mode, Phase
+from vemigrate.api.migration import Failure, MigrationSpec, MigrationStatus, Phase
 from vemigrate.api.reasons import Reason
 from vemigrate.core import admission as queueing
+from vemigrate.core import plan as core_plan
 from vemigrate.core.access import HostAccess
 from vemigrate.core.admission import Limits
 from vemigrate.core.conditions import set_condition
 from vemigrate.core.decision import Action, ActionKind, Decision
-from vemigrate.core.machine import ACTIVE_PHASES, POLL_JOB, decide, disposition_for, resolve_mode
+from vemigrate.core.machine import ACTIVE_PHASES, POLL_JOB, decide
 from vemigrate.core.observation import (
     HostObservation,
     JobObservation,
@@ -281,11 +282,9 @@ def _plan(
 ) -> MigrationPlan | None:
     if src.driver is None or dst.driver is None:
         return None
-    mode = stored.mode if stored and stored.mode else (resolve_mode(spec.mode, ve) if ve else Mode.OFFLINE)
+    resolved = core_plan.resolve(uid, spec, ve, dst.obs.facts, stored)
     attempt = max(stored.attempts, 1) if stored else 1
-    return MigrationPlan(
-        uid=uid, spec=spec, mode=mode, ve=ve, source=src.driver.access, target=dst.driver.access, attempt=attempt
-    )
+    return MigrationPlan.of(uid, spec, resolved, ve, src.driver.access, dst.driver.access, attempt)
 
 
 _ENDED = (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED)
@@ -370,8 +369,7 @@ async def _observe(
         finishing = phase == Phase.FINALIZING or (job is not None and job.state in (JobState.COMPLETED, JobState.NONE))
         if finishing and phase != Phase.VALIDATING:
             verified = await _ask(dst, lambda d: d.verify_target(plan))
-            disposition = disposition_for(spec, source_ve)
-            disposed = await _ask(src, lambda d: d.source_disposed(plan, disposition))
+            disposed = await _ask(src, lambda d: d.source_disposed(plan, plan.disposition))
         if phase == Phase.ROLLING_BACK:
             leftovers = await _ask(dst, lambda d: d.target_leftovers(plan))
     if src.obs.reachable is not True:
@@ -394,7 +392,7 @@ async def _observe(
 async def _act(world: World, action: Action, plan: MigrationPlan, src: HypervisorDriver, dst: HypervisorDriver) -> None:
     match action.kind:
         case ActionKind.START_JOB:
-            await src.start_job(replace(plan, mode=action.mode or plan.mode))
+            await src.start_job(plan)
         case ActionKind.ABORT_JOB:
             await src.abort_job(plan)
         case ActionKind.FORCE_COMPLETE:
@@ -421,8 +419,12 @@ async def _act_all(
         return replace(decision, observe_again=False)  # nothing was done: nothing to observe at once
     src = world.driver(plan.source)
     dst = world.driver(plan.target)
-    # Actions belong to the attempt this decision is in (a pass that starts one has just counted it).
-    plan = replace(plan, attempt=max(decision.status.attempts, 1))
+    # Actions belong to the attempt this decision is in (a pass that starts one has just counted it), and
+    # follow its plan as the decision recorded it (a job starting now: the plan it is started with).
+    facts = obs.target.facts if obs.target else None
+    resolved = core_plan.resolve(plan.uid, spec, plan.ve, facts, decision.status)
+    attempt = max(decision.status.attempts, 1)
+    plan = MigrationPlan.of(plan.uid, spec, resolved, plan.ve, plan.source, plan.target, attempt)
     for action in decision.actions:
         try:
             await _act(world, action, plan, src, dst)

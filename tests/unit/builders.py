@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from vemigrate.api.host import CPUFacts, HostStatus, NetworkFacts, StorageFacts, VEKind, VersionFacts
-from vemigrate.api.migration import MigrationSpec, MigrationStatus, Phase, PhaseTransition
+from vemigrate.api.migration import MigrationSpec, MigrationStatus, Mode, Phase, PhaseTransition
+from vemigrate.core.access import HostAccess
 from vemigrate.core.observation import (
     HostObservation,
     JobObservation,
@@ -16,6 +18,8 @@ from vemigrate.core.observation import (
     VEFacts,
     VEState,
 )
+from vemigrate.core.plan import resolve
+from vemigrate.drivers.protocol import MigrationPlan
 
 T0 = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
 GIB = 1024**3
@@ -60,6 +64,24 @@ def ve(**overrides: Any) -> VEFacts:
     }
     data.update(overrides)
     return VEFacts(**data)
+
+
+def driver_plan(
+    uid: str,
+    spec: MigrationSpec,
+    ve: VEFacts | None,
+    source: HostAccess,
+    target: HostAccess,
+    *,
+    mode: Mode | None = None,
+    facts: HostStatus | None = None,
+) -> MigrationPlan:
+    """A driver's plan as reconcile makes it: resolved by core/plan.py against the target's facts (a healthy
+    libvirt host's unless given); `mode` forces the mode (a driver test of one mode)."""
+    resolved = resolve(uid, spec, ve, facts or host_facts(), None)
+    if mode is not None:
+        resolved = replace(resolved, mode=mode)
+    return MigrationPlan.of(uid, spec, resolved, ve, source, target)
 
 
 def running_job(**stats: Any) -> JobObservation:

@@ -15,6 +15,7 @@ from vemigrate.api.migration import CheckStatus, MigrationSpec, Mode
 from vemigrate.core import checks
 from vemigrate.core.checks import CheckInput, failed, is_virtuozzo6, run_checks, summary
 from vemigrate.core.observation import NFSFacts, VEFacts, VEState
+from vemigrate.core.plan import resolve
 
 pytestmark = pytest.mark.unit
 
@@ -124,11 +125,10 @@ class Facts:
             "mode": self.mode,
             **self.spec,
         }
-        # Resolved as the phase machine does: Auto follows the VE's state.
-        resolved = self.mode if self.mode != Mode.AUTO else (Mode.LIVE if self.ve.state.live else Mode.OFFLINE)
+        spec = MigrationSpec.model_validate(data)
         return CheckInput(
-            spec=MigrationSpec.model_validate(data),
-            mode=resolved,
+            spec=spec,
+            plan=resolve("m1", spec, self.ve, self.target, None),  # as the phase machine resolves it
             ve=self.ve,
             source=self.source,
             target=self.target,
@@ -1030,12 +1030,13 @@ def _inputs(draw: st.DrawFn) -> CheckInput:
             "checks": {"skip": draw(st.lists(st.sampled_from(CheckName), unique=True, max_size=5))},
         }
     )
+    target = draw(_hosts)
     return CheckInput(
         spec=spec,
-        mode=draw(st.sampled_from([Mode.LIVE, Mode.OFFLINE])),
+        plan=replace(resolve("m1", spec, ve, target, None), mode=draw(st.sampled_from([Mode.LIVE, Mode.OFFLINE]))),
         ve=ve,
         source=draw(_hosts),
-        target=draw(_hosts),
+        target=target,
         target_ve=draw(st.none() | _ves),
         ssh_port_open=draw(st.none() | st.booleans()),
     )

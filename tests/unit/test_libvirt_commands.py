@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.unit.builders import spec, ve
+from tests.unit.builders import driver_plan, spec, ve
 from vemigrate.api.migration import Mode
 from vemigrate.core.access import HostAccess
 from vemigrate.core.observation import VEState
@@ -38,14 +38,8 @@ DEST = "qemu+ssh://root@192.0.2.2:2222/system?no_tty=1"
 
 
 def plan(mode: Mode = Mode.LIVE, target: HostAccess = TARGET, **overrides: Any) -> MigrationPlan:
-    return MigrationPlan(
-        uid="0b7c9f6e-1111-4222-8333-444455556666",
-        spec=spec(**overrides),
-        mode=mode,
-        ve=ve(disk_paths=("/var/lib/libvirt/images/web1.qcow2",)),
-        source=SOURCE,
-        target=target,
-    )
+    v = ve(disk_paths=("/var/lib/libvirt/images/web1.qcow2",))
+    return driver_plan("0b7c9f6e-1111-4222-8333-444455556666", spec(**overrides), v, SOURCE, target, mode=mode)
 
 
 @pytest.mark.parametrize(
@@ -125,14 +119,8 @@ def _commands(text: str) -> list[str]:
 
 def test_every_value_reaching_the_shell_is_quoted() -> None:
     """A hostile file name stays one word for the local shell and again for the remote one."""
-    hostile = MigrationPlan(
-        uid="0b7c9f6e-1111-4222-8333-444455556666",
-        spec=spec(),
-        mode=Mode.OFFLINE,
-        ve=ve(state=VEState.STOPPED, disk_paths=(f"/images/{HOSTILE}.qcow2",)),
-        source=SOURCE,
-        target=TARGET,
-    )
+    v = ve(state=VEState.STOPPED, disk_paths=(f"/images/{HOSTILE}.qcow2",))
+    hostile = driver_plan("0b7c9f6e-1111-4222-8333-444455556666", spec(), v, SOURCE, TARGET, mode=Mode.OFFLINE)
     disk = f"<disk type='file' device='disk'><source file='/images/{HOSTILE}.qcow2'/><target dev='vda'/></disk>"
     text = _offline_script(hostile, f"<domain><name>web1</name><uuid>{UUID}</uuid><devices>{disk}</devices></domain>")
     checked = 0
@@ -157,14 +145,9 @@ def test_offline_script_copies_verifies_and_defines() -> None:
         "<target dev='vda'/></disk><interface type='bridge'><mac address='52:54:00:00:00:01'/>"
         "<source bridge='vmbr0'/></interface></devices></domain>"
     )
-    p = MigrationPlan(
-        uid="0b7c9f6e-1111-4222-8333-444455556666",
-        spec=spec(target={"host": "node-b", "path": "/srv/ves"}),
-        mode=Mode.OFFLINE,
-        ve=ve(state=VEState.STOPPED, disk_paths=("/var/lib/libvirt/images/web1.qcow2",)),
-        source=SOURCE,
-        target=TARGET,
-    )
+    v = ve(state=VEState.STOPPED, disk_paths=("/var/lib/libvirt/images/web1.qcow2",))
+    wanted = spec(target={"host": "node-b", "path": "/srv/ves"})
+    p = driver_plan("0b7c9f6e-1111-4222-8333-444455556666", wanted, v, SOURCE, TARGET, mode=Mode.OFFLINE)
     text = _offline_script(p, xml)
     assert f"/srv/ves/{UUID}/vda.qcow2" in text
     assert "zstd -q -c" in text and "sha256sum" in text

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.unit.builders import spec, ve
+from tests.unit.builders import driver_plan, spec, ve
 from vemigrate.api.migration import Mode
 from vemigrate.core.access import HostAccess
 from vemigrate.drivers import hostjob
@@ -53,14 +53,9 @@ DOMAIN = (
 
 
 def plan(**overrides: Any) -> MigrationPlan:
-    return MigrationPlan(
-        uid=UID,
-        spec=spec(**overrides),
-        mode=Mode.LIVE,
-        ve=ve(disk_paths=(VDA.path, VDB.path)),
-        source=HostAccess(name="node-a", namespace="ns", address="192.0.2.1"),
-        target=TARGET,
-    )
+    v = ve(disk_paths=(VDA.path, VDB.path))
+    source = HostAccess(name="node-a", namespace="ns", address="192.0.2.1")
+    return driver_plan(UID, spec(**overrides), v, source, TARGET, mode=Mode.LIVE)
 
 
 def _written(text: str, name: str) -> str:

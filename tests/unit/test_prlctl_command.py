@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.unit.builders import spec, ve
+from tests.unit.builders import driver_plan, spec, ve
 from vemigrate.api.host import VEKind
 from vemigrate.api.migration import Mode
 from vemigrate.core.access import HostAccess
@@ -26,13 +26,8 @@ TARGET = HostAccess(name="node-b", namespace="ns", address="192.0.2.2", driver="
 
 
 def plan(to: HostAccess = TARGET, kind: VEKind = VEKind.VM, **overrides: Any) -> MigrationPlan:
-    return MigrationPlan(
-        uid="0b7c9f6e-1111-4222-8333-444455556666",
-        spec=spec(**overrides),
-        mode=Mode.LIVE,
-        ve=ve(type=kind),
-        source=SOURCE,
-        target=to,
+    return driver_plan(
+        "0b7c9f6e-1111-4222-8333-444455556666", spec(**overrides), ve(type=kind), SOURCE, to, mode=Mode.LIVE
     )
 
 

@@ -13,7 +13,8 @@ from vemigrate.api.host import VEKind
 from vemigrate.api.migration import Mode
 from vemigrate.core import checks
 from vemigrate.core.access import HostAccess
-from vemigrate.core.observation import ErrorClass, VEState
+from vemigrate.core.observation import ErrorClass, VEFacts, VEState
+from vemigrate.core.plan import Plan, resolve
 from vemigrate.drivers import prlctl_output as out
 from vemigrate.drivers.prlctl import enter_sessions, host_status, progress_stats
 from vemigrate.drivers.protocol import MigrationPlan
@@ -82,7 +83,7 @@ def test_nfs_facts_from_a_container_fail_the_live_check_with_what_to_do() -> Non
     src = host_facts()
     results = checks.run_checks(
         checks.CheckInput(
-            spec=spec(), mode=Mode.LIVE, ve=ct, source=src, target=host_facts(), target_ve=None, ssh_port_open=True
+            spec=spec(), plan=live(ct), ve=ct, source=src, target=host_facts(), target_ve=None, ssh_port_open=True
         )
     )
     verdict = {r.name: r for r in results}
@@ -161,7 +162,7 @@ def test_no_cpuid_override_fails_the_live_container_check() -> None:
     ct = ve(type=VEKind.CONTAINER, state=VEState.RUNNING, bridges=())
     results = checks.run_checks(
         checks.CheckInput(
-            spec=spec(), mode=Mode.LIVE, ve=ct, source=status, target=host_facts(), target_ve=None, ssh_port_open=True
+            spec=spec(), plan=live(ct), ve=ct, source=status, target=host_facts(), target_ve=None, ssh_port_open=True
         )
     )
     verdict = next(r for r in results if r.name == CheckName.CPUID_OVERRIDE)
@@ -170,7 +171,7 @@ def test_no_cpuid_override_fails_the_live_container_check() -> None:
     nested = host_status(info, [], SHELL.replace("nested no", "nested yes"), 0, ACCESS, PATHS)
     results = checks.run_checks(
         checks.CheckInput(
-            spec=spec(), mode=Mode.LIVE, ve=ct, source=nested, target=host_facts(), target_ve=None, ssh_port_open=True
+            spec=spec(), plan=live(ct), ve=ct, source=nested, target=host_facts(), target_ve=None, ssh_port_open=True
         )
     )
     assert next(r for r in results if r.name == CheckName.CPUID_OVERRIDE).result == CheckResult.PASSED
@@ -195,7 +196,12 @@ def test_progress_lines_read_from_a_pty_log() -> None:
 def plan(mode: Mode = Mode.LIVE) -> MigrationPlan:
     target = HostAccess(name="node-b", namespace="ns", address="192.0.2.2", driver="prlctl")
     v = ve(memory_bytes=1024 * MIB, disk_bytes=3072 * MIB)
-    return MigrationPlan(uid="u1", spec=spec(), mode=mode, ve=v, source=ACCESS, target=target)
+    wanted = spec(mode=mode.value)
+    return MigrationPlan.of("u1", wanted, resolve("u1", wanted, v, None, None), v, ACCESS, target)
+
+
+def live(v: VEFacts) -> Plan:
+    return resolve("u1", spec(mode="Live"), v, host_facts(), None)
 
 
 def test_progress_is_the_percentage_of_what_moves() -> None:

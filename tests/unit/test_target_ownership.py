@@ -9,8 +9,21 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.builders import driver_plan, host_facts, spec, ve
+from vemigrate.api.migration import MigrationStatus, Mode
+from vemigrate.core.access import HostAccess
+from vemigrate.core.observation import VEState
+from vemigrate.core.plan import resolve
 from vemigrate.drivers.jobfailure import EXIT_IN_THE_WAY
-from vemigrate.drivers.libvirt.jobs import _CREATE_DIR, _CREATE_DISKS, _OWNED, _RECEIVE, _REMOVE_OWNED, _offline_stats
+from vemigrate.drivers.libvirt.jobs import (
+    _CREATE_DIR,
+    _CREATE_DISKS,
+    _OWNED,
+    _RECEIVE,
+    _REMOVE_OWNED,
+    _offline_stats,
+    _target_dir,
+)
 
 pytestmark = pytest.mark.unit
 FOREIGN = b"someone else's disk\x00\xff" * 1000
@@ -106,3 +119,40 @@ def test_the_receiver_reports_the_bytes_that_landed(tmp_path: Path) -> None:
     out = _sh(_RECEIVE, record, dst, "cat", input=payload)
     assert out.returncode == 0 and out.stdout.decode().splitlines()[1] == str(len(payload))
     assert _offline_stats(out.stderr.decode()).bytes_processed == len(payload)
+
+
+def test_after_the_targets_default_directory_changed_cleanup_removes_only_what_the_job_made(tmp_path: Path) -> None:
+    """The job copied into the target's default directory A; then the host's default became B, where a VE of
+    the same UUID is someone else's. The plan a later pass (or a restarted operator) resolves from status
+    still names A, and the cleanup removes exactly what the job recorded in A; B stays as it was."""
+    pool_a, pool_b, record = tmp_path / "pool-a", tmp_path / "pool-b", tmp_path / "job" / "created"
+    pool_a.mkdir()
+    pool_b.mkdir()
+    uid, stopped = "0b7c9f6e-1111-4222-8333-444455556666", ve(state=VEState.STOPPED)
+    source, target = (
+        HostAccess(name="node-a", namespace="ns", address="192.0.2.1"),
+        HostAccess(name="node-b", namespace="ns", address="192.0.2.2"),
+    )
+    then = host_facts(default_path=str(pool_a))
+    started = driver_plan(uid, spec(), stopped, source, target, facts=then)
+    directory = Path(_target_dir(started))
+    assert directory == pool_a / stopped.uuid
+    # What the job does there: its directory, then a disk received as <disk>.part and renamed.
+    assert _sh(_CREATE_DIR, record, directory, "dir").returncode == 0
+    disk = directory / "vda.qcow2"
+    assert _sh(_RECEIVE, record, disk, "cat", input=b"the copy").returncode == 0
+    Path(f"{disk}.part").rename(disk)
+    stored = MigrationStatus(mode=Mode.OFFLINE, plan=resolve(uid, spec(), stopped, then, None).recorded())
+
+    now = host_facts(default_path=str(pool_b))
+    theirs = pool_b / stopped.uuid
+    theirs.mkdir()
+    (theirs / "vda.qcow2").write_bytes(FOREIGN)
+    assert resolve(uid, spec(), stopped, now, None).target_path == str(pool_b), "the facts alone would say B"
+    later = resolve(uid, spec(), None, now, stored)
+    assert later.target_path == str(pool_a) and later.copy_uuid == stopped.uuid
+
+    assert _owned(record) == [f"dir {directory}", f"file {disk}"], "what the job made, in A"
+    _sh(_REMOVE_OWNED, record)
+    assert not directory.exists() and list(pool_a.iterdir()) == []
+    assert (theirs / "vda.qcow2").read_bytes() == FOREIGN and sorted(p.name for p in pool_b.iterdir()) == [stopped.uuid]

@@ -232,6 +232,11 @@ class HostStatus(Model):
     default_path: str | None = Field(
         default=None, max_length=1024, description="Directory new VEs go to when target.path is unset."
     )
+    default_container_path: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="Directory new containers go to when target.path is unset, where it is not defaultPath.",
+    )
     last_probe_time: datetime | None = Field(default=None, description="When the facts were read.")
     observed_generation: int | None = Field(default=None, ge=0, description="metadata.generation the last probe used.")
 

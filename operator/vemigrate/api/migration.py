@@ -384,11 +384,34 @@ class Result(Model):
     )
 
 
+class PlanStatus(Model):
+    """What the job was started with, recorded as it starts: every later pass (and a restarted operator)
+    acts on these, not on facts that may have changed since (a host's default directory)."""
+
+    target_path: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="The directory the copy goes under: spec.target.path, else the target's default for the VE's kind.",
+    )
+    copy_uuid: str | None = Field(
+        default=None,
+        max_length=64,
+        alias="copyUUID",
+        description="The copy's UUID: the VE's own, or a clone's new one.",
+    )
+    source_disposition: SourceDisposition | None = Field(
+        default=None, description="What becomes of the source once the copy is verified."
+    )
+
+
 class MigrationStatus(Model):
     """What the operator observed and did. Written by the operator only."""
 
     phase: Phase = Field(default=Phase.PENDING, description="Where the migration is in its life.")
     mode: Mode | None = Field(default=None, description="The mode resolved from spec.mode and the VE's state.")
+    plan: PlanStatus | None = Field(
+        default=None, description="The target directory, copy UUID and source disposition the current job started with."
+    )
     driver: str | None = Field(default=None, max_length=64, description="The driver moving the VE: libvirt or prlctl.")
     conditions: list[Condition] = Field(
         default_factory=list,

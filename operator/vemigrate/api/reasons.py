@@ -115,6 +115,7 @@ class Reason(StrEnum):
     UNSUPPORTED_DISK = "UnsupportedDisk"
     UNSUPPORTED_DISPOSITION = "UnsupportedDisposition"
     TARGET_PATH_ON_SHARED_STORAGE = "TargetPathOnSharedStorage"
+    TARGET_PATH_UNKNOWN = "TargetPathUnknown"
     SHARED_STORAGE_UNKNOWN = "SharedStorageUnknown"
     SOURCE_STILL_RUNNING = "SourceStillRunning"
     SOURCE_NOT_RENAMED = "SourceNotRenamed"

@@ -17,6 +17,7 @@ from vemigrate.api.checks import CheckName, CheckResult
 from vemigrate.api.host import HostStatus, StorageFacts, VEKind
 from vemigrate.api.migration import CheckStatus, MigrationSpec, Mode
 from vemigrate.core.observation import VEFacts, VEState
+from vemigrate.core.plan import Plan
 
 PASSED, FAILED, SKIPPED = CheckResult.PASSED, CheckResult.FAILED, CheckResult.SKIPPED
 Outcome = tuple[CheckResult, str]
@@ -33,7 +34,7 @@ _MAX_MESSAGE = 4096  # CheckStatus.message limit
 @dataclass(frozen=True)
 class CheckInput:
     spec: MigrationSpec
-    mode: Mode  # resolved: Mode.LIVE or Mode.OFFLINE (never AUTO)
+    plan: Plan  # the mode, the target directory, the copy's UUID and the source's fate, resolved (core/plan.py)
     ve: VEFacts  # the VE on the source
     source: HostStatus
     target: HostStatus
@@ -41,11 +42,12 @@ class CheckInput:
     ssh_port_open: bool | None  # whether the source reaches the target's SSH port 22 (None: unknown)
 
     @property
+    def mode(self) -> Mode:
+        return self.plan.mode
+
+    @property
     def live(self) -> bool:
-        # AUTO should never arrive here; if it does, resolve it the way the phase machine does.
-        if self.mode == Mode.AUTO:
-            return self.ve.state.live
-        return self.mode == Mode.LIVE
+        return self.plan.mode == Mode.LIVE
 
     @property
     def src(self) -> str:
@@ -301,12 +303,10 @@ def _all_shared(inp: CheckInput) -> bool:
 
 def _landing(inp: CheckInput) -> str | None:
     """Where the copy lands on the target: spec.target.path (in <path>/<UUID>); a live VM's disks
-    otherwise keep their paths; anything else goes to the target's default VE directory."""
-    if inp.spec.target.path:
-        return inp.spec.target.path
-    if inp.live and not inp.container and inp.ve.storage_path:
+    otherwise keep their paths; anything else goes to the target's default directory (the plan's)."""
+    if not inp.spec.target.path and inp.live and not inp.container and inp.ve.storage_path:
         return inp.ve.storage_path
-    return inp.target.default_path
+    return inp.plan.target_path
 
 
 @_check(CheckName.TARGET_DISK)

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 
 from vemigrate.api.checks import CheckResult
 from vemigrate.api.common import ConditionStatus
-from vemigrate.api.host import HostStatus, VEKind
+from vemigrate.api.host import HostStatus
 from vemigrate.api.migration import (
     Action as SpecAction,
 )
@@ -37,7 +37,7 @@ from vemigrate.api.migration import (
     SourceDisposition,
 )
 from vemigrate.api.reasons import Reason
-from vemigrate.core import admission, deadlines, progress
+from vemigrate.core import admission, deadlines, plan, progress
 from vemigrate.core import checks as preflight
 from vemigrate.core.conditions import find, set_condition
 from vemigrate.core.decision import Action, ActionKind, Decision, Event, EventType
@@ -230,6 +230,7 @@ def _waiting(step: _Pass) -> None:
         _queue(step, QueueCause.CONCURRENCY_LIMIT, blocked, POLL_QUEUE)
         return
     status.next_attempt_time = None
+    status.plan = None  # an earlier attempt's: this one's is resolved by its own checks
     status.attempts += 1
     if status.start_time is None:
         status.start_time = now
@@ -284,12 +285,6 @@ def _host_problem(host: HostObservation) -> tuple[Reason, str]:
     return host.error_reason or Reason.HOST_UNREACHABLE, f"Host {host.name!r} not reachable{detail}"
 
 
-def resolve_mode(requested: Mode, ve: VEFacts) -> Mode:
-    if requested != Mode.AUTO:
-        return requested
-    return Mode.LIVE if ve.state.live else Mode.OFFLINE
-
-
 def _validating(step: _Pass) -> None:
     spec, obs, status, now = step.spec, step.obs, step.status, step.now
     if obs.job is not None and obs.job.state != JobState.NONE and not spec.dry_run:
@@ -323,12 +318,14 @@ def _validating(step: _Pass) -> None:
         step.fail(Reason.VE_NOT_FOUND, f"No VE {spec.source.name!r} on host {spec.source.host!r}")
         return
     ve = obs.source_ve
-    mode = resolve_mode(spec.mode, ve)
+    # Resolved afresh for each attempt, from this pass's facts; recorded below when its job starts.
+    resolved = plan.resolve(obs.uid, spec, ve, obs.target.facts, None)
+    mode = resolved.mode
     status.mode = mode
     results = preflight.run_checks(
         preflight.CheckInput(
             spec=spec,
-            mode=mode,
+            plan=resolved,
             ve=ve,
             source=obs.source.facts or HostStatus(),
             target=obs.target.facts or HostStatus(),
@@ -345,6 +342,7 @@ def _validating(step: _Pass) -> None:
         step.succeed(Reason.DRY_RUN, f"{preflight.summary(results)}; nothing moved")
         return
     status.failure = None
+    status.plan = resolved.recorded()
     step.goto(Phase.TRANSFERRING, f"Attempt {status.attempts}: {mode.value.lower()} migration started")
     step.act(ActionKind.START_JOB, mode=mode)
     step.until_job_ends()
@@ -481,15 +479,6 @@ def _switched_over(step: _Pass, stats: JobStats) -> None:
 
 
 # -- Finalizing -------------------------------------------------------------------------------
-def disposition_for(spec: MigrationSpec, ve: VEFacts | None) -> SourceDisposition:
-    """What becomes of the source (the seed): kept by a clone, containers renamed, VMs removed."""
-    if spec.clone:
-        return SourceDisposition.KEPT
-    if ve is not None and ve.type == VEKind.CONTAINER:
-        return SourceDisposition.RENAMED_MIGRATED
-    return SourceDisposition.REMOVED
-
-
 def _finalizing(step: _Pass) -> None:
     spec, obs, status = step.spec, step.obs, step.status
     if step.cancelling:
@@ -505,8 +494,10 @@ def _finalizing(step: _Pass) -> None:
             "was left untouched. Inspect both hosts before retrying",
         )
         return
-    # A container the source already renamed is gone from its list: its kind shows on the target.
-    disposition = disposition_for(spec, obs.source_ve or obs.target_ve)
+    # As planned when the job started; from an older status without a plan, the VE's kind tells (a
+    # container the source already renamed is gone from its list: its kind shows on the target).
+    recorded = status.plan.source_disposition if status.plan is not None else None
+    disposition = recorded or plan.disposition_for(spec, obs.source_ve or obs.target_ve)
     if disposition != SourceDisposition.KEPT and obs.source_disposed is not True:
         if obs.source_disposed is None or obs.source is None or obs.source.reachable is not True:
             step.wait(Reason.STATE_UNKNOWN, f"Cannot observe the source on {spec.source.host!r}")

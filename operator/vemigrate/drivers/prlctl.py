@@ -220,7 +220,9 @@ class PrlctlDriver:
         on the target (`<server>/<CT_UUID>`). Asked only for containers on Virtuozzo 6 sources."""
         if ve.type != VEKind.CONTAINER or not is_virtuozzo6(await self.probe()):
             return None
-        path = plan.spec.target.path or CT_PRIVATE
+        path = plan.target_path
+        if path is None:
+            return None
         fstype = await self.ssh.run(_on_target(plan, ["findmnt", "-n", "-o", "FSTYPE", "-T", path]), check=False)
         return ve.uuid if fstype.stdout.strip().startswith(("fuse.vstorage", "fuse.pstorage")) else None
 
@@ -307,10 +309,11 @@ class PrlctlDriver:
         name = plan.ve.name if plan.ve is not None else plan.spec.source.name
         for entry in await self._list():
             if plan.spec.clone:
+                # prlctl gives the clone a UUID of its own (not plan.copy_uuid, which it cannot be told).
                 if entry.facts.name == name and entry.facts.uuid != source_uuid:
                     return entry
-            elif (source_uuid is not None and entry.facts.uuid == source_uuid) or (
-                source_uuid is None and entry.matches(name)
+            elif (plan.copy_uuid is not None and entry.facts.uuid == plan.copy_uuid) or (
+                plan.copy_uuid is None and entry.matches(name)
             ):
                 return entry
         return None
@@ -321,8 +324,8 @@ class PrlctlDriver:
             return False
         if plan.mode == Mode.LIVE and entry.facts.state not in (VEState.RUNNING, VEState.PAUSED):
             return False
-        if plan.spec.target.path:
-            base = plan.spec.target.path.rstrip("/") or "/"
+        if plan.spec.target.path and plan.target_path:
+            base = plan.target_path.rstrip("/") or "/"
             home = entry.home or ""
             if not PurePosixPath(home).is_relative_to(base):
                 return False
@@ -478,5 +481,6 @@ def host_status(
         encrypted_disk_copy=True,
         ve_types=[VEKind.VM, VEKind.CONTAINER],
         default_path=info.vm_home,
+        default_container_path=CT_PRIVATE,
         last_probe_time=datetime.now(UTC),
     )

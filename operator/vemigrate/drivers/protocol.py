@@ -20,11 +20,13 @@ from vemigrate.api.host import HostStatus
 from vemigrate.api.migration import MigrationSpec, Mode, SourceDisposition
 from vemigrate.core.access import HostAccess
 from vemigrate.core.observation import JobObservation, VEFacts
+from vemigrate.core.plan import Plan
 
 
 @dataclass(frozen=True)
 class MigrationPlan:
-    """Everything a driver needs to run or inspect one migration."""
+    """Everything a driver needs to run or inspect one migration. The resolved values (core/plan.py) are
+    the ones to act on: a driver never works them out again from the spec or the host's facts."""
 
     uid: str
     spec: MigrationSpec
@@ -33,6 +35,21 @@ class MigrationPlan:
     source: HostAccess
     target: HostAccess
     attempt: int = 1  # status.attempts: each attempt runs a job of its own
+    # The seed's --dst, resolved: spec.target.path, else the target's default for the VE's kind (as
+    # recorded when the job started). None: not known, and nothing may be made in a default directory.
+    target_path: str | None = None
+    copy_uuid: str | None = None  # the copy's UUID: the VE's own, or a clone's new one
+    disposition: SourceDisposition = SourceDisposition.REMOVED
+
+    @classmethod
+    def of(
+        cls, uid: str, spec: MigrationSpec, plan: Plan, ve: VEFacts | None, source: HostAccess, target: HostAccess,
+        attempt: int = 1,
+    ) -> MigrationPlan:  # fmt: skip
+        return cls(
+            uid=uid, spec=spec, mode=plan.mode, ve=ve, source=source, target=target, attempt=attempt,
+            target_path=plan.target_path, copy_uuid=plan.copy_uuid, disposition=plan.disposition,
+        )  # fmt: skip
 
 
 class HypervisorDriver(Protocol):

@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import re
 import shlex
-import uuid as uuidlib
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import replace
@@ -33,7 +32,6 @@ from vemigrate.drivers import hostjob
 from vemigrate.drivers.errors import PermanentError
 from vemigrate.drivers.jobfailure import EXIT_CHECKSUM
 from vemigrate.drivers.libvirt.facts import (
-    DEFAULT_POOL_PATH,
     METADATA_NS,
     _Disk,
     _disk_elements,
@@ -57,18 +55,14 @@ def _target_name(plan: MigrationPlan) -> str:
     return plan.ve.name if plan.ve is not None else plan.spec.source.name
 
 
-def _target_dir(plan: MigrationPlan, ve_uuid: str) -> str:
-    base = plan.spec.target.path or DEFAULT_POOL_PATH
-    return f"{base.rstrip('/')}/{ve_uuid}"
-
-
-def _copy_uuid(plan: MigrationPlan) -> str:
-    """The copy's UUID: the VE's own, or for a clone a new one derived from the migration UID, so every
-    pass (and a restarted operator) computes the same."""
-    assert plan.ve is not None
-    if plan.spec.clone:
-        return str(uuidlib.uuid5(uuidlib.NAMESPACE_URL, f"vemigrate:{plan.uid}"))
-    return plan.ve.uuid
+def _target_dir(plan: MigrationPlan) -> str:
+    """`<target path>/<copy UUID>`, both as the plan resolved them (core/plan.py)."""
+    if plan.target_path is None or plan.copy_uuid is None:
+        raise PermanentError(
+            Reason.TARGET_PATH_UNKNOWN,
+            f"{plan.target.name} reported no default VE directory and spec.target.path is unset: set spec.target.path",
+        )
+    return f"{plan.target_path.rstrip('/')}/{plan.copy_uuid}"
 
 
 def _record(plan: MigrationPlan) -> str:
@@ -267,7 +261,7 @@ def live_target_disk(plan: MigrationPlan, disk: _Disk) -> _Disk:
     assert plan.ve is not None
     if not plan.spec.target.path:
         return disk
-    return replace(disk, path=f"{_target_dir(plan, plan.ve.uuid)}/{_disk_file(disk)}")
+    return replace(disk, path=f"{_target_dir(plan)}/{_disk_file(disk)}")
 
 
 def _write_file(name: str, text: str) -> str:
@@ -289,7 +283,7 @@ def live_script(
     ve = plan.ve
     assert ve is not None
     lines = []
-    directory = _target_dir(plan, ve.uuid) if plan.spec.target.path else None
+    directory = _target_dir(plan) if plan.spec.target.path else None
     if directory is not None and shared:
         raise PermanentError(
             Reason.TARGET_PATH_ON_SHARED_STORAGE,
@@ -568,7 +562,7 @@ def _target_xml(plan: MigrationPlan, xml: str, directory: str) -> str:
     if plan.spec.clone:
         uuid_el = root.find("uuid")
         if uuid_el is not None:
-            uuid_el.text = _copy_uuid(plan)
+            uuid_el.text = plan.copy_uuid
         for interface in root.findall("./devices/interface"):
             mac = interface.find("mac")
             if mac is not None:
@@ -594,7 +588,7 @@ def _offline_script(plan: MigrationPlan, xml: str) -> str:
             Reason.CLONE_OF_SUSPENDED_VM,
             "a suspended VM's saved memory cannot take a new UUID: resume or stop it first",
         )
-    directory = _target_dir(plan, _copy_uuid(plan))
+    directory = _target_dir(plan)
     saved = f"{directory}/memory.save"
     copies = [(d.path, f"{directory}/{_disk_file(d)}") for d in _disks(ET.fromstring(xml))]
     if suspended:
@@ -642,7 +636,7 @@ def _container_script(plan: MigrationPlan, xml: str) -> str:
     if ve.private_area is None:
         raise PermanentError(Reason.NO_PRIVATE_AREA, f"container {ve.name} has no root file system directory to copy")
     q = shlex.quote
-    private, directory = ve.private_area, _target_dir(plan, _copy_uuid(plan))
+    private, directory = ve.private_area, _target_dir(plan)
     unpack_tar = 'tar -C "$1" --numeric-owner -xpf -'
     unpack = ["sh", "-c", ("zstd -q -d -c | " if plan.spec.compression else "") + unpack_tar, "sh", directory]
     manifest = ["sh", "-c", 'cd "$1" && ' + _MANIFEST, "sh", directory]
