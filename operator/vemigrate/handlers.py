@@ -58,6 +58,14 @@ class _HostsDiffBase(kopf.AnnotationsDiffBaseStorage):
             super().store(body=body, patch=patch, essence=essence)
 
 
+@kopf.on.cleanup()
+async def close_api_client(**kwargs: Any) -> None:
+    """After every daemon and handler has ended: the API client's session is closed in the running loop
+    (its connections ended cleanly; found open by the garbage collector, aiohttp warns "Unclosed client
+    session")."""
+    await _memo(kwargs).world.kube.close()
+
+
 @kopf.on.login()
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     """In a Pod, the ServiceAccount; elsewhere the same kubeconfig the operator's API client loaded
@@ -71,7 +79,7 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
             address = f"[{host}]" if ":" in host else host
             return dataclasses.replace(in_cluster, server=f"https://{address}:{port}")
         return in_cluster
-    cfg = _memo(kwargs).world.kube.api_client.configuration
+    cfg = _memo(kwargs).world.kube.configuration
     # The kubernetes client keeps a kubeconfig's token as "Bearer <token>" under BearerToken (older
     # releases: authorization); without it kopf would connect anonymously.
     bearer = cfg.api_key.get("BearerToken") or cfg.api_key.get("authorization") or ""

@@ -9,9 +9,7 @@ import traceback
 from typing import Any
 
 import asyncssh
-import kubernetes
 import pytest
-from kubernetes.client import V1ObjectMeta, V1Secret
 
 from vemigrate.api.common import SecretKeyRef
 from vemigrate.api.host import SECRET_MARK_LABEL, HostSpec, HypervisorHost
@@ -21,6 +19,7 @@ from vemigrate.drivers.libvirt import LibvirtDriver, connection
 from vemigrate.drivers.libvirt.connection import _connection_plan
 from vemigrate.drivers.ssh import SSHHost, _client_keys, known_hosts_for
 from vemigrate.kube import hosts
+from vemigrate.kube.client import ApiError
 
 # Text that stands for some other Secret's content: it must never come back out.
 LEAK = "s3cr3t-DO-NOT-ECHO-7f2c"
@@ -143,28 +142,33 @@ async def test_connecting_with_a_bad_known_hosts_text_leaves_no_trace_of_it() ->
 
 
 class _Secrets:
-    """The two calls `hosts.resolve` makes of the API, over a dict of Secrets."""
+    """The one request `hosts.resolve` makes of the API (a Secret's GET), answered from a dict of Secrets
+    as the API server's JSON; a missing one is the API's 404."""
 
-    def __init__(self, *secrets: V1Secret) -> None:
-        self.secrets = {s.metadata.name: s for s in secrets}
-        self.core = self
+    def __init__(self, *secrets: dict[str, Any]) -> None:
+        self.secrets = {s["metadata"]["name"]: s for s in secrets}
 
-    def read_namespaced_secret(self, name: str, namespace: str) -> V1Secret:
+    def read_namespaced_secret(self, name: str, namespace: str) -> dict[str, Any]:
         if name not in self.secrets:
-            raise kubernetes.client.ApiException(status=404)
+            raise ApiError(404, "Not Found", f'secrets "{name}" not found', f"GET secrets/{name}")
         return self.secrets[name]
 
-    async def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        return fn(*args)
+    async def request(self, method: str, path: str, body: Any = None, **_: Any) -> dict[str, Any]:
+        assert method == "GET", path
+        *_, namespace, plural, name = path.split("/")
+        assert plural == "secrets", path
+        return self.read_namespaced_secret(name, namespace)
 
 
-def _secret(name: str, data: dict[str, bytes], *, marked: bool = True, type_: str = "Opaque") -> V1Secret:
+def _secret(name: str, data: dict[str, bytes], *, marked: bool = True, type_: str = "Opaque") -> dict[str, Any]:
     labels = {SECRET_MARK_LABEL: "true"} if marked else {"app": "payroll"}
-    return V1Secret(
-        metadata=V1ObjectMeta(name=name, labels=labels),
-        type=type_,
-        data={k: base64.b64encode(v).decode() for k, v in data.items()},
-    )
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "labels": labels},
+        "type": type_,
+        "data": {k: base64.b64encode(v).decode() for k, v in data.items()},
+    }
 
 
 def _host(**spec: Any) -> HypervisorHost:

@@ -1,7 +1,8 @@
 """Isolation of a host that stops answering (issue #14): its blocking calls hold only its own few
-threads, then fail at once as `HostNotResponding` (never permanent); the API client's calls run on
-threads of their own; the liveness probe fails only when migration passes stop completing. Blocking
-calls here are threads waiting on an Event: no libvirt, no services."""
+threads, then fail at once as `HostNotResponding` (never permanent); the liveness probe fails only when
+migration passes stop completing. Blocking calls here are threads waiting on an Event: no libvirt, no
+services. (The API client uses no thread at all: tests/cluster/test_kube_client.py writes a status while
+every thread is held.)"""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
+import kubernetes
 import pytest
 
 from vemigrate import handlers, reconcile
@@ -47,9 +48,8 @@ def test_a_hung_host_holds_its_own_threads_then_fails_fast(hung: threading.Event
         assert error.reason == NOT_RESPONDING and error.error_class == ErrorClass.RETRYABLE
         assert not isinstance(error, PermanentError) and error.reason not in _PERMANENT_CONNECT_REASONS
         assert "frozen does not answer" in error.message and "looking up the VE was not sent" in error.message
-        # Another host, and the API client, are not touched by it.
+        # Another host is not touched by it.
         assert await other.run(lambda: "answered", 1, "reading") == "answered"
-        assert await Kube(api_client=None).call(lambda **_: "written") == "written"
         hung.set()  # the host answers again: its threads come back, and so do its calls
         deadline = time.monotonic() + 5
         while frozen.overdue() and time.monotonic() < deadline:
@@ -82,29 +82,14 @@ def test_each_host_has_one_set_of_threads_for_the_life_of_the_process() -> None:
     assert for_host("ns", "node-a") is not for_host("other", "node-a")
 
 
-def test_api_calls_do_not_queue_behind_the_default_executor(hung: threading.Event) -> None:
-    """Whatever holds the loop's default executor (before, every host's libvirt calls ran there), a status
-    write still goes through."""
-
-    async def scenario() -> None:
-        loop = asyncio.get_running_loop()
-        loop.set_default_executor(ThreadPoolExecutor(max_workers=1))
-        held = loop.run_in_executor(None, hung.wait)
-        written = await asyncio.wait_for(Kube(api_client=None).call(lambda **_: "written"), 2)
-        assert written == "written"
-        hung.set()
-        await held
-
-    asyncio.run(scenario())
-
-
 def _probe(memo: Memo, clock: PassClock) -> Any:
     memo.passes = clock
     return asyncio.run(handlers.passes_complete(memo=memo))
 
 
 def test_liveness_fails_only_when_passes_stop_completing() -> None:
-    world = reconcile.World(kube=Kube(api_client=None), make_driver=lambda access: None)  # type: ignore[arg-type,return-value]
+    kube = Kube(kubernetes.client.Configuration())
+    world = reconcile.World(kube=kube, make_driver=lambda access: None)  # type: ignore[arg-type,return-value]
     world.settings.stalled_pass_seconds = 100
     memo = Memo(world)
     now = time.monotonic()

@@ -8,14 +8,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import kubernetes
-
 from vemigrate.api import host as host_api
 from vemigrate.api.common import GROUP, VERSION
 from vemigrate.api.host import HostSpec, HypervisorHost
 from vemigrate.api.reasons import Reason
 from vemigrate.core.access import HostAccess
-from vemigrate.kube.client import Kube, not_found
+from vemigrate.kube.client import ApiError, Kube, not_found, resource_path
 
 
 class HostConfigError(Exception):
@@ -27,12 +25,14 @@ class HostConfigError(Exception):
         self.message = message
 
 
+def _hosts_path(namespace: str, name: str = "") -> str:
+    return resource_path(namespace, host_api.PLURAL, name, group=GROUP, version=VERSION)
+
+
 async def get_host(kube: Kube, namespace: str, name: str) -> HypervisorHost | None:
     try:
-        body = await kube.call(
-            kube.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, host_api.PLURAL, name
-        )
-    except kubernetes.client.ApiException as exc:
+        body = await kube.request("GET", _hosts_path(namespace, name))
+    except ApiError as exc:
         if not_found(exc):
             return None
         raise
@@ -40,8 +40,8 @@ async def get_host(kube: Kube, namespace: str, name: str) -> HypervisorHost | No
 
 
 async def list_hosts(kube: Kube, namespace: str) -> list[HypervisorHost]:
-    body = await kube.call(kube.custom.list_namespaced_custom_object, GROUP, VERSION, namespace, host_api.PLURAL)
-    items: list[Any] = body.get("items", []) if isinstance(body, dict) else []
+    body = await kube.request("GET", _hosts_path(namespace))
+    items: list[Any] = body.get("items") or []
     return [HypervisorHost.model_validate(item) for item in items]
 
 
@@ -50,8 +50,8 @@ async def _secret_data(kube: Kube, namespace: str, host: str, secret: str) -> di
     marked for HypervisorHosts is refused before anything in it is used: a HypervisorHost's author
     may name any Secret of the namespace, including ones they cannot read themselves."""
     try:
-        body = await kube.call(kube.core.read_namespaced_secret, secret, namespace)
-    except kubernetes.client.ApiException as exc:
+        body = await kube.request("GET", resource_path(namespace, "secrets", secret))
+    except ApiError as exc:
         if not_found(exc):
             raise HostConfigError(
                 Reason.SECRET_NOT_FOUND, f"HypervisorHost {host!r} refers to Secret {secret!r}, which does not exist"
@@ -59,10 +59,10 @@ async def _secret_data(kube: Kube, namespace: str, host: str, secret: str) -> di
         if exc.status == 403:
             raise HostConfigError(
                 Reason.SECRET_FORBIDDEN,
-                f"the operator may not read Secret {secret!r} (RBAC) used by HypervisorHost {host!r}",
+                f"the operator may not read Secret {secret!r} (RBAC) used by HypervisorHost {host!r}: {exc.message}",
             ) from exc
         raise
-    labels = (body.metadata.labels if body.metadata else None) or {}
+    labels = (body.get("metadata") or {}).get("labels") or {}
     if labels.get(host_api.SECRET_MARK_LABEL) != host_api.SECRET_MARK_VALUE:
         mark = f"{host_api.SECRET_MARK_LABEL}={host_api.SECRET_MARK_VALUE}"
         raise HostConfigError(
@@ -70,7 +70,7 @@ async def _secret_data(kube: Kube, namespace: str, host: str, secret: str) -> di
             f"Secret {namespace}/{secret}, named by HypervisorHost {host!r}, is not marked for use by "
             f"HypervisorHosts: add the label {mark} to it (kubectl -n {namespace} label secret {secret} {mark})",
         )
-    return dict(body.data or {})
+    return dict(body.get("data") or {})
 
 
 def _pick(
