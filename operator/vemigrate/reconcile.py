@@ -467,7 +467,7 @@ async def migration_pass(
         spec = MigrationSpec.model_validate(body.get("spec") or {})
     except ValidationError as exc:
         # The CRD refuses such specs; an object stored before a schema change can still hold one.
-        decision = await _invalid_spec(world, body, stored, exc)
+        decision = await _invalid_spec(world, body, stored, exc, deleting=deleting)
         admission.ended(meta["uid"])  # final, written or not
         return decision
 
@@ -562,11 +562,13 @@ async def next_up(
 
 
 async def _invalid_spec(
-    world: World, body: Mapping[str, Any], stored: MigrationStatus | None, exc: ValidationError
+    world: World, body: Mapping[str, Any], stored: MigrationStatus | None, exc: ValidationError, *, deleting: bool
 ) -> Decision:
+    """The migration fails, final: its deletion lets it go, as any final migration's (machine.decide), else
+    its finalizer would be kept for ever."""
     current = stored.model_copy(deep=True) if stored else MigrationStatus()
     if current.phase.final:
-        return Decision(status=current)
+        return Decision(status=current, release_finalizer=deleting)
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first["loc"])
     message = f"spec.{where}: {first['msg']}"
@@ -579,7 +581,7 @@ async def _invalid_spec(
     await status.patch_migration_status(world.kube, meta["namespace"], meta["name"], current)
     await events.emit(world.kube, body, "Warning", Reason.INVALID_SPEC, message)
     metrics.record_final(stored, current)
-    return Decision(status=current)
+    return Decision(status=current, release_finalizer=deleting)
 
 
 async def host_pass(world: World, body: Mapping[str, Any]) -> HostStatus:
