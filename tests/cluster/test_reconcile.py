@@ -93,10 +93,11 @@ def bench_objects(kube_admin: Any, namespace: str) -> Iterator[tuple[Any, Any]]:
 async def bench(kube_admin: Any, namespace: str, bench_objects: tuple[Any, Any]) -> AsyncIterator[Bench]:
     sim = SimulatedWorld(job_seconds=0)
     sim.add_ve("node-a", "web-01")
-    world = reconcile.World(kube=Kube(kube_admin), make_driver=sim.driver)
+    world = reconcile.World(kube=Kube(kube_admin.configuration), make_driver=sim.driver)
     yield Bench(*bench_objects, namespace, sim, world)
     for uid in list(world._watches):
         world.forget(uid)
+    await world.kube.close()
 
 
 async def test_a_dry_run_is_checked_and_succeeds_moving_nothing(bench: Bench) -> None:
