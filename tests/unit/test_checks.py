@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vemigrate.api.checks import CheckName, CheckResult
-from vemigrate.api.host import CPUFacts, HostStatus, NetworkFacts, StorageFacts, VEKind, VersionFacts
+from vemigrate.api.host import Capability, CPUFacts, HostStatus, NetworkFacts, StorageFacts, VEKind, VersionFacts
 from vemigrate.api.migration import CheckStatus, MigrationSpec, Mode
 from vemigrate.core import checks
 from vemigrate.core.checks import CheckInput, failed, is_virtuozzo6, run_checks, summary
@@ -61,10 +61,23 @@ def host(**overrides: Any) -> HostStatus:
         nested=False,
         version=VersionFacts(product=VZ7),
         ve_types=[VEKind.VM, VEKind.CONTAINER],
+        capabilities=list(Capability),
         default_path="/vz/vmprivate",
         encrypted_disk_copy=True,
     )
     return facts.model_copy(update=overrides)
+
+
+# What each driver reports (drivers/libvirt/facts.py, drivers/prlctl.py), spelled out: the check is judged
+# against the hosts as they are, not against the constants it is meant to catch.
+QEMU = [Capability(c) for c in ("LiveVM", "OfflineVM", "Clone", "Bandwidth", "MaxDowntime", "AutoConverge", "PostCopy")]
+LXC = [Capability(c) for c in ("OfflineContainer", "Clone", "Bandwidth")]
+PRLCTL = [
+    Capability(c)
+    for c in (
+        "LiveVM", "LiveContainer", "OfflineVM", "OfflineContainer", "Clone", "LiveClone", "SuspendedClone", "ChangeSid"
+    )
+]  # fmt: skip
 
 
 def net(**overrides: Any) -> NetworkFacts:
@@ -418,6 +431,68 @@ CASES = [
         spec={"tunnel": False},
     ),
     case(CheckName.TUNNEL, P, "unencrypted", "vm-no-tunnel", spec={"tunnel": False}),
+    # DriverCapabilities: what the source's driver cannot do fails here, naming the option and the host
+    case(CheckName.DRIVER_CAPABILITIES, P, "source node-a can do all this migration asks: LiveVM", "live-vm"),
+    case(
+        CheckName.DRIVER_CAPABILITIES,
+        F,
+        "source node-a cannot do what this migration asks: a live migration of container 'web1' needs "
+        "LiveContainer, which its driver does not offer (it offers OfflineContainer, Clone, Bandwidth). Stop the "
+        "container and migrate offline",
+        "live-ct-libvirt",
+        ve=ct(),
+        source=host(capabilities=LXC),
+    ),
+    case(
+        CheckName.DRIVER_CAPABILITIES,
+        P,
+        "OfflineContainer, Clone, Bandwidth",
+        "offline-ct-clone-capped-libvirt",
+        ve=ct(state=VEState.STOPPED),
+        source=host(capabilities=LXC),
+        spec={"clone": True, "bandwidthMiBps": 50},
+    ),
+    case(
+        CheckName.DRIVER_CAPABILITIES,
+        F,
+        "spec.clone of VM 'web1', running (live) needs LiveClone",
+        "live-clone-libvirt",
+        source=host(capabilities=QEMU),
+        spec={"clone": True},
+    ),
+    case(
+        CheckName.DRIVER_CAPABILITIES,
+        F,
+        "spec.clone of VM 'web1', suspended needs SuspendedClone",
+        "suspended-clone-libvirt",
+        ve=vm(state=VEState.SUSPENDED),
+        source=host(capabilities=QEMU),
+        spec={"clone": True},
+    ),
+    case(
+        CheckName.DRIVER_CAPABILITIES,
+        F,
+        "spec.changeSid needs ChangeSid",
+        "change-sid-libvirt",
+        ve=vm(state=VEState.STOPPED),
+        source=host(capabilities=QEMU),
+        spec={"clone": True, "changeSid": True},
+    ),
+    case(
+        CheckName.DRIVER_CAPABILITIES,
+        F,
+        "spec.bandwidthMiBps needs Bandwidth; spec.postCopy needs PostCopy, which its driver does not offer",
+        "tuning-prlctl",
+        source=host(capabilities=PRLCTL),
+        spec={"bandwidthMiBps": 100, "postCopy": True},
+    ),
+    case(
+        CheckName.DRIVER_CAPABILITIES,
+        S,
+        "source node-a did not report what its driver can do",
+        "unknown",
+        source=host(capabilities=[]),
+    ),
     # EncryptedDiskCopy: tunnel true never silently becomes a clear-text disk copy
     case(CheckName.ENCRYPTED_DISK_COPY, P, "both hosts copy local disks", "both"),
     case(
@@ -909,8 +984,8 @@ def test_failed_and_summary() -> None:
     facts = Facts(ve=vm(snapshots=1), target=host(storage=[StorageFacts(path="/vz", free_bytes=GIB)]))
     results = run_checks(facts.input())
     assert [c.name for c in failed(results)] == [CheckName.TARGET_DISK, CheckName.SNAPSHOTS]
-    assert summary(results) == "2 of 30 checks failed: TargetDiskSpace, NoSnapshots"
-    assert summary(run_checks(Facts().input())) == "21 of 30 checks passed, 9 skipped, none failed"
+    assert summary(results) == "2 of 31 checks failed: TargetDiskSpace, NoSnapshots"
+    assert summary(run_checks(Facts().input())) == "22 of 31 checks passed, 9 skipped, none failed"
 
 
 def test_a_check_that_raises_fails_instead_of_crashing(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -991,6 +1066,7 @@ _hosts = st.builds(
     nested=st.none() | st.booleans(),
     version=st.none() | st.builds(VersionFacts, product=_products),
     ve_types=st.lists(st.sampled_from(VEKind), max_size=2),
+    capabilities=st.lists(st.sampled_from(Capability), max_size=12, unique=True),
     default_path=st.none() | _paths,
 )
 
@@ -1056,4 +1132,4 @@ def test_property_one_result_per_check_and_no_check_raises(inp: CheckInput) -> N
             assert (c.result, c.message) == (S, "skipped by spec.checks.skip")
         elif c.name in LIVE_ONLY and inp.mode == Mode.OFFLINE and c.result != S:
             pytest.fail(f"{c.name} ran for an offline migration: {c.message}")
-    assert summary(results).startswith(f"{len(failed(results))} of 30" if failed(results) else "")
+    assert summary(results).startswith(f"{len(failed(results))} of 31" if failed(results) else "")

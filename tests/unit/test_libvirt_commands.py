@@ -13,12 +13,16 @@ from typing import Any
 import pytest
 
 from tests.unit.builders import driver_plan, spec, ve
+from vemigrate.api.checks import CheckName, CheckResult
+from vemigrate.api.host import HostStatus
 from vemigrate.api.migration import Mode
 from vemigrate.core.access import HostAccess
+from vemigrate.core.checks import REGISTRY, CheckInput
 from vemigrate.core.observation import VEState
+from vemigrate.core.plan import resolve
 from vemigrate.drivers import hostjob
 from vemigrate.drivers.errors import PermanentError
-from vemigrate.drivers.libvirt.facts import _Disk, _host_status
+from vemigrate.drivers.libvirt.facts import QEMU_CAPABILITIES, _Disk, _host_status
 from vemigrate.drivers.libvirt.jobs import (
     THROTTLE,
     _offline_script,
@@ -239,6 +243,46 @@ def test_offline_refusals_are_specific() -> None:
     assert sid.value.reason == "ChangeSidUnsupported"
 
 
+@pytest.mark.parametrize(
+    ("state", "options"),
+    [
+        (VEState.STOPPED, {}),
+        (VEState.STOPPED, {"clone": True}),
+        (VEState.STOPPED, {"clone": True, "changeSid": True}),
+        (VEState.SUSPENDED, {}),
+        (VEState.SUSPENDED, {"clone": True}),
+        (VEState.STOPPED, {"bandwidthMiBps": 5, "compression": False}),
+    ],
+)
+def test_the_capability_check_fails_on_exactly_what_an_offline_job_is_refused(
+    state: VEState, options: dict[str, Any]
+) -> None:
+    """A QEMU host's reported capabilities make the DriverCapabilities check fail on what building the
+    offline job refuses (which stays, the last guard), and only on that."""
+    disk = "<disk type='file' device='disk'><source file='/a/web1.qcow2'/><target dev='vda'/></disk>"
+    xml = f"<domain><name>web1</name><uuid>{UUID}</uuid><devices>{disk}</devices></domain>"
+    p = driver_plan(
+        "0b7c9f6e-1111-4222-8333-444455556666", spec(**options), ve(state=state), SOURCE, TARGET, mode=Mode.OFFLINE
+    )
+    assert p.ve is not None
+    inp = CheckInput(
+        spec=p.spec,
+        plan=resolve(p.uid, p.spec, p.ve, None, None),
+        ve=p.ve,
+        source=HostStatus(capabilities=list(QEMU_CAPABILITIES)),
+        target=HostStatus(),
+        target_ve=None,
+        ssh_port_open=True,
+    )
+    result, message = REGISTRY[CheckName.DRIVER_CAPABILITIES](inp)
+    try:
+        _offline_script(p, xml)
+    except PermanentError as refused:
+        assert result == CheckResult.FAILED, f"the job is refused ({refused.message}) but the check says {message}"
+    else:
+        assert result == CheckResult.PASSED, message
+
+
 def test_offline_progress_from_the_log() -> None:
     log = "total 3000\n1000 bytes (1 kB) copied, 1 s, 1 kB/s\rdone 1500\n\r800 bytes (800 B) copied\n"
     stats = _offline_stats(log)
@@ -269,6 +313,9 @@ def test_host_facts_from_the_shell() -> None:
     assert status.time_offset_ms == 500
     assert status.encrypted_disk_copy is False
     assert status.version is not None and status.version.product == "libvirt 9.0.0"
+    assert "LiveVM" in status.capabilities and "LiveClone" not in status.capabilities
+    lxc = _host_status({**facts, "hypervisor": "LXC"}, shell, ["/var/lib/libvirt/images"], 1000000000000000, SOURCE)
+    assert lxc.capabilities == ["OfflineContainer", "Clone", "Bandwidth"], "no live container, no live tuning"
 
 
 def test_job_script_records_exit_status_and_job_dirs_refuse_odd_uids() -> None:

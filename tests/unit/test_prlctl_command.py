@@ -12,11 +12,14 @@ from typing import Any
 import pytest
 
 from tests.unit.builders import driver_plan, spec, ve
-from vemigrate.api.host import VEKind
+from vemigrate.api.checks import CheckName, CheckResult
+from vemigrate.api.host import HostStatus, VEKind
 from vemigrate.api.migration import Mode
 from vemigrate.core.access import HostAccess
+from vemigrate.core.checks import REGISTRY, CheckInput
+from vemigrate.core.plan import resolve
 from vemigrate.drivers.errors import PermanentError
-from vemigrate.drivers.prlctl import MIGRATE_PID, job_script
+from vemigrate.drivers.prlctl import CAPABILITIES, MIGRATE_PID, job_script
 from vemigrate.drivers.prlctl_command import MigrateRequest, migrate_argv, request_for, under_pty
 from vemigrate.drivers.protocol import MigrationPlan
 
@@ -161,3 +164,42 @@ def test_under_pty_quotes_every_word() -> None:
     argv = under_pty(["prlctl", "migrate", "x; rm -rf /", "root@h"], "migrate.pid")
     assert argv[:4] == ["script", "-q", "-e", "-c"]
     assert shlex.split(argv[4])[-4:] == ["prlctl", "migrate", "x; rm -rf /", "root@h"]
+
+
+@pytest.mark.parametrize("kind", list(VEKind))
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"bandwidthMiBps": 10},
+        {"maxDowntimeMs": 300},
+        {"autoConverge": True},
+        {"postCopy": True},
+        {"clone": True},
+        {"clone": True, "changeSid": True},
+    ],
+)
+def test_the_capability_check_fails_on_exactly_what_prlctl_migrate_is_refused(
+    kind: VEKind, options: dict[str, Any]
+) -> None:
+    """The capabilities a prlctl host reports make the DriverCapabilities check fail on what start_job would
+    refuse (its own refusal stays, the last guard), and only on that."""
+    p = plan(kind=kind, **options)
+    assert p.ve is not None
+    inp = CheckInput(
+        spec=p.spec,
+        plan=resolve(p.uid, p.spec, p.ve, None, None),
+        ve=p.ve,
+        source=HostStatus(capabilities=list(CAPABILITIES)),
+        target=HostStatus(),
+        target_ve=None,
+        ssh_port_open=True,
+    )
+    result, message = REGISTRY[CheckName.DRIVER_CAPABILITIES](inp)
+    try:
+        request_for(p)
+    except PermanentError as refused:
+        assert result == CheckResult.FAILED, f"start_job refuses ({refused.message}) but the check says {message}"
+        assert next(iter(options)) in message and "source node-a" in message
+    else:
+        assert result == CheckResult.PASSED, message

@@ -24,6 +24,7 @@ class CheckName(StrEnum):
     SHARED_STORAGE = "SharedStorage"  # which disks both hosts share (left in place live); not with target.path
     VE_TYPE = "NoContainerToVM"  # a container can only land on a host that runs containers
     TUNNEL = "TunnelledContainer"  # tunnelless migration of containers is not supported
+    DRIVER_CAPABILITIES = "DriverCapabilities"  # the source's driver can do what the spec and the VE ask
     # Live migration only.
     ENCRYPTED_DISK_COPY = "EncryptedDiskCopy"  # tunnel: true can keep local disks encrypted in flight
     TIME_SYNC = "TimeSync"

@@ -187,6 +187,13 @@ def definitions() -> dict[str, JSON]:
                 "description": "Product version.",
                 "priority": 1,
             },
+            {
+                "name": "Capabilities",
+                "type": "string",
+                "jsonPath": ".status.capabilities",
+                "description": "What the host's driver can do (the DriverCapabilities check).",
+                "priority": 1,
+            },
         ],
     )
     return {

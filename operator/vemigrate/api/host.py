@@ -53,6 +53,25 @@ class VEKind(StrEnum):
     CONTAINER = "container"
 
 
+class Capability(StrEnum):
+    """What the host's driver can do, as its probe reports it: the DriverCapabilities pre-flight check
+    compares a migration's needs with its source host's list, so an option the driver cannot honour
+    fails before anything moves instead of when the job is started."""
+
+    LIVE_VM = "LiveVM"  # move a running or paused VM live
+    LIVE_CONTAINER = "LiveContainer"  # move a running container live
+    OFFLINE_VM = "OfflineVM"
+    OFFLINE_CONTAINER = "OfflineContainer"
+    CLONE = "Clone"  # spec.clone
+    LIVE_CLONE = "LiveClone"  # spec.clone of a running VE, moved live
+    SUSPENDED_CLONE = "SuspendedClone"  # spec.clone of a suspended VM (its saved memory takes the new UUID)
+    CHANGE_SID = "ChangeSid"  # spec.changeSid
+    BANDWIDTH = "Bandwidth"  # spec.bandwidthMiBps
+    MAX_DOWNTIME = "MaxDowntime"  # spec.maxDowntimeMs
+    AUTO_CONVERGE = "AutoConverge"  # spec.autoConverge
+    POST_COPY = "PostCopy"  # spec.postCopy
+
+
 class HostConditionType(StrEnum):
     REACHABLE = "Reachable"
 
@@ -231,6 +250,15 @@ class HostStatus(Model):
     )
     default_path: str | None = Field(
         default=None, max_length=1024, description="Directory new VEs go to when target.path is unset."
+    )
+    capabilities: list[Capability] = Field(
+        default_factory=list,
+        max_length=32,
+        description=(
+            "What the host's driver can do (LiveVM, LiveContainer, OfflineVM, OfflineContainer, Clone, LiveClone, "
+            "SuspendedClone, ChangeSid, Bandwidth, MaxDowntime, AutoConverge, PostCopy): a migration from this "
+            "host that needs anything else fails the DriverCapabilities check."
+        ),
     )
     default_container_path: str | None = Field(
         default=None,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from vemigrate.api.checks import CheckName, CheckResult
-from vemigrate.api.host import HostStatus, StorageFacts, VEKind
+from vemigrate.api.host import Capability, HostStatus, StorageFacts, VEKind
 from vemigrate.api.migration import CheckStatus, MigrationSpec, Mode
 from vemigrate.core.observation import VEFacts, VEState
 from vemigrate.core.plan import Plan
@@ -518,6 +518,70 @@ def _tunnel(inp: CheckInput) -> Outcome:
     return PASSED, (
         "tunnel off (--no-tunnel): migration traffic is unencrypted and the target's firewall must allow "
         "incoming connections on any port of the migration interface"
+    )
+
+
+# What each capability is needed for, and what to do when the source's driver lacks it.
+_REMEDIES: dict[Capability, str] = {
+    Capability.LIVE_VM: "stop the VM and migrate offline",
+    Capability.LIVE_CONTAINER: (
+        "stop the container and migrate offline, or migrate it live between Virtuozzo nodes (driver: prlctl)"
+    ),
+    Capability.OFFLINE_VM: "start the VM and migrate live",
+    Capability.OFFLINE_CONTAINER: "start the container and migrate live",
+    Capability.CLONE: "migrate without clone",
+    Capability.LIVE_CLONE: "stop the VE and migrate offline with clone, or migrate without clone",
+    Capability.SUSPENDED_CLONE: "resume or stop the VM first",
+    Capability.CHANGE_SID: "run Sysprep in the clone instead, and migrate without changeSid",
+    Capability.BANDWIDTH: "remove spec.bandwidthMiBps",
+    Capability.MAX_DOWNTIME: "remove spec.maxDowntimeMs",
+    Capability.AUTO_CONVERGE: "remove spec.autoConverge",
+    Capability.POST_COPY: "remove spec.postCopy",
+}
+
+
+def needed_capabilities(inp: CheckInput) -> list[tuple[Capability, str]]:
+    """What the migration asks of its source host's driver: (capability, what asks for it)."""
+    spec, ve = inp.spec, _ve(inp)
+    if inp.live:
+        kind = Capability.LIVE_CONTAINER if inp.container else Capability.LIVE_VM
+        needs = [(kind, f"a live migration of {ve}")]
+    else:
+        kind = Capability.OFFLINE_CONTAINER if inp.container else Capability.OFFLINE_VM
+        needs = [(kind, f"an offline migration of {ve}")]
+    if spec.clone:
+        needs.append((Capability.CLONE, "spec.clone"))
+        if inp.live:
+            needs.append((Capability.LIVE_CLONE, f"spec.clone of {ve}, {inp.ve.state.value} (live)"))
+        if inp.ve.state == VEState.SUSPENDED:
+            needs.append((Capability.SUSPENDED_CLONE, f"spec.clone of {ve}, suspended"))
+    if spec.change_sid:
+        needs.append((Capability.CHANGE_SID, "spec.changeSid"))
+    tuning = (
+        (Capability.BANDWIDTH, "spec.bandwidthMiBps", spec.bandwidth_mib_ps),
+        (Capability.MAX_DOWNTIME, "spec.maxDowntimeMs", spec.max_downtime_ms),
+        (Capability.AUTO_CONVERGE, "spec.autoConverge", spec.auto_converge),
+        (Capability.POST_COPY, "spec.postCopy", spec.post_copy),
+    )
+    needs += [(capability, field) for capability, field, value in tuning if value]
+    return needs
+
+
+@_check(CheckName.DRIVER_CAPABILITIES)
+def _driver_capabilities(inp: CheckInput) -> Outcome:
+    """The source's driver runs the job: what it cannot do is refused here, not when the job starts."""
+    have = inp.source.capabilities
+    if not have:
+        return _unknown(inp.src, "what its driver can do (capabilities)")
+    needs = needed_capabilities(inp)
+    missing = [(capability, why) for capability, why in needs if capability not in have]
+    if not missing:
+        return PASSED, f"{inp.src} can do all this migration asks: {_listed([c.value for c, _ in needs])}"
+    lacking = "; ".join(f"{why} needs {capability.value}" for capability, why in missing)
+    remedies = "; ".join(dict.fromkeys(_REMEDIES[capability] for capability, _ in missing))
+    return FAILED, (
+        f"{inp.src} cannot do what this migration asks: {lacking}, which its driver does not offer (it offers "
+        f"{_listed([c.value for c in have])}). {remedies[:1].upper()}{remedies[1:]}, or choose hosts whose driver can"
     )
 
 

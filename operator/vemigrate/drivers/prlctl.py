@@ -27,7 +27,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
 
-from vemigrate.api.host import CPUFacts, HostStatus, StorageFacts, VEKind, VersionFacts
+from vemigrate.api.host import Capability, CPUFacts, HostStatus, StorageFacts, VEKind, VersionFacts
 from vemigrate.api.migration import Mode, SourceDisposition
 from vemigrate.api.reasons import Reason
 from vemigrate.core.access import HostAccess
@@ -40,6 +40,18 @@ from vemigrate.drivers.prlctl_command import PRLCTL, PRLSRVCTL, migrate_argv, re
 from vemigrate.drivers.protocol import MigrationPlan
 from vemigrate.drivers.ssh import Completed, SSHHost
 
+# What prlctl migrate does (HostStatus.capabilities): every kind and mode, clones and --changesid; none
+# of the tuning options, which its dispatcher decides itself (prlctl_command.request_for refuses them).
+CAPABILITIES = (
+    Capability.LIVE_VM,
+    Capability.LIVE_CONTAINER,
+    Capability.OFFLINE_VM,
+    Capability.OFFLINE_CONTAINER,
+    Capability.CLONE,
+    Capability.LIVE_CLONE,
+    Capability.SUSPENDED_CLONE,
+    Capability.CHANGE_SID,
+)
 CT_PRIVATE = "/vz/private"  # Virtuozzo's default container private areas (VE_PRIVATE in vz.conf)
 LIST_TIMEOUT = 60.0
 MIGRATE_PID = "migrate.pid"
@@ -480,6 +492,7 @@ def host_status(
         # prlctl's tunnel carries local disks along with memory: nothing more is needed to encrypt them.
         encrypted_disk_copy=True,
         ve_types=[VEKind.VM, VEKind.CONTAINER],
+        capabilities=list(CAPABILITIES),
         default_path=info.vm_home,
         default_container_path=CT_PRIVATE,
         last_probe_time=datetime.now(UTC),

@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
-from vemigrate.api.host import CPUFacts, HostStatus, NetworkFacts, StorageFacts, VEKind, VersionFacts
+from vemigrate.api.host import Capability, CPUFacts, HostStatus, NetworkFacts, StorageFacts, VEKind, VersionFacts
 from vemigrate.api.migration import Mode, SourceDisposition
 from vemigrate.api.reasons import Reason
 from vemigrate.core.access import HostAccess
@@ -59,6 +59,7 @@ def host_facts() -> HostStatus:
         cpuid_override=False,
         version=VersionFacts(product="libvirt 9.0.0", hypervisor="QEMU 7.2.0", kernel="6.1.0"),
         ve_types=[VEKind.VM],
+        capabilities=list(Capability),  # a simulated host refuses no option (JobScript.refused does, when told)
         default_path=POOL,
         encrypted_disk_copy=True,
         last_probe_time=datetime.now(UTC),

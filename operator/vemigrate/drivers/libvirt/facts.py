@@ -15,12 +15,27 @@ from typing import Any
 
 import libvirt
 
-from vemigrate.api.host import CPUFacts, HostStatus, StorageFacts, VEKind, VersionFacts
+from vemigrate.api.host import Capability, CPUFacts, HostStatus, StorageFacts, VEKind, VersionFacts
 from vemigrate.core.access import HostAccess
 from vemigrate.core.observation import JobState, VEState
 from vemigrate.drivers import hostfacts
 
 DEFAULT_POOL_PATH = "/var/lib/libvirt/images"
+
+# What the driver does (HostStatus.capabilities), by the host's hypervisor. What it lacks, start_job
+# refuses too (the last guard, should the check be skipped): no clone of a running VM (libvirt moves it
+# with its UUID), none of a suspended one (its saved memory keeps the UUID), no changeSid (libvirt has no
+# Sysprep), no live container (the LXC driver cannot migrate), no live tuning for containers.
+QEMU_CAPABILITIES = (
+    Capability.LIVE_VM,
+    Capability.OFFLINE_VM,
+    Capability.CLONE,
+    Capability.BANDWIDTH,
+    Capability.MAX_DOWNTIME,
+    Capability.AUTO_CONVERGE,
+    Capability.POST_COPY,
+)
+LXC_CAPABILITIES = (Capability.OFFLINE_CONTAINER, Capability.CLONE, Capability.BANDWIDTH)
 METADATA_NS = "https://vemigrate.io/migration"
 METADATA_KEY = "vemigrate"
 ET.register_namespace("vemigrate", METADATA_NS)
@@ -232,6 +247,7 @@ def _host_status(facts: dict[str, Any], shell: str, paths: list[str], sent_ns: i
             kernel=kernel,
         ),
         ve_types=[VEKind.CONTAINER] if facts["hypervisor"] == "LXC" else [VEKind.VM],
+        capabilities=list(LXC_CAPABILITIES if facts["hypervisor"] == "LXC" else QEMU_CAPABILITIES),
         default_path=paths[0] if paths else DEFAULT_POOL_PATH,
         encrypted_disk_copy=tls,
         last_probe_time=datetime.now(UTC),
