@@ -197,20 +197,68 @@ def _with_status(body: Mapping[str, Any], status: MigrationStatus | None) -> dic
     return copy
 
 
+def _dry_run(spec: Mapping[str, Any]) -> bool:
+    # spec.dryRun is immutable (a CEL rule of the CRD): which daemon a migration has never changes.
+    return bool(spec.get("dryRun"))
+
+
+def _daemon_wanted(body: Mapping[str, Any], uid: str, memo: Memo) -> bool:
+    """Unfinished, or its daemon is still running the pass that finished it. Without the second half, the
+    final status would stop the daemon from outside mid-pass: kopf would then poll it with a "touch"
+    PATCH of the object; instead it returns on its own (it stops at a final phase, whoever wrote it)."""
+    return _phase(body) not in _FINAL_NAMES or uid in memo.daemons
+
+
+# Stopped (deletion, operator exit) mid-pass, a migration's daemon has cancellation_backoff seconds to end
+# the pass and return on its own: cancelled, it would release the migration's lock while its shielded pass
+# still runs.
+_DAEMON_TIMING: dict[str, Any] = {"initial_delay": 0, "cancellation_backoff": 20, "cancellation_timeout": 30}
+
+
 @kopf.daemon(
     GROUP,
     VERSION,
     migration_api.PLURAL,
-    initial_delay=0,
-    # The final status write makes the `when` filter false while the pass that wrote it still runs:
-    # kopf then sets `stopped` and waits this long before cancelling, so a finished migration's daemon
-    # returns on its own (cancelling it would log a warning for a normal end).
-    cancellation_backoff=20,
-    cancellation_timeout=30,
-    when=lambda body, **_: _phase(body) not in {p.value for p in FINAL_PHASES},
+    **_DAEMON_TIMING,
+    when=lambda body, spec, uid, memo, **_: not _dry_run(spec) and _daemon_wanted(body, uid, memo),
 )
 async def run_migration(memo: Memo, **kwargs: Any) -> None:
-    """One daemon per unfinished migration: passes until a final phase (or the operator stops)."""
+    """One daemon per unfinished migration: passes until a final phase (or the operator stops). It needs
+    kopf's finalizer (kopf adds it before the daemon's first pass): deletion stops it and rolls back."""
+    await _passes(memo, **kwargs)
+
+
+@kopf.daemon(
+    GROUP,
+    VERSION,
+    migration_api.PLURAL,
+    **_DAEMON_TIMING,
+    when=lambda body, spec, uid, memo, **_: _dry_run(spec) and _daemon_wanted(body, uid, memo),
+)
+async def run_dry_run(memo: Memo, **kwargs: Any) -> None:
+    """A dry run's daemon, the same passes without a finalizer (see _without_finalizer): a dry run touches
+    no host, so its deletion has nothing to roll back. The finalizer's PATCH was one API request in five."""
+    await _passes(memo, **kwargs)
+
+
+def _without_finalizer(daemon: Any) -> None:
+    """kopf gives every daemon a finalizer, so that deleting the object stops the daemon first; a dry run's
+    is stopped by its DELETED event instead (action_changed). kopf has no option for it: its registered
+    handler is replaced by a copy without the requirement (tests/unit/test_handlers_finalizer.py checks
+    that this still holds with the kopf installed)."""
+    spawning = kopf.get_default_registry()._spawning
+    found = [h for h in spawning._handlers if h.fn is daemon]
+    if len(found) != 1 or not found[0].requires_finalizer:
+        raise RuntimeError(f"kopf's registry no longer holds {daemon.__name__} as expected")
+    spawning._handlers = [
+        dataclasses.replace(h, requires_finalizer=False) if h is found[0] else h for h in spawning._handlers
+    ]
+
+
+_without_finalizer(run_dry_run)
+
+
+async def _passes(memo: Memo, **kwargs: Any) -> None:
     body: kopf.Body = kwargs["body"]
     stopped: kopf.DaemonStopped = kwargs["stopped"]
     migrations: kopf.Index[str, OtherMigration] = kwargs["migrations"]
@@ -220,52 +268,70 @@ async def run_migration(memo: Memo, **kwargs: Any) -> None:
     last: MigrationStatus | None = None
     said = ""  # the last unexpected error told to the user, so a repeating one is one Event
     cause = Cause.START
-    while not stopped:
-        if body["metadata"].get("deletionTimestamp"):
-            return  # the deletion handler rolls back
-        async with lock:
-            try:
-                decision = await memo.daemon_pass(
-                    _with_status(body, last), lambda: _others(memo, migrations, namespace), cause, lookup
-                )
-            except Exception as exc:
-                metrics.PASSES.labels(kind="migration", outcome="error").inc()
-                log.exception("reconcile pass of %s failed; retrying", body["metadata"]["name"])
-                error = f"{type(exc).__name__}: {exc}"[:500]
-                if error != said:
-                    said = error
-                    message = f"Reconcile pass failed ({error}); retrying every {IDLE_POLL:g} s (traceback in the log)"
-                    await events.emit(memo.world.kube, body, "Warning", Reason.RECONCILE_ERROR, message)
-                await stopped.wait(IDLE_POLL)
-                cause = Cause.TIMER
-                continue
-        metrics.PASSES.labels(kind="migration", outcome="ok").inc()
-        metrics.LAST_PASS.set_to_current_time()
-        last = decision.status
-        if last.phase.final:
-            memo.ended(uid)
-            log.info("migration %s ended %s; its daemon stops", body["metadata"]["name"], last.phase.value)
-            return
-        seconds = decision.requeue_after if decision.requeue_after is not None else IDLE_POLL
-        if decision.wake_on_job_end:
-            # The job's end wakes the daemon at once (reconcile watches it on its host): the poll only
-            # samples progress, as often as the operator is told to.
-            seconds = max(seconds, memo.world.settings.progress_seconds)
-        cause = await memo.wakeups.sleep(uid, seconds, stopped.wait())
+    memo.daemons.add(uid)
+    try:
+        # The body is kopf's, kept current by the watch: a final phase written by anyone stops the daemon.
+        while not stopped and uid not in memo.gone and _phase(body) not in _FINAL_NAMES:
+            if body["metadata"].get("deletionTimestamp"):
+                return  # the deletion handler rolls back
+            async with lock:
+                try:
+                    decision = await memo.daemon_pass(
+                        _with_status(body, last), lambda: _others(memo, migrations, namespace), cause, lookup
+                    )
+                except Exception as exc:
+                    if uid in memo.gone:
+                        return  # a deleted dry run: its status write found no object
+                    metrics.PASSES.labels(kind="migration", outcome="error").inc()
+                    log.exception("reconcile pass of %s failed; retrying", body["metadata"]["name"])
+                    error = f"{type(exc).__name__}: {exc}"[:500]
+                    if error != said:
+                        said = error
+                        message = (
+                            f"Reconcile pass failed ({error}); retrying every {IDLE_POLL:g} s (traceback in the log)"
+                        )
+                        await events.emit(memo.world.kube, body, "Warning", Reason.RECONCILE_ERROR, message)
+                    await stopped.wait(IDLE_POLL)
+                    cause = Cause.TIMER
+                    continue
+            metrics.PASSES.labels(kind="migration", outcome="ok").inc()
+            metrics.LAST_PASS.set_to_current_time()
+            last = decision.status
+            if last.phase.final:
+                memo.ended(uid)
+                log.info("migration %s ended %s; its daemon stops", body["metadata"]["name"], last.phase.value)
+                return
+            seconds = decision.requeue_after if decision.requeue_after is not None else IDLE_POLL
+            if decision.wake_on_job_end:
+                # The job's end wakes the daemon at once (reconcile watches it on its host): the poll only
+                # samples progress, as often as the operator is told to.
+                seconds = max(seconds, memo.world.settings.progress_seconds)
+            cause = await memo.wakeups.sleep(uid, seconds, stopped.wait())
+    finally:
+        memo.daemons.discard(uid)
+        memo.gone.discard(uid)
 
 
 @kopf.on.event(GROUP, VERSION, migration_api.PLURAL)
-def action_changed(event: kopf.RawEvent, uid: str, spec: kopf.Spec, memo: Memo, **_: Any) -> None:
-    """A new spec.action (Cancel, ForceComplete) wakes the migration's daemon at once."""
-    if event.get("type") == "DELETED":
-        memo.wakeups.deleted(uid)
-    else:
+async def action_changed(
+    event: kopf.RawEvent, uid: str, spec: kopf.Spec, body: kopf.Body, memo: Memo, **kwargs: Any
+) -> None:
+    """A new spec.action (Cancel, ForceComplete) wakes the migration's daemon at once; a deleted dry run's
+    daemon stops. Async: on the event loop, not a thread hop per watch event."""
+    if event.get("type") != "DELETED":
         memo.wakeups.action_seen(uid, spec.get("action"))
+        return
+    memo.wakeups.deleted(uid)
+    if _dry_run(spec) and _phase(body) not in _FINAL_NAMES:
+        namespace = body["metadata"]["namespace"]
+        others = _others(memo, kwargs["migrations"], namespace)
+        await memo.dry_run_deleted(uid, namespace, others, _Hosts(kwargs["hypervisorhosts"]))
 
 
-@kopf.on.delete(GROUP, VERSION, migration_api.PLURAL, optional=False)
+@kopf.on.delete(GROUP, VERSION, migration_api.PLURAL, optional=False, when=lambda spec, **_: not _dry_run(spec))
 async def delete_migration(memo: Memo, **kwargs: Any) -> None:
-    """Deleting an unfinished migration cancels and rolls it back before the finalizer goes."""
+    """Deleting an unfinished migration cancels and rolls it back before the finalizer goes. Not for a dry
+    run (no finalizer: nothing of it is on a host)."""
     body: kopf.Body = kwargs["body"]
     migrations: kopf.Index[str, OtherMigration] = kwargs["migrations"]
     namespace = body["metadata"]["namespace"]

@@ -79,6 +79,11 @@ class Memo:
     passes: PassClock = field(default_factory=PassClock)
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     phases_counted: bool = False  # the phase gauge reads kopf's index: registered once
+    # Migrations whose daemon runs in this process: it runs on until its pass has ended, though the final
+    # status it wrote no longer matches the daemon's filter (handlers.run_migration).
+    daemons: set[str] = field(default_factory=set)
+    # Dry runs deleted while their daemon ran: kopf stops no daemon of an object without a finalizer.
+    gone: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.world.job_ended = lambda uid: self.wakeups.wake(uid, Cause.JOB_ENDED)
@@ -153,6 +158,17 @@ class Memo:
         """The migration's daemon stopped for good, or its finalizer went: no lock, no wake-up kept."""
         self.locks.pop(uid, None)
         self.wakeups.ended(uid)
+
+    async def dry_run_deleted(
+        self, uid: str, namespace: str, indexed: Iterable[OtherMigration], lookup: reconcile.HostLookup | None = None
+    ) -> None:
+        """A dry run was deleted (it has no finalizer, so no deletion pass ran): its daemon, if it runs,
+        stops at once, and its slot goes to the next waiter, as a deletion pass would give it."""
+        if uid in self.daemons:
+            self.gone.add(uid)
+            self.wakeups.wake(uid, Cause.DELETION)
+        self.admission.gone(uid)
+        await self.next_up(namespace, indexed, lookup)
 
     async def _timed(self, coro: Coroutine[Any, Any, Decision]) -> Decision:
         with self.passes.timing():

@@ -55,3 +55,10 @@ class Admission:
         left out of the view until the watch delivers its final phase."""
         self._decided.pop(uid, None)
         self._finished.add(uid)
+
+    def gone(self, uid: str) -> None:
+        """The object was deleted without a pass of ours (a dry run has no finalizer): nothing kept of it;
+        the index has dropped it already."""
+        self._decided.pop(uid, None)
+        self._finished.discard(uid)
+        self._arrivals.pop(uid, None)

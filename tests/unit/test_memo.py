@@ -171,3 +171,22 @@ def test_every_object_of_kopf_gets_the_one_memo() -> None:
     memo.wakeups.wake("m1", Cause.JOB_ENDED)
     memo.ended("m1")
     assert memo.locks == {}
+
+
+async def test_a_deleted_dry_run_stops_its_daemon_and_frees_its_slot() -> None:
+    """A dry run has no finalizer, so no deletion pass: its DELETED event wakes its daemon to stop, and
+    gives its slot to the oldest waiter, as a deletion pass would."""
+    memo = _memo()
+    hosts = Hosts()
+    memo.daemons.add("dry")
+    memo.admission.decided(_other("dry", Phase.VALIDATING))
+    waiter = _other("waiter", Phase.QUEUED, seconds=1, arrival=2)
+    # The index has dropped the deleted object already; this process's decision about it must go too.
+    await memo.dry_run_deleted("dry", "ns", [waiter], hosts)
+    assert "dry" in memo.gone
+    never = asyncio.Event()
+    assert await memo.wakeups.sleep("dry", 0.01, never.wait()) == Cause.DELETION
+    assert await memo.wakeups.sleep("waiter", 0.01, never.wait()) == Cause.SLOT_FREED
+    assert memo.admission.view([]) == [], "nothing kept of the deleted dry run"
+    await memo.dry_run_deleted("no-daemon", "ns", [], hosts)
+    assert "no-daemon" not in memo.gone, "no daemon runs for it here: nothing to stop"
