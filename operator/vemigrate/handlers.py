@@ -157,15 +157,14 @@ def _time(value: Any) -> datetime | None:
     return datetime.fromisoformat(value) if isinstance(value, str) and value else None
 
 
-@kopf.on.event(GROUP, VERSION, migration_api.PLURAL)
-def failed_series(event: kopf.RawEvent, body: kopf.Body, name: str, namespace: str | None, **_: Any) -> None:
+def _failed_series(event: kopf.RawEvent, body: kopf.Body, name: str, namespace: str) -> None:
     """One metric series per Failed migration object, from the watch rather than from a pass: no pass
     runs for a migration that failed before this process started, nor for its deletion."""
     status = body.get("status") or {}
     reason = None
     if event.get("type") != "DELETED" and _phase(body) == Phase.FAILED.value:
         reason = str((status.get("failure") or {}).get("reason") or status.get("reason") or "Unknown")
-    metrics.track_failed(str(namespace), name, reason)
+    metrics.track_failed(namespace, name, reason)
 
 
 def _others(memo: Memo, index: kopf.Index[str, OtherMigration], namespace: str) -> list[OtherMigration]:
@@ -313,11 +312,13 @@ async def _passes(memo: Memo, **kwargs: Any) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, migration_api.PLURAL)
-async def action_changed(
-    event: kopf.RawEvent, uid: str, spec: kopf.Spec, body: kopf.Body, memo: Memo, **kwargs: Any
+async def migration_event(
+    event: kopf.RawEvent, uid: str, name: str, spec: kopf.Spec, body: kopf.Body, memo: Memo, **kwargs: Any
 ) -> None:
-    """A new spec.action (Cancel, ForceComplete) wakes the migration's daemon at once; a deleted dry run's
-    daemon stops. Async: on the event loop, not a thread hop per watch event."""
+    """Every watch event of a migration, in one handler on the event loop (kopf runs a sync handler on a
+    thread: a hop per event, a few per migration): the Failed metric series; a new spec.action (Cancel,
+    ForceComplete) wakes the migration's daemon at once; a deleted dry run's daemon stops."""
+    _failed_series(event, body, name, str(body["metadata"]["namespace"]))
     if event.get("type") != "DELETED":
         memo.wakeups.action_seen(uid, spec.get("action"))
         return

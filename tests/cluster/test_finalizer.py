@@ -101,8 +101,15 @@ def test_a_dry_run_never_gets_a_finalizer_and_goes_at_once(
     assert final["status"]["failure"]["phase"] == "Validating", final["status"]
     time.sleep(3)  # and nothing comes to add one after it ended
     assert [s for s in seen.summary() if s[2]] == [], f"a finalizer was added: {seen.summary()}"
+    # Its Failed series comes from the watch's events (handlers.migration_event), and goes with the object.
+    series = {"namespace": namespace}  # the only Failed migration of its namespace
+    assert operator.metric_reaches("vemigrate_migration_failed", 1, **series) == 1, operator.tail()
     custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, MIGRATIONS, "dry")
     seen.until("the dry run's deletion", lambda k, b: k == "DELETED", operator, timeout=10)
+    deadline = time.monotonic() + 10
+    while operator.metric("vemigrate_migration_failed", **series) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert operator.metric("vemigrate_migration_failed", **series) == 0, "the deleted object's series stays"
     seen.close()
 
     # Deleted while unfinished (the hosts never answer: it waits in Validating), it goes at once too,
