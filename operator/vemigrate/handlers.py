@@ -308,7 +308,9 @@ async def _passes(memo: Memo, **kwargs: Any) -> None:
             cause = await memo.wakeups.sleep(uid, seconds, stopped.wait())
     finally:
         memo.daemons.discard(uid)
-        memo.gone.discard(uid)
+        if uid in memo.gone:  # deleted without a deletion pass: nothing else forgets it
+            memo.gone.discard(uid)
+            memo.ended(uid)
 
 
 @kopf.on.event(GROUP, VERSION, migration_api.PLURAL)

@@ -227,3 +227,5 @@ def test_dry_run_moves_nothing(hosts: LabInfo, migrations: Migrations, vm_cleanu
     assert {c["type"]: c["reason"] for c in status["conditions"]}["Succeeded"] == "DryRun"
     assert status["checks"], "the checks ran and are reported"
     assert domain(hosts, "lab1", "dry1") is not None and domain(hosts, "lab2", "dry1") is None
+    # Nothing of it is on a host: no finalizer (tests/cluster/test_finalizer.py watches every state).
+    assert not migrations.get("dry1")["metadata"].get("finalizers")
