@@ -28,6 +28,7 @@ from vemigrate.drivers.libvirt.facts import (
     DEFAULT_POOL_PATH,
     METADATA_KEY,
     METADATA_NS,
+    _disk_bytes,
     _disks,
     _host_status,
     _in_post_copy,
@@ -117,12 +118,6 @@ class LibvirtDriver:
                 return None
             root = ET.fromstring(dom.XMLDesc(0))
             disks = _disks(root)
-            sizes = []
-            for disk in disks:
-                try:
-                    sizes.append(dom.blockInfo(disk.path)[2])
-                except libvirt.libvirtError:
-                    sizes.append(0)
             # Every disk on the host, ours first: their backing files tell linked clones apart.
             others = [
                 d.path
@@ -150,7 +145,7 @@ class LibvirtDriver:
                 state=_state(dom),
                 memory_bytes=dom.maxMemory() * 1024,
                 vcpus=dom.info()[3],
-                disk_bytes=sum(sizes),
+                disk_bytes=_disk_bytes(conn, dom, [d.path for d in disks]),
                 bridges=bridges,
                 snapshots=snapshots,
                 storage_path=str(PurePosixPath(storage).parent) if storage else None,
