@@ -59,11 +59,13 @@ class _HostsDiffBase(kopf.AnnotationsDiffBaseStorage):
 
 
 @kopf.on.cleanup()
-async def close_api_client(**kwargs: Any) -> None:
-    """After every daemon and handler has ended: the API client's session is closed in the running loop
-    (its connections ended cleanly; found open by the garbage collector, aiohttp warns "Unclosed client
-    session")."""
-    await _memo(kwargs).world.kube.close()
+async def close_connections(**kwargs: Any) -> None:
+    """After every daemon and handler has ended, in the running loop: the hosts' connections (a libvirt
+    connection left to the garbage collector would hang the exit) and then the API client's session
+    (found open by the garbage collector, aiohttp warns "Unclosed client session")."""
+    world = _memo(kwargs).world
+    await world.close()
+    await world.kube.close()
 
 
 @kopf.on.login()

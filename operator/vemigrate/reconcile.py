@@ -53,6 +53,8 @@ _HOST_PHASES = ACTIVE_PHASES
 MAX_STEPS = 3
 # One long poll on a job's host lasts at most this long, then another is made while the job runs.
 WATCH_SECONDS = 30.0
+# At exit, how long closing the hosts' connections may take: well within a Pod's grace period (60 s).
+CLOSE_SECONDS = 15.0
 
 
 @dataclass
@@ -136,6 +138,21 @@ class World:
                 self._ended[uid] = (plan.attempt, plan.source)
                 self.job_ended(uid)
                 return
+
+    async def close(self, timeout: float = CLOSE_SECONDS) -> None:
+        """At the operator's exit, while the event loop still runs: the job watches stopped and every
+        driver's connections closed. A libvirt connection left to the garbage collector after the loop has
+        ended waits forever on the SSH forward that loop served, and the process with it (until the Pod's
+        SIGKILL). Drivers that do not close within `timeout` (a host that does not answer) are left."""
+        for _, task in self._watches.values():
+            task.cancel()
+        self._watches.clear()
+        drivers, self._drivers = list(self._drivers.values()), {}
+        closing = {asyncio.ensure_future(d.close()) for d in drivers} | self._closing
+        if closing:
+            _, late = await asyncio.wait(closing, timeout=timeout)
+            if late:
+                log.warning("%d host connection(s) did not close in %.0f s; left open", len(late), timeout)
 
     def driver(self, access: HostAccess) -> HypervisorDriver:
         key = (access.namespace, access.name)

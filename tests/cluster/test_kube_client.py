@@ -360,4 +360,4 @@ def test_the_operator_closes_its_session_when_it_stops(
         operator.stop()
     assert operator.proc is not None and operator.proc.returncode == 0, operator.tail()
     log = operator.log.read_text()
-    assert "Activity 'close_api_client' succeeded" in log and "nclosed" not in log, operator.tail()
+    assert "Activity 'close_connections' succeeded" in log and "nclosed" not in log, operator.tail()

@@ -17,6 +17,7 @@ import libvirt
 import pytest
 from kubernetes import client
 
+from tests.faults.watch import job_state
 from tests.fixtures.lab import restored
 from tests.fixtures.operator import Migrations, OperatorProcess, events_for, session_operator
 from tests.lab.evidence import beating_on, domain, first_beat
@@ -136,6 +137,51 @@ def test_the_job_end_wakes_the_pass_that_finishes_the_migration(
     assert woken == 1
     phases = [t["phase"] for t in status["phaseTransitions"]]
     assert phases[-3:] == ["Switchover", "Finalizing", "Succeeded"], phases
+
+
+def test_sigterm_mid_transfer_exits_at_once_and_the_next_operator_finishes_the_same_job(
+    hosts: LabInfo,
+    kube_admin: Any,
+    namespace: str,
+    control_plane: ControlPlaneInfo,
+    vm_cleanup: Callable[[str], str],
+    tmp_path: Any,
+) -> None:
+    """What a Pod's deletion or a rolling update sends: SIGTERM while a live migration's job runs and its
+    libvirt connections (through SSH forwards the operator's event loop serves) are open. The operator
+    closes them and exits 0 on its own, not by the SIGKILL 30 s later that OperatorProcess.stop sends
+    (left to the garbage collector after the loop ended, a connection's close waited on that loop for
+    ever). The job runs on; the next operator re-attaches to it and ends the migration with one job."""
+    name = vm_cleanup("sigterm")
+    Lab.create_vm("lab1", name, state=VMState.RUNNING, dirty_mib=1)
+    session = session_operator()
+    if session is not None:  # it reconciles every namespace, this one too
+        session.stop()
+    args = ["--namespace", namespace]
+    first = OperatorProcess(control_plane.kubeconfig, tmp_path / "first.log", args)
+    second = OperatorProcess(control_plane.kubeconfig, tmp_path / "second.log", args)
+    first.start()
+    try:
+        migrations = Migrations(client.CustomObjectsApi(kube_admin), namespace, first)
+        spec = {"source": {"host": "lab1", "name": name}, "target": {"host": "lab2"}, "tunnel": False}
+        uid = migrations.create(name, {**spec, "bandwidthMiBps": 4})["metadata"]["uid"]  # about a minute
+        migrations.copying(name)
+        first.stop()
+        assert first.proc is not None and first.proc.returncode == 0, first.tail()
+        assert "Activity 'close_connections' succeeded" in first.log.read_text(), first.tail()
+        assert (migrations.get(name)["status"]["phase"], job_state(uid)) == ("Transferring", "running")
+        second.start()
+        migrations = Migrations(client.CustomObjectsApi(kube_admin), namespace, second)
+        status = migrations.wait_phase(name, "Succeeded", "Failed", timeout=600)["status"]
+    finally:
+        first.stop()
+        second.stop()
+        if session is not None:
+            session.start()
+    assert status["phase"] == "Succeeded" and status["attempts"] == 1, status
+    phases = [t["phase"] for t in status["phaseTransitions"]]
+    assert phases.count("Transferring") == 1, f"the second operator re-attached to the job: {phases}"
+    assert domain(hosts, "lab1", name) is None and domain(hosts, "lab2", name) is not None
 
 
 def _progressing(body: dict[str, Any]) -> str:

@@ -93,3 +93,38 @@ async def test_a_pass_waits_neither_on_the_watch_nor_on_its_cancellation() -> No
     await _settle()
     assert woken == ["m1"], "one wake-up, from the current watch only"
     assert not world.watch_job("m1", PLAN)
+
+
+class Closing:
+    """A host's driver that records its close; `hangs`: the close never returns (a host not answering)."""
+
+    def __init__(self, access: HostAccess, *, hangs: bool = False) -> None:
+        self.access = access
+        self.hangs = hangs
+        self.closed = False
+
+    async def close(self) -> None:
+        if self.hangs:
+            await asyncio.Event().wait()
+        self.closed = True
+
+    async def wait_job_end(self, plan: MigrationPlan, seconds: float) -> bool | None:
+        await asyncio.Event().wait()  # the job runs on
+        return None
+
+
+async def test_closing_the_world_stops_the_watches_and_closes_every_driver_a_hung_one_bounded() -> None:
+    """At the operator's exit (kopf's cleanup handler), while the loop still runs: every driver's connections
+    closed and the long polls stopped. One host that does not answer is left after the bound, not waited
+    on for ever."""
+    drivers = {SOURCE.name: Closing(SOURCE), TARGET.name: Closing(TARGET, hangs=True)}
+    world = reconcile.World(kube=cast(Any, None), make_driver=lambda access: cast(Any, drivers[access.name]))
+    assert world.watch_job("m1", PLAN)
+    world.driver(TARGET)
+    await _settle()
+    (watch,) = [task for _, task in world._watches.values()]
+    await world.close(timeout=0.2)
+    await _settle()
+    assert watch.cancelled()
+    assert drivers[SOURCE.name].closed and not drivers[TARGET.name].closed
+    assert world._drivers == {} and world._watches == {}
