@@ -10,16 +10,9 @@ from collections.abc import Callable
 
 import libvirt
 
+from tests.lab.test_migration import LIVE_FLAGS
 from vemigrate.drivers.libvirt.facts import _disk_bytes, _disks
 from vemigrate_dev.lab import Lab, LabInfo, VMState
-
-LIVE_FLAGS = (
-    libvirt.VIR_MIGRATE_LIVE
-    | libvirt.VIR_MIGRATE_PEER2PEER
-    | libvirt.VIR_MIGRATE_PERSIST_DEST
-    | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
-    | libvirt.VIR_MIGRATE_NON_SHARED_DISK
-)
 
 
 def test_disk_sizes_are_read_without_waiting_on_a_migration_job(lab: LabInfo, vm_cleanup: Callable[[str], str]) -> None:
