@@ -216,9 +216,14 @@ def test_cancel_committed_mid_transfer(lab: LabInfo, gitops: GitOps, vems: Migra
     gitops.create_application(APP)
     _synced_in(vems, name)
     vems.copying(name, timeout=180)
-    moving = gitops.look(APP)
+    # Argo CD's view follows the object through its own watch and cache: a moment behind the API.
+    moving = gitops.wait(
+        APP,
+        lambda seen: str((seen.resource(VEM, name).get("health") or {}).get("message")).startswith("Transferring"),
+        timeout=60,
+        what=f"{name} Transferring as Argo CD sees it",
+    )
     assert moving.health == "Progressing", moving
-    assert moving.resource(VEM, name)["health"]["message"].startswith("Transferring"), moving.resources
 
     manifest["spec"]["action"] = "Cancel"
     revision = gitops.commit(f"cancel {name}", {f"{name}.yaml": manifest})
