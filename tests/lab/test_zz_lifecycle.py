@@ -87,17 +87,25 @@ def test_a_second_lab_beside_the_first_takes_nothing_of_it(lab: LabInfo, monkeyp
     """VEMIGRATE_LAB_INSTANCE=9 is a lab of its own (directory, namespaces, links, subnet), as `make
     test` runs the fault suite on lab 1 beside the default lab: `down` of either takes nothing of the
     other, and each one's `down` leaves nothing of its own."""
+    mine = os.environ.get("VEMIGRATE_LAB_INSTANCE")  # the lab this run was given: the default, or another
+
+    def back_to_mine() -> None:
+        if mine is None:
+            monkeypatch.delenv("VEMIGRATE_LAB_INSTANCE")
+        else:
+            monkeypatch.setenv("VEMIGRATE_LAB_INSTANCE", mine)
+
     monkeypatch.setenv("VEMIGRATE_LAB_INSTANCE", LAB)
     second = Lab.up(hosts=1)
     second_state = LabState.load()
     assert second_state is not None
     assert second.hosts[0].address == "10.231.86.11" and second_state.hosts[0].netns == f"vemigrate{LAB}-lab1"
     assert lab_dir().name == f"lab-{LAB}"
-    monkeypatch.delenv("VEMIGRATE_LAB_INSTANCE")
+    back_to_mine()
     first = LabState.load()
     assert first is not None and {h.address for h in first.hosts}.isdisjoint({second.hosts[0].address})
     procs = _our_pids(first)
-    Lab.down()  # the default lab: also sweeps leftovers by name prefix, which must not match lab 2's
+    Lab.down()  # this run's lab: also sweeps leftovers by name prefix, which must not match lab 9's
     _assert_nothing_left(procs)
     monkeypatch.setenv("VEMIGRATE_LAB_INSTANCE", LAB)
     seen = Lab.exec("lab1", ["cat", "/proc/sys/kernel/hostname"], capture=True)
