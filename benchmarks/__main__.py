@@ -116,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
                 guests = [
                     live.make_guest("lab1", "bench-idle", 0),
                     live.make_guest("lab1", "bench-dirty", sizes.dirty_mib),
+                    live.make_guest("lab1", "bench-long", 1, {"bandwidthMiBps": live.LONG_BANDWIDTH_MIB_PS}),
                 ]
                 try:
                     attempt("validating", lambda: [validating.steps(lab, guests[0].name, sizes.validating_repetitions)])
