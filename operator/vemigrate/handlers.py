@@ -244,7 +244,7 @@ async def run_dry_run(memo: Memo, **kwargs: Any) -> None:
 
 def _without_finalizer(daemon: Any) -> None:
     """kopf gives every daemon a finalizer, so that deleting the object stops the daemon first; a dry run's
-    is stopped by its DELETED event instead (action_changed). kopf has no option for it: its registered
+    is stopped by its DELETED event instead (migration_event). kopf has no option for it: its registered
     handler is replaced by a copy without the requirement (tests/unit/test_handlers_finalizer.py checks
     that this still holds with the kopf installed)."""
     spawning = kopf.get_default_registry()._spawning

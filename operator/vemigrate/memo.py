@@ -80,7 +80,7 @@ class Memo:
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     phases_counted: bool = False  # the phase gauge reads kopf's index: registered once
     # Migrations whose daemon runs in this process: it runs on until its pass has ended, though the final
-    # status it wrote no longer matches the daemon's filter (handlers.run_migration).
+    # status it wrote no longer matches the daemon's filter (handlers._passes).
     daemons: set[str] = field(default_factory=set)
     # Dry runs deleted while their daemon ran: kopf stops no daemon of an object without a finalizer.
     gone: set[str] = field(default_factory=set)
