@@ -40,9 +40,9 @@ async def _timed(call: Callable[[], Awaitable[Any]]) -> float:
 async def _pass(src: LibvirtDriver, dst: LibvirtDriver, vm: str) -> dict[str, float]:
     """The calls of one Validating pass (reconcile._observe), in its order, each timed alone."""
     out: dict[str, float] = {}
-    out["find_ve on source (libvirt + qemu-img info over SSH)"] = await _timed(lambda: src.find_ve(vm))
-    out["find_ve on target"] = await _timed(lambda: dst.find_ve(vm))
-    ve = await src.find_ve(vm)
+    out["find_ve on source (libvirt + qemu-img info over SSH)"] = await _timed(lambda: src.find_ve(vm, for_checks=True))
+    out["find_ve on target"] = await _timed(lambda: dst.find_ve(vm, for_checks=True))
+    ve = await src.find_ve(vm, for_checks=True)
     spec = MigrationSpec.model_validate({"source": {"host": "lab1", "name": vm}, "target": {"host": "lab2"}})
     plan = MigrationPlan(str(uuid.uuid4()), spec, Mode.LIVE, ve, src.access, dst.access)
     out["job() on source (read the job directory)"] = await _timed(lambda: src.job(plan))

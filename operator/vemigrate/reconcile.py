@@ -43,6 +43,7 @@ from vemigrate.drivers.protocol import DriverFactory, HypervisorDriver, Migratio
 from vemigrate.kube import events, hosts, status
 from vemigrate.kube.client import Kube
 from vemigrate.queue import Admission
+from vemigrate.wakeups import Cause
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -316,6 +317,7 @@ async def _observe(
     deleting: bool,
     others: Iterable[OtherMigration],
     lookup: HostLookup | None,
+    job_ended: bool = False,
 ) -> tuple[Observation, MigrationPlan | None]:
     meta = body["metadata"]
     namespace, uid = meta["namespace"], meta["uid"]
@@ -348,12 +350,21 @@ async def _observe(
     async def none() -> None:
         return None
 
+    job: JobObservation | None = None
+    if job_ended and stored is not None and stored.plan is not None and phase in (Phase.TRANSFERRING, Phase.SWITCHOVER):
+        # Woken by the job's end: its record is read first, and the VE after it, so what is decided comes
+        # from after the job (a round fewer than reading the VE, the job, then the VE again). The plan is
+        # the one the job recorded; the VE is not needed to read a job's outcome.
+        early = _plan(uid, spec, stored, None, src, dst)
+        if early is not None:
+            job = await _ask(src, lambda d: d.job(early))
+
     # The pre-flight checks' facts are independent reads of both hosts: all in one round, not three.
     checking = phase == Phase.VALIDATING and dst.driver is not None
     target_access = dst.driver.access if dst.driver is not None else None
 
     async def source_ve_and_sharing() -> VEFacts | None:
-        found = await _ask(src, lambda d: d.find_ve(spec.source.name))
+        found = await _ask(src, lambda d: d.find_ve(spec.source.name, for_checks=checking))
         if checking and found is not None and found.disk_paths and target_access is not None:
             # Which disks the target sees as the same files (the SharedStorage check): asked as soon as
             # the VE's disks are known, while the round's other reads still run.
@@ -363,7 +374,7 @@ async def _observe(
 
     source_ve, target_ve, src_facts, dst_facts, reaches = await asyncio.gather(
         source_ve_and_sharing(),
-        _ask(dst, lambda d: d.find_ve(spec.source.name)),
+        _ask(dst, lambda d: d.find_ve(spec.source.name, for_checks=checking)),
         _ask(src, lambda d: d.probe()) if checking else none(),
         _ask(dst, lambda d: d.probe([spec.target.path] if spec.target.path else [])) if checking else none(),
         _ask(src, lambda d: d.reaches(target_access)) if checking and target_access else none(),
@@ -371,9 +382,8 @@ async def _observe(
     src.obs = replace(src.obs, facts=src_facts or src.obs.facts)
     dst.obs = replace(dst.obs, facts=dst_facts or dst.obs.facts)
     plan = _plan(uid, spec, stored, source_ve, src, dst)
-    job: JobObservation | None = None
     verified = disposed = leftovers = None
-    if plan is not None:
+    if plan is not None and job is None and phase != Phase.FINALIZING:  # Finalizing decides without the job
         job = await _ask(src, lambda d: d.job(plan))
         if job is not None and job.state in _ENDED and phase in (Phase.TRANSFERRING, Phase.SWITCHOVER):
             # The job may have ended after this pass looked the VE up: look again, so what is decided comes
@@ -383,10 +393,15 @@ async def _observe(
             source_ve, target_ve = await asyncio.gather(
                 _ask(src, lambda d: d.find_ve(spec.source.name)), _ask(dst, lambda d: d.find_ve(spec.source.name))
             )
+    if plan is not None:
         finishing = phase == Phase.FINALIZING or (job is not None and job.state in (JobState.COMPLETED, JobState.NONE))
+        checked = plan
         if finishing and phase != Phase.VALIDATING:
-            verified = await _ask(dst, lambda d: d.verify_target(plan))
-            disposed = await _ask(src, lambda d: d.source_disposed(plan, plan.disposition))
+            # Different hosts: asked at once.
+            verified, disposed = await asyncio.gather(
+                _ask(dst, lambda d: d.verify_target(checked)),
+                _ask(src, lambda d: d.source_disposed(checked, checked.disposition)),
+            )
         if phase == Phase.ROLLING_BACK:
             leftovers = await _ask(dst, lambda d: d.target_leftovers(plan))
     if src.obs.reachable is not True:
@@ -492,20 +507,33 @@ async def migration_pass(
     waiting = before in (Phase.PENDING, Phase.QUEUED)
     async with admission.lock if waiting else contextlib.nullcontext():
         pending = admission.view(others)
-        obs, plan = await _observe(world, body, spec, stored, deleting=deleting, others=pending, lookup=lookup)
+        obs, plan = await _observe(
+            world, body, spec, stored, deleting=deleting, others=pending, lookup=lookup,
+            job_ended=woken_by == Cause.JOB_ENDED,
+        )  # fmt: skip
         decision = decide(spec, stored, obs, _now())
         if waiting and not decision.status.phase.final:
             admission.decided(_as_other(meta, spec, obs, decision.status))
 
+    written = stored
+    if decision.actions and decision.status.phase != before and plan is not None:
+        # A new phase is shown before its actions run (the disposal of the source, a job's start or abort):
+        # a watching client sees the job's end as soon as it is decided on, not after the steps it leads to.
+        written = _with_driver(decision.status.model_copy(deep=True), plan)
+        await status.patch_migration_status(world.kube, namespace, name, written)
     decision = await _act_all(world, body, spec, obs, plan, decision)
     emitted = list(decision.events)
     steps = 1
     while decision.observe_again and steps < MAX_STEPS:
-        # What was just done is complete (the source disposed of): its result is observed now, and the
-        # core decides again from that observation, rather than a poll later. Status is written once.
-        obs, again = await _observe(
-            world, body, spec, decision.status, deleting=deleting, others=pending, lookup=lookup
-        )
+        # What was just done is complete (the source disposed of): the core decides again from its result
+        # now, rather than a poll later. Status is written once more.
+        done = _after(obs, decision.actions)
+        if done is None:
+            obs, again = await _observe(
+                world, body, spec, decision.status, deleting=deleting, others=pending, lookup=lookup
+            )
+        else:
+            obs, again = done, plan
         plan = again or plan
         decision = await _act_all(world, body, spec, obs, again, decide(spec, decision.status, obs, _now()))
         emitted += decision.events
@@ -515,15 +543,13 @@ async def migration_pass(
     # Whether the job's end will wake the daemon (it stretches its poll only then): not once it did.
     decision = replace(decision, wake_on_job_end=world.watch_job(meta["uid"], watched))
 
-    new = decision.status
-    if new.driver is None and plan is not None:
-        new.driver = plan.source.driver
+    new = _with_driver(decision.status, plan)
     if new.phase.final and plan is not None and (stored is None or not stored.phase.final):
         # The job's files on the source have served their purpose. Removed before the final status is
         # written: once it is, no pass comes back here (an operator killed in between would leave them).
         with contextlib.suppress(DriverError):
             await world.driver(plan.source).forget_job(plan)
-    if new != stored:
+    if new != written:
         await status.patch_migration_status(world.kube, namespace, name, new)
     # Counted as soon as the status says so, not after the Events' round trips: a reader of both
     # (a dashboard, a test) sees the outcome in /metrics moments after it sees it on the object.
@@ -539,6 +565,22 @@ async def migration_pass(
     elif before in ACTIVE_PHASES and new.phase not in ACTIVE_PHASES:
         admission.decided(_as_other(meta, spec, obs, new))  # out of its slot: to retry later
     return decision
+
+
+def _after(obs: Observation, actions: Iterable[Action]) -> Observation | None:
+    """The observation once these actions' calls returned, when their result is known without looking: a
+    disposal that returned has removed (or renamed) the source VE, else it raises. None: look again."""
+    kinds = {action.kind for action in actions}
+    if kinds == {ActionKind.DISPOSE_SOURCE}:
+        return replace(obs, source_disposed=True, source_ve=None)
+    return None
+
+
+def _with_driver(new: MigrationStatus, plan: MigrationPlan | None) -> MigrationStatus:
+    """The status with the driver that runs the migration named, once a plan says which."""
+    if new.driver is None and plan is not None:
+        new.driver = plan.source.driver
+    return new
 
 
 def _as_other(meta: Mapping[str, Any], spec: MigrationSpec, obs: Observation, new: MigrationStatus) -> OtherMigration:

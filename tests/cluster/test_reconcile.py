@@ -21,8 +21,8 @@ from vemigrate.api.migration import Phase
 from vemigrate.api.reasons import Reason
 from vemigrate.core.decision import Decision
 from vemigrate.core.observation import ErrorClass, OtherMigration, VEState
-from vemigrate.drivers.errors import PermanentError
-from vemigrate.drivers.simulated import JobScript, SimulatedWorld, ve_facts
+from vemigrate.drivers.errors import PermanentError, StateUnknownError
+from vemigrate.drivers.simulated import JobScript, SimulatedHost, SimulatedWorld, ve_facts
 from vemigrate.kube.client import Kube
 from vemigrate.memo import Memo
 from vemigrate.queue import Admission
@@ -132,6 +132,61 @@ async def test_a_migration_moves_the_ve_disposes_of_the_source_and_forgets_its_j
     assert bench.sim.jobs("node-a") == [] and bench.sim.calls.count(("node-a", "forget_job")) == 1
     phases = ("Validating", "Transferring", "Finalizing", "Succeeded")
     assert bench.events("move") == Counter({("Normal", phase): 1 for phase in phases})
+
+
+async def test_the_pass_the_jobs_end_wakes_shows_finalizing_before_it_disposes_of_the_source(
+    bench: Bench, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Woken by its job's end, a pass reads the job first and the VE after it (not the VE, the job, then the
+    VE again), writes Finalizing before it removes anything, and takes the disposal's return as its result
+    (no second look at the hosts)."""
+    bench.sim.script("web-01", JobScript(seconds=None))
+    uid = bench.create("wake")
+    await bench.until("wake", Phase.TRANSFERRING)
+    stored_at_disposal: list[str] = []
+    dispose = SimulatedHost.dispose_source
+
+    async def watched(self: SimulatedHost, *args: Any) -> None:
+        stored_at_disposal.append(bench.status("wake")["phase"])
+        await dispose(self, *args)
+
+    monkeypatch.setattr(SimulatedHost, "dispose_source", watched)
+    bench.sim.end_job(uid)
+    bench.sim.calls.clear()
+    assert (await bench.step("wake", woken_by=Cause.JOB_ENDED)).status.phase == Phase.SUCCEEDED
+    assert stored_at_disposal == ["Finalizing"], "a watching client saw the job's end before the disposal"
+    on_source = [method for host, method in bench.sim.calls if host == "node-a"]
+    assert on_source[0] == "job" and on_source.count("job") == 1, on_source
+    assert on_source == ["job", "find_ve", "source_disposed", "dispose_source", "forget_job"], on_source
+    assert bench.sim.ve("node-a", "web-01") is None and bench.sim.ve("node-b", "web-01") is not None
+    status = bench.status("wake")
+    assert [t["phase"] for t in status["phaseTransitions"]] == ["Validating", "Transferring", "Finalizing", "Succeeded"]
+
+
+async def test_a_disposal_that_fails_leaves_the_migration_finalizing_until_a_pass_sees_it_done(
+    bench: Bench, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disposal's return is its result only when it returns: one that raises ends the pass in
+    Finalizing (a Warning says why), and Succeeded waits for a pass that disposes of the source."""
+    bench.sim.script("web-01", JobScript(seconds=None))
+    uid = bench.create("stuck")
+    await bench.until("stuck", Phase.TRANSFERRING)
+    dispose = SimulatedHost.dispose_source
+    refusals = [StateUnknownError(Reason.HOST_UNREACHABLE, "node-a stopped answering (simulated)")]
+
+    async def flaky(self: SimulatedHost, *args: Any) -> None:
+        if refusals:
+            raise refusals.pop()
+        await dispose(self, *args)
+
+    monkeypatch.setattr(SimulatedHost, "dispose_source", flaky)
+    bench.sim.end_job(uid)
+    assert (await bench.step("stuck", woken_by=Cause.JOB_ENDED)).status.phase == Phase.FINALIZING
+    assert bench.status("stuck")["phase"] == "Finalizing"
+    assert bench.sim.ve("node-a", "web-01") is not None, "not removed, and not said to be"
+    assert ("Warning", "DisposeSourceFailed") in bench.events("stuck")
+    assert await bench.until("stuck", Phase.SUCCEEDED) == ["Succeeded"]
+    assert bench.sim.ve("node-a", "web-01") is None and bench.sim.ve("node-b", "web-01") is not None
 
 
 async def test_a_failed_job_is_rolled_back_and_retried_until_attempts_run_out(bench: Bench) -> None:

@@ -110,8 +110,8 @@ def test_the_job_end_wakes_the_pass_that_finishes_the_migration(
 ) -> None:
     """An operator that samples a running job's progress only once an hour: nothing but the job's own end
     (the long poll on its exit record, on the source host) can wake the migration while its job runs.
-    The pass it wakes sees the job ended, verifies the copy, removes the source, observes the removal
-    and writes Succeeded: Transferring to Succeeded in that one pass, Finalizing recorded on the way."""
+    The pass it wakes sees the job ended, verifies the copy, writes Finalizing, removes the source and
+    writes Succeeded: Transferring to Succeeded in that one pass."""
     name = vm_cleanup("woken")
     Lab.create_vm("lab1", name, state=VMState.RUNNING)
     session = session_operator()

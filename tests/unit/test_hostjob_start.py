@@ -4,7 +4,9 @@ comes from its lock, and a signal reaches only the process recorded at start."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import shlex
 import signal
 import subprocess
 import time
@@ -13,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from vemigrate.drivers import hostjob
+from vemigrate.drivers.ssh import Completed
 
 pytestmark = pytest.mark.unit
 
@@ -166,3 +169,31 @@ def test_the_finally_lines_run_whatever_happened_and_keep_the_status(
     assert _wait_exit(job) == status
     assert (job / "closed").read_text() == "closed\n"
     assert (job / "log").read_text().split() == ["ran"]
+
+
+class _Sh:
+    """hostjob.read's one use of an SSH host: run argv, here with the local sh."""
+
+    async def run(self, argv: list[str], **_: object) -> Completed:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        return Completed(tuple(argv), done.returncode, done.stdout, done.stderr)
+
+
+def test_a_finished_jobs_reports_come_with_its_record_byte_for_byte(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hostjob, "JOBS_DIR", str(tmp_path))
+    job = tmp_path / "uid-1" / "1"
+    # Reports that look like the separators a reader might use, and a log without a final newline.
+    stats = "Time elapsed: 12 ms\n--- log\n--- events\n"
+    lines = ["sleep 1", f"printf %s {shlex.quote(stats)} >stats", "printf 'a\\nb'", "printf 'x' >events"]
+    _start(job, hostjob.script(lines))
+    running = asyncio.run(hostjob.read(_Sh(), "uid-1", 1, ["stats", "events"]))  # type: ignore[arg-type]
+    assert _wait_exit(job) == "0"
+    record = asyncio.run(hostjob.read(_Sh(), "uid-1", 1, ["stats", "events", "absent"]))  # type: ignore[arg-type]
+    assert record.state == "exited" and record.exit_status == 0
+    assert record.log_tail == "a\nb"
+    assert record.reports == {"stats": stats, "events": "x", "absent": ""}
+    assert running.state == "running" and running.reports == {}, "a running job's reports are not read"
+    with pytest.raises(ValueError):
+        asyncio.run(hostjob.read(_Sh(), "uid-1", 1, ["../secret"]))  # type: ignore[arg-type]

@@ -67,8 +67,8 @@ def test_no_job_wake_up_when_no_job_runs(status: Any, obs: dict[str, Any]) -> No
 
 
 def test_finalizing_observes_its_disposal_at_once_and_only_its_result_ends_it() -> None:
-    """The job ends -> verified -> source disposed (acted) -> observed disposed -> Succeeded: the pass that
-    acts asks to observe again at once, and Succeeded comes only from an observation of the disposal."""
+    """The job ends -> verified -> source disposed (acted) -> disposed -> Succeeded: the pass that acts asks
+    to decide again at once, and Succeeded comes only from the disposal's result."""
     s = spec()
     ended = observation(job=job(JobState.COMPLETED, stats=JobStats(downtime_ms=80)), target_verified=True)
     first = decide(s, status_in(Phase.TRANSFERRING), ended, later(1))
@@ -76,8 +76,7 @@ def test_finalizing_observes_its_disposal_at_once_and_only_its_result_ends_it() 
     assert [a.kind for a in first.actions] == [ActionKind.DISPOSE_SOURCE]
     assert first.observe_again and not first.wake_on_job_end
 
-    # What reconcile does next in the same pass: observe again. Not disposed yet (the call failed or the
-    # host lags): no Succeeded, the disposal is asked for again.
+    # Not disposed (a later pass observes the source still there): no Succeeded, the disposal is asked for again.
     again = decide(s, first.status, replace(ended, source_disposed=False), later(2))
     assert again.status.phase == Phase.FINALIZING
     assert [a.kind for a in again.actions] == [ActionKind.DISPOSE_SOURCE]

@@ -59,7 +59,8 @@ class Decision:
     # A job runs and this migration waits for it: a pass is useful the moment it ends (the driver watches
     # its record on the host), whatever requeue_after says; requeue_after stays as the safety net.
     wake_on_job_end: bool = False
-    # This pass's actions are complete when their calls return (the source disposed of): observe their
-    # result and decide again at once, in the same pass, rather than after requeue_after.
+    # This pass's actions are complete when their calls return (the source disposed of): decide again at
+    # once from their result, in the same pass, rather than after requeue_after. (A disposal's returning
+    # is its result: reconcile folds it into the observation instead of looking again.)
     observe_again: bool = False
     release_finalizer: bool = False  # deletion may proceed: nothing of this migration is in flight

@@ -503,8 +503,8 @@ def _finalizing(step: _Pass) -> None:
             step.wait(Reason.STATE_UNKNOWN, f"Cannot observe the source on {spec.source.host!r}")
             return
         step.act(ActionKind.DISPOSE_SOURCE, disposition=disposition)
-        # The disposal is done when its call returns: its result is observed in this same pass (and
-        # Succeeded decided only from that observation); the poll is the fallback if it is not.
+        # The disposal is done when its call returns (it raises otherwise): that result is decided on again
+        # in this same pass (Succeeded only from it); the poll is the fallback if the call failed.
         step.observe_again = True
         step.poll(POLL_JOB)
         return

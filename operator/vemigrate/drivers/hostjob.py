@@ -19,9 +19,10 @@ for every driver (`observe`); only a running job's progress and a finished job's
 from __future__ import annotations
 
 import re
+import secrets
 import shlex
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from vemigrate.api.reasons import Reason
 from vemigrate.core.observation import ErrorClass, JobObservation, JobState
@@ -31,6 +32,7 @@ from vemigrate.drivers.ssh import SSHHost
 
 JOBS_DIR = "/var/lib/libvirt/vemigrate/jobs"
 _UID = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+_REPORT = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 LOG_TAIL_LINES = 40
 
 # A process's start time in clock ticks since boot: field 22 of /proc/<pid>/stat, counted after the
@@ -55,16 +57,21 @@ _START = (
 )
 
 # Prints what a reader needs in one round trip: exit status, whether the job's lock is held, whether
-# the host restarted since the job started, the log's tail.
+# the host restarted since the job started, the log's tail, and once the job has exited the reports it
+# wrote ($4 ...), each after the separator $3 and its name (the separator is new at every read, so no
+# report's or log's content can pass for one).
 _READ = (
     _IDENTITY + 'cd "$1" 2>/dev/null || { echo state=none; exit 0; }\n'
     "[ -e pid ] || { echo state=none; exit 0; }\n"
     "read -r pid booted rest <pid\n"
     '[ "$booted" = "$(boot)" ] || echo rebooted=yes\n'
-    'if [ -e exit ]; then echo "state=exited"; echo "exit=$(cat exit)"\n'
-    "elif ! flock -n lock true 2>/dev/null; then echo state=running\n"
-    "else echo state=lost; fi\n"
+    'if [ -e exit ]; then echo "state=exited"; echo "exit=$(cat exit)"; exited=1\n'
+    "elif ! flock -n lock true 2>/dev/null; then echo state=running; exited=\n"
+    "else echo state=lost; exited=; fi\n"
     'echo "--- log"; tail -n "$2" log 2>/dev/null\n'
+    '[ -n "$exited" ] && [ "$#" -gt 3 ] || exit 0\n'
+    "sep=$3; shift 3\n"
+    'for f in "$@"; do echo; echo "$sep $f"; cat -- "$f" 2>/dev/null; done\n'
 )
 
 # Returns when the job is over or after $2 seconds, whichever is first: over once its `exit` record is
@@ -110,6 +117,8 @@ class JobRecord:
     exit_status: int | None
     log_tail: str
     rebooted: bool = False  # the host's boot id changed since the job started
+    # The files of the job's directory asked for by `read`, once the job has exited (absent ones empty).
+    reports: Mapping[str, str] = field(default_factory=dict)
 
 
 def migration_dir(uid: str) -> str:
@@ -155,9 +164,16 @@ async def start(ssh: SSHHost, uid: str, attempt: int, text: str) -> None:
     await ssh.run(["sh", "-c", _START, "sh", job_dir(uid, attempt)], input=text)
 
 
-async def read(ssh: SSHHost, uid: str, attempt: int) -> JobRecord:
-    out = (await ssh.run(["sh", "-c", _READ, "sh", job_dir(uid, attempt), str(LOG_TAIL_LINES)])).stdout
-    head, _, tail = out.partition("--- log\n")
+async def read(ssh: SSHHost, uid: str, attempt: int, reports: Sequence[str] = ()) -> JobRecord:
+    """The job's record; with `reports`, also those files of its directory once it has exited (what a
+    finished job wrote about itself), in the same round trip."""
+    if any(not _REPORT.match(name) for name in reports):
+        raise ValueError(f"job report names {list(reports)!r} are not plain file names")
+    sep = f"--- vemigrate-report-{secrets.token_hex(8)}"
+    argv = ["sh", "-c", _READ, "sh", job_dir(uid, attempt), str(LOG_TAIL_LINES), sep, *reports]
+    out = (await ssh.run(argv)).stdout
+    head, _, rest = out.partition("--- log\n")
+    tail, *found = rest.split(f"\n{sep} ")
     fields = dict(line.split("=", 1) for line in head.splitlines() if "=" in line)
     exit_text = fields.get("exit", "").strip()
     return JobRecord(
@@ -165,6 +181,7 @@ async def read(ssh: SSHHost, uid: str, attempt: int) -> JobRecord:
         exit_status=int(exit_text) if exit_text.lstrip("-").isdigit() else None,
         log_tail=tail,
         rebooted=fields.get("rebooted", "").strip() == "yes",
+        reports={name: text for name, _, text in (part.partition("\n") for part in found)},
     )
 
 

@@ -170,7 +170,7 @@ class PrlctlDriver:
         shell, sent_ns = await hostfacts.run(self.ssh, _FACTS, measured)
         return host_status(info, networks, shell, sent_ns, self.access, measured)
 
-    async def find_ve(self, name: str) -> VEFacts | None:
+    async def find_ve(self, name: str, *, for_checks: bool = False) -> VEFacts | None:
         entry = await self._lookup(name)
         if entry is None:
             return None

@@ -62,8 +62,10 @@ class HypervisorDriver(Protocol):
         """Facts about the host for the pre-flight checks and the HypervisorHost status; `paths`: more
         directories whose file system's free space to report (spec.target.path, made or not yet)."""
 
-    async def find_ve(self, name: str) -> VEFacts | None:
-        """The VE with this name or UUID on this host, or None when there is none."""
+    async def find_ve(self, name: str, *, for_checks: bool = False) -> VEFacts | None:
+        """The VE with this name or UUID on this host, or None when there is none. `for_checks`: also the
+        facts only the pre-flight checks use that cost a command on the host (whether it is a linked
+        clone, a container's size on disk); otherwise those may be left unknown (None)."""
 
     async def reaches(self, other: HostAccess) -> bool:
         """Whether this host opens a direct SSH connection to `other` on its SSH port."""

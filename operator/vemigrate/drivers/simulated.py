@@ -362,7 +362,7 @@ class SimulatedHost:
         self._call("probe")
         return self.world.facts.get(self.access.name) or host_facts()
 
-    async def find_ve(self, name: str) -> VEFacts | None:
+    async def find_ve(self, name: str, *, for_checks: bool = False) -> VEFacts | None:
         self._call("find_ve")
         found = self.world._copy(self.access.name, name)
         return found.facts if found is not None else None

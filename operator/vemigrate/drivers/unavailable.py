@@ -29,7 +29,7 @@ class UnavailableDriver:
     async def probe(self, paths: Sequence[str] = ()) -> HostStatus:
         self._refuse()
 
-    async def find_ve(self, name: str) -> VEFacts | None:
+    async def find_ve(self, name: str, *, for_checks: bool = False) -> VEFacts | None:
         self._refuse()
 
     async def reaches(self, other: HostAccess) -> bool:

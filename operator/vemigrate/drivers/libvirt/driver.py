@@ -42,6 +42,7 @@ from vemigrate.drivers.libvirt.facts import (
 from vemigrate.drivers.libvirt.jobs import (
     _OWNED,
     _REMOVE_OWNED,
+    REPORTS,
     _container_script,
     _dirty_rate,
     _offline_script,
@@ -111,7 +112,7 @@ class LibvirtDriver:
         shell, sent_ns = await hostfacts.run(self.ssh, _FACTS, measured)
         return _host_status(facts, shell, measured, sent_ns, self.access)
 
-    async def find_ve(self, name: str) -> VEFacts | None:
+    async def find_ve(self, name: str, *, for_checks: bool = False) -> VEFacts | None:
         def read(conn: Any) -> tuple[VEFacts, list[str]] | None:
             dom = self._lookup(conn, name)
             if dom is None:
@@ -121,7 +122,7 @@ class LibvirtDriver:
             # Every disk on the host, ours first: their backing files tell linked clones apart.
             others = [
                 d.path
-                for other in conn.listAllDomains(0)
+                for other in (conn.listAllDomains(0) if for_checks else ())
                 if other.UUIDString() != dom.UUIDString()
                 for d in _disks(ET.fromstring(other.XMLDesc(0)))
             ]
@@ -163,6 +164,10 @@ class LibvirtDriver:
         if found is None:
             return None
         facts, others = found
+        if not for_checks:
+            # A pass during or after the job: one libvirt call, no command on the host (the checks' costly
+            # facts stay unknown; only Validating decides on them).
+            return facts
         if facts.private_area is not None:
             du = await self.ssh.run(["du", "-sb", "--", facts.private_area], check=False)
             size = du.stdout.split()[0] if du.ok and du.stdout.split() else ""
@@ -271,7 +276,8 @@ class LibvirtDriver:
         # Twice at most: a live job's domain may leave the source between the record's read and
         # libvirt's, and then the record is read again (the job is writing its exit).
         for again in (False, True):
-            record = await hostjob.read(self.ssh, plan.uid, plan.attempt)
+            # A finished job's figures come with its record (its `stats` and `events` files): one round trip.
+            record = await hostjob.read(self.ssh, plan.uid, plan.attempt, REPORTS)
             observed = hostjob.observe(record, f"the migration job on {self.access.name}", jobfailure.classify)
             if observed is not None:
                 return observed
@@ -284,9 +290,7 @@ class LibvirtDriver:
                 return live
             if again:
                 return JobObservation(state=JobState.RUNNING)  # its exit record is not there yet
-        read = 'cat -- "$1/stats"; echo "--- events"; cat -- "$1/events"'
-        files = await self.ssh.run(["sh", "-c", read, "sh", hostjob.job_dir(plan.uid, plan.attempt)], check=False)
-        stats, _, events = files.stdout.partition("--- events\n")
+        stats, events = (record.reports.get(name, "") for name in REPORTS)
         return JobObservation(state=JobState.COMPLETED, stats=completed_stats(stats, record.log_tail, events))
 
     async def wait_job_end(self, plan: MigrationPlan, seconds: float) -> bool | None:
@@ -295,8 +299,8 @@ class LibvirtDriver:
     async def _live_progress(self, plan: MigrationPlan) -> JobObservation | None:
         """The running live job's figures from libvirt; None when the domain is no longer running on the
         source (the migration just ended, or the guest stopped): libvirt has no job to read then, and the
-        job's record says how it ended."""
-        assert plan.ve is not None
+        job's record says how it ended. Looked up by the spec's name: the job is read before this pass
+        looks the VE up (reconcile), so that what it sees of the VE is from after the job's state."""
 
         def gone(dom: Any) -> bool:
             try:
@@ -307,7 +311,7 @@ class LibvirtDriver:
                 raise
 
         def read(conn: Any) -> tuple[dict[str, int], JobState] | None:
-            dom = self._lookup(conn, plan.ve.uuid)  # type: ignore[union-attr]
+            dom = self._lookup(conn, plan.ve.uuid if plan.ve is not None else plan.spec.source.name)
             if gone(dom):
                 return None
             try:

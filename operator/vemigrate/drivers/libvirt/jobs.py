@@ -46,6 +46,11 @@ _DOWNTIME = re.compile(r"Total downtime:\s+(\d+)\s*ms")
 # Suspended Migrated"), and the line the job adds in the same format when `virsh migrate` returned.
 _EVENT_TIME_FORMAT = "+%Y-%m-%d %H:%M:%S.%3N+0000"
 _JOB_ENDED = "virsh migrate returned"
+# What a live job writes about itself in its directory, read with its exit record (hostjob.read): the
+# completed job's statistics as the target's libvirtd gives them, and the source's lifecycle events.
+STATS_REPORT = "stats"
+EVENTS_REPORT = "events"
+REPORTS = (STATS_REPORT, EVENTS_REPORT)
 _EVENT = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3})\+0000: (.*)$")
 # The source paused for the last copy, or post-copy began (the VE runs on the target from then on).
 _SWITCHOVER_EVENTS = ("Suspended Migrated", "Suspended Post-copy")
@@ -316,17 +321,17 @@ def live_script(
     # The switchover's evidence: libvirt's lifecycle events on the source, with their times (the
     # operator's passes come too seldom to see a pause of 100 ms). Not holding the job's lock (fd 9).
     events = ["virsh", "-c", "qemu:///system", "event", "--domain", ve.uuid, "--event", "lifecycle", "--loop"]
-    lines.append(hostjob.command([*events, "--timestamp"]) + " >events 2>&1 9>&- </dev/null &")
+    lines.append(hostjob.command([*events, "--timestamp"]) + f" >{EVENTS_REPORT} 2>&1 9>&- </dev/null &")
     lines.append("listener=$!; trap 'kill \"$listener\" 2>/dev/null' EXIT")
     # libvirtd's ssh takes its host key policy from ssh_config, which may accept a new key: the key is
     # checked strictly here first, with the same known_hosts files (see _destination).
     # A connection of its own: the key as the target presents it now, not when the shared one was made.
     lines += [_on_target(plan, ["true"], shared=False), hostjob.command(argv)]
-    lines.append(f"echo \"$(date -u '{_EVENT_TIME_FORMAT}'): {_JOB_ENDED}\" >>events")
+    lines.append(f"echo \"$(date -u '{_EVENT_TIME_FORMAT}'): {_JOB_ENDED}\" >>{EVENTS_REPORT}")
     # The completed job's statistics (downtime) are kept by the target's libvirtd: read there, on the
     # job's SSH connection (a libvirt connection to it would be another handshake).
     stats = ["virsh", "-c", "qemu:///system", "domjobinfo", "--completed", ve.uuid]
-    lines.append(_on_target(plan, stats) + " >stats 2>&1 || true")
+    lines.append(_on_target(plan, stats) + f" >{STATS_REPORT} 2>&1 || true")
     lines.append(_forget_record(plan))
     return hostjob.script(lines, finally_=[_close_control(plan)])
 
