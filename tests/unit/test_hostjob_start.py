@@ -172,10 +172,13 @@ def test_the_finally_lines_run_whatever_happened_and_keep_the_status(
 
 
 class _Sh:
-    """hostjob.read's one use of an SSH host: run argv, here with the local sh."""
+    """hostjob.read's one use of an SSH host: run argv, here with the local sh; a failed command raises,
+    as SSHHost.run's does unless told `check=False`."""
 
-    async def run(self, argv: list[str], **_: object) -> Completed:
+    async def run(self, argv: list[str], *, check: bool = True, **_: object) -> Completed:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        if check and done.returncode != 0:
+            raise AssertionError(f"the read's shell exited {done.returncode}: {done.stderr}")
         return Completed(tuple(argv), done.returncode, done.stdout, done.stderr)
 
 

@@ -71,7 +71,7 @@ _READ = (
     'echo "--- log"; tail -n "$2" log 2>/dev/null\n'
     '[ -n "$exited" ] && [ "$#" -gt 3 ] || exit 0\n'
     "sep=$3; shift 3\n"
-    'for f in "$@"; do echo; echo "$sep $f"; cat -- "$f" 2>/dev/null; done\n'
+    'for f in "$@"; do echo; echo "$sep $f"; cat -- "$f" 2>/dev/null; done; exit 0\n'
 )
 
 # Returns when the job is over or after $2 seconds, whichever is first: over once its `exit` record is
