@@ -171,6 +171,10 @@ def test_the_finally_lines_run_whatever_happened_and_keep_the_status(
     assert (job / "log").read_text().split() == ["ran"]
 
 
+class _ReadFailed(Exception):
+    pass
+
+
 class _Sh:
     """hostjob.read's one use of an SSH host: run argv, here with the local sh; a failed command raises,
     as SSHHost.run's does unless told `check=False`."""
@@ -178,7 +182,7 @@ class _Sh:
     async def run(self, argv: list[str], *, check: bool = True, **_: object) -> Completed:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=10)
         if check and done.returncode != 0:
-            raise AssertionError(f"the read's shell exited {done.returncode}: {done.stderr}")
+            raise _ReadFailed(f"the read's shell exited {done.returncode}: {done.stderr}")
         return Completed(tuple(argv), done.returncode, done.stdout, done.stderr)
 
 
@@ -200,3 +204,18 @@ def test_a_finished_jobs_reports_come_with_its_record_byte_for_byte(
     assert running.state == "running" and running.reports == {}, "a running job's reports are not read"
     with pytest.raises(ValueError):
         asyncio.run(hostjob.read(_Sh(), "uid-1", 1, ["../secret"]))  # type: ignore[arg-type]
+
+
+def test_a_job_whose_log_cannot_be_read_is_not_read_at_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A log that cannot be read (a directory in its place, an I/O error) fails the whole read: the record
+    is then unknown and the migration waits, rather than taking an exit status with an empty log."""
+    monkeypatch.setattr(hostjob, "JOBS_DIR", str(tmp_path))
+    job = tmp_path / "uid-1" / "1"
+    _start(job, hostjob.script(["echo ran"]))
+    assert _wait_exit(job) == "0"
+    assert asyncio.run(hostjob.read(_Sh(), "uid-1", 1, ["stats"])).log_tail == "ran\n"  # type: ignore[arg-type]
+    (job / "log").rename(job / "log.kept")
+    (job / "log").mkdir()
+    for reports in ((), ("stats",)):
+        with pytest.raises(_ReadFailed, match="cannot read the job's log"):
+            asyncio.run(hostjob.read(_Sh(), "uid-1", 1, reports))  # type: ignore[arg-type]

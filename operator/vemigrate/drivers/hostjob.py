@@ -68,7 +68,8 @@ _READ = (
     'if [ -e exit ]; then echo "state=exited"; echo "exit=$(cat exit)"; exited=1\n'
     "elif ! flock -n lock true 2>/dev/null; then echo state=running; exited=\n"
     "else echo state=lost; exited=; fi\n"
-    'echo "--- log"; tail -n "$2" log 2>/dev/null\n'
+    # A log that cannot be read fails the read: its record is not known (never taken as an empty log).
+    'echo "--- log"; tail -n "$2" log 2>/dev/null || { echo "cannot read the job\'s log in $1" >&2; exit 1; }\n'
     '[ -n "$exited" ] && [ "$#" -gt 3 ] || exit 0\n'
     "sep=$3; shift 3\n"
     'for f in "$@"; do echo; echo "$sep $f"; cat -- "$f" 2>/dev/null; done; exit 0\n'
