@@ -38,6 +38,7 @@ class Outcome:
     landing: str = ""  # what was seen when it was injected
     retried: bool = False  # the first run's fault did not land; this is the second
     samples: str = ""  # what the sampler saw
+    message: str = ""  # the status's failure message, shown when the outcome is not sound
 
     @property
     def sound(self) -> bool:
@@ -61,7 +62,9 @@ class Outcome:
             + f", fault landed={self.landed} ({self.landing or 'not injected'}), lost={self.lost}, "
             f"duplicate={self.duplicate}, down={self.down}, leftovers={self.leftovers}, foreign data "
             f"touched={self.foreign}, target disks differ={self.differs}, counted={self.counted}; sampled: "
-            f"{self.samples or 'nothing'}" + (f"; {self.note}" if self.note else "")
+            f"{self.samples or 'nothing'}"
+            + (f"; {self.note}" if self.note else "")
+            + (f"; failure message: {self.message}" if self.message and not self.sound else "")
         )
 
 
@@ -157,6 +160,7 @@ def examine(
         note=note,
         expected=expected,
         samples=samples.describe() if samples is not None else "",
+        message=str((status.get("failure") or {}).get("message", "")),
     )
 
 

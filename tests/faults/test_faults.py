@@ -336,8 +336,9 @@ def test_operator_killed_right_after_cancel(run: int, scene: Scene) -> None:
 
 @runs
 def test_operator_killed_between_job_start_and_status(run: int, scene: Scene) -> None:
-    """SIGKILL the moment the job's pid file appears on the source, before the status says Transferring;
-    the restarted operator must adopt that job, never start a second one."""
+    """SIGKILL the moment the job's pid file appears on the source: the status says Transferring (written
+    before the start), and the pass that started the job never finished. The restarted operator must
+    adopt that job, never start a second one."""
 
     def attempt(name: str) -> Outcome:
         vm = scene.vm(name, state=VMState.STOPPED)
@@ -348,14 +349,15 @@ def test_operator_killed_between_job_start_and_status(run: int, scene: Scene) ->
             while not pid.exists():
                 assert time.monotonic() < deadline, f"no job started on lab1 in 120 s: {scene.migrations.get(name)}"
                 time.sleep(0.001)
-            scene.inject(name, "Validating", scene.operator.kill, what="SIGKILL after the pid file", read_before=False)
+            kill = scene.operator.kill
+            scene.inject(name, "Transferring", kill, what="SIGKILL after the pid file", read_before=False)
             time.sleep(1)
             scene.operator.start()
             scene.migrations.copying(name)
             scene.landed(job_attempts(uid) == ["1"], f"jobs after the restart: {job_attempts(uid)}")
         return scene.outcome(vm, name, restarted=True, was_running=False, expected=("Succeeded",))
 
-    outcome = scene.run("operator SIGKILLed after the job started, before its status", f"fjob{run}", attempt)
+    outcome = scene.run("operator SIGKILLed after the job started, in the pass that started it", f"fjob{run}", attempt)
     _one_job(scene, outcome_name(outcome, f"fjob{run}"))
 
 
