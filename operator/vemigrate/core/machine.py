@@ -65,6 +65,10 @@ _MAX_TRANSITIONS = 64
 POLL_JOB = 2.0
 POLL_WAIT = 5.0
 POLL_QUEUE = 10.0
+# The least time a stopped migration's paused incoming VE is waited for before a person is asked: when the
+# source's call that ends it on the target is lost (a slow or cut link), the target's libvirtd removes it
+# only once its keepalive gives the connection up (5 probes 5 s apart by default).
+SETTLE_SECONDS = 60
 
 
 _QUEUE_CAUSES = frozenset(c.value for c in QueueCause)
@@ -551,7 +555,7 @@ def _rolling_back(step: _Pass) -> None:
         return
     if _settling(obs):
         waited = step.now - step.entered(Phase.ROLLING_BACK)
-        if waited <= timedelta(seconds=spec.timeouts.progress_seconds):
+        if waited <= timedelta(seconds=max(spec.timeouts.progress_seconds, SETTLE_SECONDS)):
             step.wait(
                 Reason.TARGET_MIGRATING,
                 f"The VE on {spec.target.host!r} is still paused for the stopped migration; waiting for "
