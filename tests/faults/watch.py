@@ -86,12 +86,13 @@ def job_state(uid: str, host: str = "lab1") -> str:
 
 
 def job_attempts(uid: str, host: str = "lab1") -> list[str]:
-    """The attempt directories of a migration's jobs on the source."""
+    """The attempt directories of a migration's jobs on the source (not the socket of its shared SSH
+    connection beside them)."""
     lab = Lab.info()
     if lab is None:
         return []
     path = lab.host(host).path(f"{JOBS_DIR}/{uid}")
-    return sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+    return sorted(p.name for p in path.iterdir() if p.is_dir()) if path.is_dir() else []
 
 
 # -- sampling libvirt on both hosts -----------------------------------------------------------------

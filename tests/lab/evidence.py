@@ -24,6 +24,13 @@ def domain(lab: LabInfo, host: str, name: str) -> Any:
         return None
 
 
+def handshakes(lab: LabInfo, source: str, target: str) -> int:
+    """SSH logins the target's sshd accepted from the source host so far (its log)."""
+    by_name = {h.name: h for h in lab.hosts}
+    log = (by_name[target].dir / "daemons" / "sshd.log").read_text(errors="replace")
+    return log.count(f"Accepted publickey for root from {by_name[source].address} ")
+
+
 def last_beat(host: str, vm: str) -> tuple[str, int] | None:
     beats = Lab.heartbeats(host, vm).beats
     return beats[-1] if beats else None

@@ -20,7 +20,7 @@ from kubernetes import client
 from tests.faults.watch import job_state
 from tests.fixtures.lab import restored
 from tests.fixtures.operator import Migrations, OperatorProcess, events_for, session_operator
-from tests.lab.evidence import beating_on, domain, first_beat
+from tests.lab.evidence import beating_on, domain, first_beat, handshakes
 from vemigrate.drivers.hostjob import JOBS_DIR
 from vemigrate_dev.controlplane import ControlPlaneInfo
 from vemigrate_dev.lab import Lab, LabInfo, VMState
@@ -54,10 +54,15 @@ def test_live_migration_moves_a_running_guest(
     logged_before = operator.log.stat().st_size
 
     spec = {"source": {"host": "lab1", "name": name}, "target": {"host": "lab2"}}
+    logins = handshakes(hosts, "lab1", "lab2")
     migrations.create(name, {**spec, "tunnel": tunnel, "compression": compression})
     body = migrations.wait_phase(name, "Succeeded", "Failed", timeout=300)
     status = body["status"]
     assert status["phase"] == "Succeeded", status
+    # From the source to the target: Validating's reach check and storage probe, then one connection for
+    # the rest: the probe at the job's start, the job's commands, libvirtd's own (peer-ssh), the probe
+    # before the source's disposal.
+    assert handshakes(hosts, "lab1", "lab2") - logins == 2 + 1
 
     # The same guest keeps running on the target: same boot id (no reboot), its counter still growing.
     assert beating_on("lab2", name, boot) > counter

@@ -12,7 +12,7 @@ import libvirt
 import pytest
 
 from tests.fixtures.operator import Migrations, OperatorProcess
-from tests.lab.evidence import beating_on, domain, first_beat
+from tests.lab.evidence import beating_on, domain, first_beat, handshakes
 from vemigrate_dev.lab import Lab, LabInfo, VMState
 
 Cleanup = Callable[[str], str]
@@ -41,13 +41,6 @@ def _nothing_on_target(lab: LabInfo, name: str, disk: str) -> None:
     assert Lab.exec("lab2", ["test", "-e", disk]).returncode != 0, f"no disk left on the target: {disk}"
 
 
-def _handshakes(hosts: LabInfo, source: str, target: str) -> int:
-    """SSH logins the target's sshd accepted from the source host so far (its log)."""
-    by_name = {h.name: h for h in hosts.hosts}
-    log = (by_name[target].dir / "daemons" / "sshd.log").read_text(errors="replace")
-    return log.count(f"Accepted publickey for root from {by_name[source].address} ")
-
-
 def test_offline_migration_of_a_stopped_vm_to_a_custom_path(
     hosts: LabInfo, migrations: Migrations, vm_cleanup: Cleanup
 ) -> None:
@@ -60,13 +53,13 @@ def test_offline_migration_of_a_stopped_vm_to_a_custom_path(
     assert Lab.exec("lab1", ["sh", "-c", make + " --driver qemu --subdriver raw", "sh", "off1", data]).returncode == 0
     data_md5 = _md5("lab1", data)
     cap = {"bandwidthMiBps": 2}
-    handshakes = _handshakes(hosts, "lab1", "lab2")
+    logins = handshakes(hosts, "lab1", "lab2")
     migrations.create("off1", _spec("off1", target={"host": "lab2", "path": "/var/lib/libvirt/custom"}, **cap))
     status = migrations.wait_phase("off1", "Succeeded", "Failed", timeout=300)["status"]
     assert status["phase"] == "Succeeded", status
     # From the source to the target: Validating's reach check and shared-storage probe, then the job's
     # directory, two disks, their renames, the define and the record's removal on one connection.
-    assert _handshakes(hosts, "lab1", "lab2") - handshakes == 2 + 1
+    assert handshakes(hosts, "lab1", "lab2") - logins == 2 + 1
     assert status["mode"] == "Offline"
     # How long the data disk took to arrive: from its file's birth on the target to its last write.
     copy = f"/var/lib/libvirt/custom/{vm.uuid}/vdb.raw"

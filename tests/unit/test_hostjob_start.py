@@ -219,3 +219,26 @@ def test_a_job_whose_log_cannot_be_read_is_not_read_at_all(tmp_path: Path, monke
     for reports in ((), ("stats",)):
         with pytest.raises(_ReadFailed, match="cannot read the job's log"):
             asyncio.run(hostjob.read(_Sh(), "uid-1", 1, reports))  # type: ignore[arg-type]
+
+
+def test_forget_ends_the_shared_connection_then_removes_every_attempt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The migration's shared SSH connection is asked to end (`ssh -O exit` on its socket; no error when
+    there is none), and every attempt's directory goes; the other migrations' stay."""
+    jobs = tmp_path / "jobs"
+    monkeypatch.setattr(hostjob, "JOBS_DIR", str(jobs))
+    for attempt in (1, 2):
+        (jobs / "uid-1" / str(attempt)).mkdir(parents=True)
+        (jobs / "uid-1" / str(attempt) / "log").write_text("x")
+    (jobs / "uid-2" / "1").mkdir(parents=True)
+    fake = tmp_path / "bin" / "ssh"
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\necho "$*" >>{tmp_path}/calls\nexit 255\n')  # no master there: fails
+    fake.chmod(0o700)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    asyncio.run(hostjob.forget(_Sh(), "uid-1"))  # type: ignore[arg-type]
+    assert (tmp_path / "calls").read_text().splitlines() == [
+        f"-o ControlPath={hostjob.control_path('uid-1')} -O exit _"
+    ]
+    assert not (jobs / "uid-1").exists() and (jobs / "uid-2" / "1").is_dir()

@@ -24,6 +24,7 @@ from vemigrate.drivers import hostjob
 from vemigrate.drivers.errors import PermanentError
 from vemigrate.drivers.libvirt.facts import QEMU_CAPABILITIES, _Disk, _host_status
 from vemigrate.drivers.libvirt.jobs import (
+    PEER_SSH,
     THROTTLE,
     _offline_script,
     _offline_stats,
@@ -84,17 +85,48 @@ def test_live_script_creates_target_disks_as_its_own_sets_downtime_and_records_s
 
 
 @pytest.mark.parametrize("copy_disks", [False, True])
-def test_live_script_checks_the_target_key_strictly_right_before_virsh_migrate(copy_disks: bool) -> None:
+def test_libvirtds_peer_connection_rides_on_the_jobs_strictly_checked_one(copy_disks: bool) -> None:
     """libvirtd's own ssh takes its host key policy from ssh_config (the URI cannot ask for strict
-    checking): the job's own strict ssh to the target comes immediately before `virsh migrate`."""
+    checking): the peer URI names the job's PEER_SSH as its ssh command, a session on the job's shared
+    connection; right before `virsh migrate` the job makes sure that connection is up (made with the
+    key checked strictly, when no disk creation made it first)."""
     disk = _Disk("vda", "/var/lib/libvirt/images/web1.qcow2", "qcow2")
-    commands = _commands(live_script(plan(), copy_disks=copy_disks, disks=[(disk, 1 << 20)] if copy_disks else []))
+    job = plan()
+    text = live_script(job, copy_disks=copy_disks, disks=[(disk, 1 << 20)] if copy_disks else [])
+    commands = _commands(text)
+    directory = hostjob.job_dir(job.uid, job.attempt)
     migrate = next(i for i, line in enumerate(commands) if " migrate --live " in line)
+    assert _tokens(commands[migrate])[-1] == f"{DEST}&command={directory}/{PEER_SSH}"
     check = _tokens(commands[migrate - 1])
     assert check[0] == "ssh" and check[check.index("--") + 1 :] == ["true", "9", ">&", "-"]
     assert "root@192.0.2.2" in check
     assert "StrictHostKeyChecking=yes" in check and "BatchMode=yes" in check
-    assert not any(word.startswith("ControlPath=") for word in check), "a new connection, not the job's shared one"
+    assert f"ControlPath={hostjob.control_path(job.uid)}" in check and "ControlMaster=auto" in check
+    written = next(i for i, line in enumerate(commands) if line.endswith(f"chmod 700 {PEER_SSH}"))
+    assert written < migrate - 1
+
+
+def test_the_peer_ssh_passes_libvirts_arguments_through_on_the_shared_connection(tmp_path: Path) -> None:
+    """The script the job writes as PEER_SSH, run with a stand-in `ssh` first in PATH that prints what it
+    was given: libvirt's own arguments come through word for word after the job's options."""
+    job = plan()
+    encoded = next(line for line in _commands(live_script(job, copy_disks=False)) if f">{PEER_SSH}" in line)
+    subprocess.run(["sh", "-c", encoded.partition(" && ")[0]], cwd=tmp_path, check=True, timeout=10)
+    fake = tmp_path / "bin" / "ssh"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\nfor a in "$@"; do printf "%s\\n" "$a"; done\n')
+    fake.chmod(0o700)
+    given = ["-p", "22", "-l", "root", "-T", "-e", "none", "-o", "BatchMode=yes", "--", "192.0.2.2", "sh -c 'x; y'"]
+    env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}"}
+    out = subprocess.run(["sh", str(tmp_path / PEER_SSH), *given], env=env, capture_output=True, text=True, check=True)
+    control = hostjob.control_path(job.uid)
+    options = ["-o", "ControlMaster=no", "-o", f"ControlPath={control}", "-o", "StrictHostKeyChecking=yes"]
+    assert out.stdout.splitlines() == [*options, *given]
+
+
+def test_a_peer_ssh_path_that_a_uri_would_change_is_refused() -> None:
+    with pytest.raises(ValueError):
+        live_argv(plan(), copy_disks=False, peer_ssh="/tmp/a b&c=d")
 
 
 HOSTILE = "web1; rm -rf / #"
@@ -378,10 +410,12 @@ def test_a_disk_path_the_targets_record_cannot_hold_is_refused() -> None:
 
 
 @pytest.mark.parametrize("kind", ["offline", "live"])
-def test_a_jobs_commands_on_the_target_share_one_ssh_connection_which_it_closes(kind: str) -> None:
-    """One SSH handshake to the target per job: every `ssh` the job runs names the job's control socket
-    (in its own 0700 directory, short enough for a socket path), none holds the job's lock (the master
-    outlives its command), and the script closes the connection whatever its outcome."""
+def test_a_jobs_commands_on_the_target_share_one_ssh_connection_which_it_closes(kind: str, tmp_path: Path) -> None:
+    """One SSH handshake to the target per migration: every `ssh` the job runs names the migration's
+    control socket (in its own 0700 directory, short enough for a socket path), none holds the job's lock
+    (the master outlives its command), and the job closes the connection as it ends: an offline job
+    whatever its outcome, a live job only when it failed (its disposal proves the storage sharing again
+    over it)."""
     disk = _Disk("vda", "/var/lib/libvirt/images/web1.qcow2", "qcow2")
     if kind == "live":
         job = plan()
@@ -393,15 +427,21 @@ def test_a_jobs_commands_on_the_target_share_one_ssh_connection_which_it_closes(
             f"<driver type='qcow2'/><source file='{disk.path}'/><target dev='vda'/></disk></devices></domain>"
         )
         text = _offline_script(job, xml)
-    socket = f"{hostjob.job_dir(job.uid, job.attempt)}/ssh"
+    socket = hostjob.control_path(job.uid)
     assert len(socket) + len(".0123456789abcdef") < 108
     run, _, after = text.partition("( run ); rc=$?")
     remote = [line for line in _commands(run) if _tokens(line)[:1] == ["ssh"] or "| ssh " in line]
     assert len(remote) >= 2
     for line in remote:
-        if line.endswith(" -- true 9>&-"):
-            continue  # the live job's host key check, on a connection of its own (the test above)
         assert f"ControlPath={socket}" in line and "ControlMaster=auto" in line, line
         assert " 9>&-" in line, line
-    close = _tokens(after.splitlines()[1])
-    assert close[:4] == ["ssh", "-o", f"ControlPath={socket}", "-O"] and "exit" in close
+    finally_ = after.splitlines()[1]
+    fake = tmp_path / "ssh"
+    fake.write_text(f'#!/bin/sh\necho "$*" >>{tmp_path}/calls\n')
+    fake.chmod(0o700)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    for rc in (0, 1):
+        subprocess.run(["sh", "-c", f"rc={rc}; {finally_}"], env=env, check=True, timeout=10)
+    calls = (tmp_path / "calls").read_text().splitlines()
+    closing = f"-o ControlPath={socket} -O exit _"
+    assert calls == ([closing] if kind == "live" else [closing, closing])

@@ -129,6 +129,14 @@ def migration_dir(uid: str) -> str:
     return f"{JOBS_DIR}/{uid}"
 
 
+def control_path(uid: str) -> str:
+    """The socket of the migration's shared SSH connection from the source to its target (an OpenSSH
+    master): made by the first node-to-node command that needs it, used by the jobs and the driver's own
+    commands on the target alike, ended by `forget`. About 80 bytes, within a socket path's 108 with the
+    suffix ssh adds while it makes one."""
+    return f"{migration_dir(uid)}/ssh"
+
+
 def job_dir(uid: str, attempt: int) -> str:
     if attempt < 1:
         raise PermanentError(Reason.INVALID_ATTEMPT, f"attempt {attempt} cannot name a job directory")
@@ -230,5 +238,7 @@ async def kill(ssh: SSHHost, uid: str, attempt: int, member: str = "") -> None:
 
 
 async def forget(ssh: SSHHost, uid: str) -> None:
-    """Remove the records of every attempt of this migration."""
-    await ssh.run(["rm", "-rf", "--", migration_dir(uid)])
+    """End the migration's shared SSH connection, when there is one, and remove the records of every
+    attempt of this migration."""
+    end = 'ssh -o ControlPath="$1/ssh" -O exit _ >/dev/null 2>&1; rm -rf -- "$1"'
+    await ssh.run(["sh", "-c", end, "sh", migration_dir(uid)])

@@ -200,13 +200,15 @@ class LibvirtDriver:
             return None
         return tuple(path for path in ve.disk_paths if verdicts.get(path) == "shared")
 
-    async def _shared(self, target: HostAccess, disks: list[str]) -> dict[str, str]:
+    async def _shared(self, target: HostAccess, disks: list[str], uid: str | None = None) -> dict[str, str]:
         """Which of these disk files `target` sees as the same files (shared, local or unknown each), by a
-        probe file made next to each disk here and looked for over this host's own SSH to the target."""
+        probe file made next to each disk here and looked for over this host's own SSH to the target:
+        with `uid`, on that migration's shared connection (made by this probe when it is not up)."""
         if not disks:
             return {}
         probable = [d for d in disks if not any(c in d for c in "\t\n\r")]
-        out = await self.ssh.run(shared_probe(target, probable)) if probable else None
+        control = hostjob.control_path(uid) if uid is not None else None
+        out = await self.ssh.run(shared_probe(target, probable, control)) if probable else None
         verdicts = read_shared_probe(out.stdout) if out is not None else {}
         return {d: verdicts.get(d, "unknown") for d in disks}
 
@@ -233,7 +235,7 @@ class LibvirtDriver:
                 )
             every = _disks(ET.fromstring(xml))
             # Decided again here, not taken from the pre-flight: a disk both hosts see stays where it is.
-            verdicts = await self._shared(plan.target, [d.path for d in every])
+            verdicts = await self._shared(plan.target, [d.path for d in every], plan.uid)
             shared = [d.target for d in every if verdicts[d.path] == "shared"]
             disks = [d for d in every if verdicts[d.path] != "shared"]
             uuid = plan.ve.uuid
@@ -404,7 +406,7 @@ class LibvirtDriver:
         if plan.mode == Mode.LIVE and files:
             # A live copy left disks on storage both hosts share where they were: the target runs from
             # them now. Proven again here, just before anything is removed.
-            verdicts = await self._shared(plan.target, files)
+            verdicts = await self._shared(plan.target, files, plan.uid)
             if any(v == "unknown" for v in verdicts.values()):
                 raise StateUnknownError(
                     Reason.SHARED_STORAGE_UNKNOWN,

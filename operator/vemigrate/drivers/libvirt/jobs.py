@@ -18,6 +18,7 @@ I/O here.
 from __future__ import annotations
 
 import base64
+import posixpath
 import re
 import shlex
 import xml.etree.ElementTree as ET
@@ -204,11 +205,13 @@ def live_argv(
     migrate_disks: Sequence[str] = (),
     shared: bool = False,
     xml: bool = False,
+    peer_ssh: str | None = None,
 ) -> list[str]:
     """The `virsh migrate` command for a live migration, one spec option at a time. `migrate_disks`: the
     devices copied when not all are (the rest are on storage both hosts share); `shared`: some disk is
     left in place on shared storage; `xml`: the job wrote the target's definitions (dest.xml,
-    persistent.xml) with the disks' new paths."""
+    persistent.xml) with the disks' new paths; `peer_ssh`: the ssh command libvirtd runs for its
+    connection to the target (the job's `PEER_SSH`), instead of plain `ssh`."""
     spec, ve = plan.spec, plan.ve
     assert ve is not None
     argv = ["virsh", "-c", "qemu:///system", "migrate", "--live", "--p2p", "--persistent", "--verbose"]
@@ -237,18 +240,35 @@ def live_argv(
         argv.append("--auto-converge")
     if spec.post_copy:
         argv.append("--postcopy")
-    argv += [ve.uuid, _destination(plan)]
+    argv += [ve.uuid, _destination(plan, ssh=peer_ssh)]
     if not spec.tunnel and plan.target.migration_address:
         argv += ["--migrateuri", f"tcp://{plan.target.migration_address}"]
     return argv
 
 
-def _destination(plan: MigrationPlan) -> str:
-    """The peer URI. libvirt runs the system ssh for it (virNetSocketNewConnectSSH: `-T -e none`, and
-    with no_tty=1 `-o BatchMode=yes`, so an unknown key fails instead of prompting); nothing in the URI
-    can ask for StrictHostKeyChecking=yes, hence the strict check just before `virsh migrate`."""
+def _destination(plan: MigrationPlan, ssh: str | None = None) -> str:
+    """The peer URI. libvirt runs ssh for it (virNetSocketNewConnectSSH: `-T -e none`, and with no_tty=1
+    `-o BatchMode=yes`, so an unknown key fails instead of prompting): the system's, whose host key
+    policy comes from ssh_config, or the command `ssh` names (the URI's `command` parameter)."""
     t = plan.target
-    return f"qemu+ssh://{t.user}@{t.data_address}:{t.port}/system?no_tty=1"
+    uri = f"qemu+ssh://{t.user}@{t.data_address}:{t.port}/system?no_tty=1"
+    if ssh is not None:
+        if not re.fullmatch(r"[A-Za-z0-9/._-]+", ssh):
+            raise ValueError(f"{ssh!r} cannot go into a libvirt URI as it is")
+        uri += f"&command={ssh}"
+    return uri
+
+
+# The ssh libvirtd runs for its connection to the target (written into the job's directory): a session on
+# the job's shared connection to the target, whose host key was checked strictly when it was made, so
+# libvirtd's peer connection costs no handshake of its own; when that connection is gone, a connection
+# of its own, the host key checked strictly all the same (ssh_config may say otherwise for plain ssh).
+PEER_SSH = "peer-ssh"
+
+
+def _peer_ssh(plan: MigrationPlan) -> str:
+    control = shlex.quote(_control(plan))
+    return f'#!/bin/sh\nexec ssh -o ControlMaster=no -o ControlPath={control} -o StrictHostKeyChecking=yes "$@"\n'
 
 
 def _recordable(path: str) -> str:
@@ -317,23 +337,25 @@ def live_script(
         migrate_disks=[disk.target for disk, _ in disks] if shared else (),
         shared=bool(shared),
         xml=directory is not None and copy_disks and bool(disks),
+        peer_ssh=f"{hostjob.job_dir(plan.uid, plan.attempt)}/{PEER_SSH}",
     )
     # The switchover's evidence: libvirt's lifecycle events on the source, with their times (the
     # operator's passes come too seldom to see a pause of 100 ms). Not holding the job's lock (fd 9).
     events = ["virsh", "-c", "qemu:///system", "event", "--domain", ve.uuid, "--event", "lifecycle", "--loop"]
     lines.append(hostjob.command([*events, "--timestamp"]) + f" >{EVENTS_REPORT} 2>&1 9>&- </dev/null &")
     lines.append("listener=$!; trap 'kill \"$listener\" 2>/dev/null' EXIT")
-    # libvirtd's ssh takes its host key policy from ssh_config, which may accept a new key: the key is
-    # checked strictly here first, with the same known_hosts files (see _destination).
-    # A connection of its own: the key as the target presents it now, not when the shared one was made.
-    lines += [_on_target(plan, ["true"], shared=False), hostjob.command(argv)]
+    # libvirtd's connection to the target rides on the job's shared one (PEER_SSH). This makes that
+    # connection, its host key checked strictly, when no disk was created first, and fails the job on a
+    # wrong key with ssh's own message before `virsh migrate` starts.
+    lines.append(_write_file(PEER_SSH, _peer_ssh(plan)) + f" && chmod 700 {PEER_SSH}")
+    lines += [_on_target(plan, ["true"]), hostjob.command(argv)]
     lines.append(f"echo \"$(date -u '{_EVENT_TIME_FORMAT}'): {_JOB_ENDED}\" >>{EVENTS_REPORT}")
     # The completed job's statistics (downtime) are kept by the target's libvirtd: read there, on the
     # job's SSH connection (a libvirt connection to it would be another handshake).
     stats = ["virsh", "-c", "qemu:///system", "domjobinfo", "--completed", ve.uuid]
     lines.append(_on_target(plan, stats) + f" >{STATS_REPORT} 2>&1 || true")
     lines.append(_forget_record(plan))
-    return hostjob.script(lines, finally_=[_close_control(plan)])
+    return hostjob.script(lines, finally_=[_close_control(plan, unless_done=True)])
 
 
 # On the target: each probe path read from stdin that is a file here, printed with its first bytes.
@@ -375,16 +397,19 @@ exit 0
 )
 
 
-def shared_probe(target: HostAccess, disks: Sequence[str]) -> list[str]:
-    """The argv that finds which of `disks` (on the source) the target sees as the same files."""
+def shared_probe(target: HostAccess, disks: Sequence[str], control: str | None = None) -> list[str]:
+    """The argv that finds which of `disks` (on the source) the target sees as the same files; with
+    `control`, on that shared connection (hostjob.control_path), made here when it is not up."""
     if any(c in disk for disk in disks for c in "\t\n\r"):
         raise ValueError("disk paths with tabs or line breaks cannot be probed")
-    look = f"{ssh_command(target)} {shlex.quote(shlex.join(['sh', '-c', _LOOK]))}"
+    look = f"{ssh_command(target, control)} {shlex.quote(shlex.join(['sh', '-c', _LOOK]))}"
+    if control is not None:
+        look = f"(umask 077 && mkdir -p -- {shlex.quote(posixpath.dirname(control))}) && {look}"
     return ["sh", "-c", _SHARED_PROBE, "sh", look, *disks]
 
 
-# How long a job's shared SSH connection to the target outlives its last use when the job could not
-# close it (killed): the job closes it itself as it ends (`_close_control`).
+# How long the migration's shared SSH connection to the target outlives its last use when nothing ended
+# it: an operator gone, a job killed (it is ended by the job that failed, and by hostjob.forget).
 CONTROL_PERSIST_SECONDS = 30
 
 
@@ -487,22 +512,24 @@ def _offline_stats(log: str) -> JobStats:
 
 
 def _control(plan: MigrationPlan) -> str:
-    """The job's SSH control socket, in its own directory (0700; about 80 bytes, within a socket path's
-    108 with the suffix ssh adds while it makes one)."""
-    return f"{hostjob.job_dir(plan.uid, plan.attempt)}/ssh"
+    """The migration's shared SSH connection to the target: made by the live job's start (the storage
+    probe) or by the job itself, and used by the source's disposal after a live copy too."""
+    return hostjob.control_path(plan.uid)
 
 
-def _on_target(plan: MigrationPlan, argv: list[str], *, shared: bool = True) -> str:
+def _on_target(plan: MigrationPlan, argv: list[str]) -> str:
     """A script line that runs argv on the target over the source node's own SSH (host key checked), on
-    the job's shared connection unless told otherwise. Not holding the job's lock (fd 9): the
-    connection's master outlives the command that made it, and a lock it held would keep the job
-    "running" after its end."""
-    return f"{ssh_command(plan.target, _control(plan) if shared else None)} {shlex.quote(shlex.join(argv))} 9>&-"
+    the job's shared connection. Not holding the job's lock (fd 9): the connection's master outlives the
+    command that made it, and a lock it held would keep the job "running" after its end."""
+    return f"{ssh_command(plan.target, _control(plan))} {shlex.quote(shlex.join(argv))} 9>&-"
 
 
-def _close_control(plan: MigrationPlan) -> str:
-    """Ends the job's shared connection (whether the job succeeded or not); nothing when there is none."""
-    return f"ssh -o ControlPath={shlex.quote(_control(plan))} -O exit _ >/dev/null 2>&1 9>&- || true"
+def _close_control(plan: MigrationPlan, *, unless_done: bool = False) -> str:
+    """Ends the shared connection as the job ends; nothing when there is none. `unless_done`: only when
+    the job failed (a live copy's disposal next proves the storage sharing again over it; a retry's
+    job starts on a connection of its own)."""
+    close = f"ssh -o ControlPath={shlex.quote(_control(plan))} -O exit _ >/dev/null 2>&1 9>&- || true"
+    return f'[ "$rc" -eq 0 ] || {close}' if unless_done else close
 
 
 # spec.bandwidthMiBps for the offline copies, which no libvirt or QEMU setting governs: stdin to stdout
