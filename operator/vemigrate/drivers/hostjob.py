@@ -137,6 +137,11 @@ def control_path(uid: str) -> str:
     return f"{migration_dir(uid)}/ssh"
 
 
+def end_connection(uid: str) -> str:
+    """A shell line that ends the migration's shared SSH connection; nothing (and no error) when none is up."""
+    return f"ssh -o ControlPath={shlex.quote(control_path(uid))} -O exit _ >/dev/null 2>&1 || true"
+
+
 def job_dir(uid: str, attempt: int) -> str:
     if attempt < 1:
         raise PermanentError(Reason.INVALID_ATTEMPT, f"attempt {attempt} cannot name a job directory")
@@ -240,5 +245,4 @@ async def kill(ssh: SSHHost, uid: str, attempt: int, member: str = "") -> None:
 async def forget(ssh: SSHHost, uid: str) -> None:
     """End the migration's shared SSH connection, when there is one, and remove the records of every
     attempt of this migration."""
-    end = 'ssh -o ControlPath="$1/ssh" -O exit _ >/dev/null 2>&1; rm -rf -- "$1"'
-    await ssh.run(["sh", "-c", end, "sh", migration_dir(uid)])
+    await ssh.run(["sh", "-c", f'{end_connection(uid)}; rm -rf -- "$1"', "sh", migration_dir(uid)])

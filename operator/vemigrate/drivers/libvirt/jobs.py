@@ -260,7 +260,7 @@ def _destination(plan: MigrationPlan, ssh: str | None = None) -> str:
 
 
 # The ssh libvirtd runs for its connection to the target (written into the job's directory): a session on
-# the job's shared connection to the target, whose host key was checked strictly when it was made, so
+# the migration's shared connection to the target, whose host key was checked strictly when it was made, so
 # libvirtd's peer connection costs no handshake of its own; when that connection is gone, a connection
 # of its own, the host key checked strictly all the same (ssh_config may say otherwise for plain ssh).
 PEER_SSH = "peer-ssh"
@@ -344,14 +344,14 @@ def live_script(
     events = ["virsh", "-c", "qemu:///system", "event", "--domain", ve.uuid, "--event", "lifecycle", "--loop"]
     lines.append(hostjob.command([*events, "--timestamp"]) + f" >{EVENTS_REPORT} 2>&1 9>&- </dev/null &")
     lines.append("listener=$!; trap 'kill \"$listener\" 2>/dev/null' EXIT")
-    # libvirtd's connection to the target rides on the job's shared one (PEER_SSH). This makes that
+    # libvirtd's connection to the target rides on the migration's shared one (PEER_SSH). This makes that
     # connection, its host key checked strictly, when no disk was created first, and fails the job on a
     # wrong key with ssh's own message before `virsh migrate` starts.
     lines.append(_write_file(PEER_SSH, _peer_ssh(plan)) + f" && chmod 700 {PEER_SSH}")
     lines += [_on_target(plan, ["true"]), hostjob.command(argv)]
     lines.append(f"echo \"$(date -u '{_EVENT_TIME_FORMAT}'): {_JOB_ENDED}\" >>{EVENTS_REPORT}")
     # The completed job's statistics (downtime) are kept by the target's libvirtd: read there, on the
-    # job's SSH connection (a libvirt connection to it would be another handshake).
+    # shared SSH connection (a libvirt connection to it would be another handshake).
     stats = ["virsh", "-c", "qemu:///system", "domjobinfo", "--completed", ve.uuid]
     lines.append(_on_target(plan, stats) + f" >{STATS_REPORT} 2>&1 || true")
     lines.append(_forget_record(plan))
@@ -519,7 +519,7 @@ def _control(plan: MigrationPlan) -> str:
 
 def _on_target(plan: MigrationPlan, argv: list[str]) -> str:
     """A script line that runs argv on the target over the source node's own SSH (host key checked), on
-    the job's shared connection. Not holding the job's lock (fd 9): the connection's master outlives the
+    the migration's shared connection. Not holding the job's lock (fd 9): the connection's master outlives the
     command that made it, and a lock it held would keep the job "running" after its end."""
     return f"{ssh_command(plan.target, _control(plan))} {shlex.quote(shlex.join(argv))} 9>&-"
 
@@ -528,7 +528,7 @@ def _close_control(plan: MigrationPlan, *, unless_done: bool = False) -> str:
     """Ends the shared connection as the job ends; nothing when there is none. `unless_done`: only when
     the job failed (a live copy's disposal next proves the storage sharing again over it; a retry's
     job starts on a connection of its own)."""
-    close = f"ssh -o ControlPath={shlex.quote(_control(plan))} -O exit _ >/dev/null 2>&1 9>&- || true"
+    close = f"{{ {hostjob.end_connection(plan.uid)}; }} 9>&-"
     return f'[ "$rc" -eq 0 ] || {close}' if unless_done else close
 
 
