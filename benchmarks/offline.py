@@ -194,7 +194,7 @@ def compare(
         "raw SSH stream: `dd | ssh root@<target> 'cat >file'` between the same two lab hosts, the "
         "same ssh binary, options and key as the job's node-to-node streams; the bytes of the disk file.",
         "operator copy job: the job script's own wall time on the source (its `pid` file to its `exit` "
-        "file): `dd | tee (sha256) | [zstd -T0 |] ssh target '[zstd -d |] tee file.part | sha256sum'` "
+        "file): `dd | tee (sha256) | [zstd -T0 |] ssh target '[zstd -d |] tee file.part | sha256'` "
         "(each end hashes the stream as it passes), rename, `virsh define` there, all on one SSH "
         "connection to the target; throughput = disk bytes / that time.",
         "operator create→Succeeded adds the pre-flight checks, the job start and the source's removal.",
