@@ -29,7 +29,9 @@ from vemigrate.drivers.libvirt.jobs import (
     live_argv,
     live_script,
     live_target_disk,
+    read_removed,
     read_shared_probe,
+    remove_local,
     shared_probe,
 )
 from vemigrate.drivers.protocol import MigrationPlan
@@ -175,6 +177,59 @@ def test_a_probe_replaced_by_someone_else_is_not_removed(tmp_path: Path) -> None
     assert _probe(shlex.join(["sh", "-c", swap]), disk) == {str(disk): "local"}
     left = [p for p in tmp_path.iterdir() if p.name.startswith(".vemigrate-probe")]
     assert len(left) == 1 and left[0].read_bytes() == b"theirs"
+
+
+def _remove(look: str, *disks: Path) -> tuple[int, dict[str, str], set[str]]:
+    """The source's disposal after a live copy: `_REMOVE_LOCAL` as `remove_local` builds it, with `look`."""
+    argv = remove_local(TARGET, [str(d) for d in disks])
+    argv[5] = look
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    return out.returncode, read_shared_probe(out.stdout), read_removed(out.stdout)
+
+
+def _sees(directory: Path) -> str:
+    """A look for a target that sees `directory` (storage both hosts share) and nothing else of the source."""
+    return shlex.join(["sh", "-c", f'grep -F -- {shlex.quote(str(directory))} | sh -c "$0"', _LOOK])
+
+
+def test_the_disposal_removes_the_local_disks_and_not_a_byte_of_the_shared_ones(tmp_path: Path) -> None:
+    shared, local = tmp_path / "nfs", tmp_path / "local"
+    shared.mkdir()
+    local.mkdir()
+    on_nfs, here = shared / "a disk.qcow2", local / "b.qcow2"
+    on_nfs.write_bytes(b"the target runs from this")
+    here.write_bytes(b"the stale source copy")
+    rc, verdicts, removed = _remove(_sees(shared), on_nfs, here)
+    assert rc == 0 and verdicts == {str(on_nfs): "shared", str(here): "local"} and removed == {str(here)}
+    assert on_nfs.read_bytes() == b"the target runs from this"
+    assert not here.exists()
+    assert [p.name for p in shared.iterdir()] == [on_nfs.name] and list(local.iterdir()) == [], "no probe left"
+
+
+@pytest.mark.parametrize("why", ["the target does not answer", "one disk cannot be probed"])
+def test_one_unknown_verdict_and_the_disposal_removes_nothing(tmp_path: Path, why: str) -> None:
+    here = tmp_path / "b.qcow2"
+    here.write_bytes(b"guest data")
+    if why == "the target does not answer":
+        rc, verdicts, removed = _remove("false", here)
+        assert verdicts == {str(here): "unknown"}
+    else:
+        gone = tmp_path / "no-such-directory" / "c.qcow2"  # no probe file can be made next to it
+        rc, verdicts, removed = _remove(_sees(tmp_path / "nfs"), here, gone)
+        assert verdicts == {str(here): "local", str(gone): "unknown"}
+    assert rc == 0 and removed == set()
+    assert here.read_bytes() == b"guest data"
+
+
+def test_a_disposal_whose_removal_fails_says_so(tmp_path: Path) -> None:
+    """A "disk" rm cannot remove (here a directory in its place): the command fails, and reports only
+    what it did remove."""
+    stuck, here = tmp_path / "stuck.qcow2", tmp_path / "b.qcow2"
+    stuck.mkdir()
+    here.write_bytes(b"x")
+    rc, verdicts, removed = _remove(_sees(tmp_path / "nfs"), stuck, here)
+    assert rc != 0 and verdicts == {str(stuck): "local", str(here): "local"}
+    assert removed == {str(here)} and stuck.is_dir()
 
 
 def test_the_probe_argv_runs_the_look_over_the_sources_ssh_with_the_host_key_checked() -> None:

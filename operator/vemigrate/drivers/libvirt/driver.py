@@ -51,7 +51,9 @@ from vemigrate.drivers.libvirt.jobs import (
     _target_name,
     completed_stats,
     live_script,
+    read_removed,
     read_shared_probe,
+    remove_local,
     shared_probe,
 )
 from vemigrate.drivers.protocol import MigrationPlan
@@ -211,6 +213,26 @@ class LibvirtDriver:
         out = await self.ssh.run(shared_probe(target, probable, control)) if probable else None
         verdicts = read_shared_probe(out.stdout) if out is not None else {}
         return {d: verdicts.get(d, "unknown") for d in disks}
+
+    async def _remove_local(self, target: HostAccess, disks: list[str], uid: str) -> list[str]:
+        """Remove the disks `target` does not see as its own files (`_shared`'s probe and the removal in one
+        command, on the migration's shared connection); nothing at all unless every verdict is known.
+        Returns the files removed."""
+        probable = [d for d in disks if not any(c in d for c in "\t\n\r")]
+        out = await self.ssh.run(remove_local(target, disks, hostjob.control_path(uid))) if probable == disks else None
+        verdicts = read_shared_probe(out.stdout) if out is not None else {}
+        if any(verdicts.get(d, "unknown") == "unknown" for d in disks):
+            raise StateUnknownError(
+                Reason.SHARED_STORAGE_UNKNOWN,
+                f"could not tell whether {self.access.name} shares the disks {', '.join(disks)[:300]} with the "
+                "target; none removed yet",
+            )
+        local = [d for d in disks if verdicts[d] == "local"]
+        assert out is not None
+        if left := set(local) - read_removed(out.stdout):
+            names = ", ".join(sorted(left))[:300]
+            raise PermanentError(Reason.COMMAND_FAILED, f"{names} on {self.access.name} were not removed")
+        return local
 
     # -- the job on the source --------------------------------------------------------------
     async def start_job(self, plan: MigrationPlan) -> None:
@@ -403,23 +425,16 @@ class LibvirtDriver:
         files = await self.libvirtd.call("reading the source's disks", disks)
         if files is None:
             return
-        if plan.mode == Mode.LIVE and files:
-            # A live copy left disks on storage both hosts share where they were: the target runs from
-            # them now. Proven again here, just before anything is removed.
-            verdicts = await self._shared(plan.target, files, plan.uid)
-            if any(v == "unknown" for v in verdicts.values()):
-                raise StateUnknownError(
-                    Reason.SHARED_STORAGE_UNKNOWN,
-                    f"could not tell whether {self.access.name} shares the disks {', '.join(files)[:300]} with the "
-                    "target; none removed yet",
-                )
-            files = [f for f in files if verdicts[f] == "local"]
-
         # The disks go first, the definition last: the files to remove are read from the definition, so
         # a pass cut short in between (an operator killed) finds the domain still there and finishes;
         # the other way round its disks were left behind for good once the domain was gone.
-        if files:
+        if plan.mode == Mode.LIVE and files:
+            # A live copy left disks on storage both hosts share where they were: the target runs from
+            # them now. Proven again just before anything is removed, in the same command as the removal.
+            files = await self._remove_local(plan.target, files, plan.uid)
+        elif files:
             await self.ssh.run(["rm", "-f", "--", *files])
+        if files:
             await self._refresh_pools(files)
             # An earlier offline migration put them in <path>/<UUID>/: that directory goes too, once empty.
             own = {str(PurePosixPath(f).parent) for f in files if PurePosixPath(f).parent.name == plan.ve.uuid}  # type: ignore[union-attr]

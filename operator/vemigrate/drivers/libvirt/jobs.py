@@ -417,6 +417,39 @@ def shared_probe(target: HostAccess, disks: Sequence[str], control: str | None =
     return ["sh", "-c", _SHARED_PROBE, "sh", look, *disks]
 
 
+# On the source, $1 `_SHARED_PROBE`, then its arguments (the look, the disks): the probe, then, only when
+# it gave every disk a verdict and none is unknown, the disks it found local are removed (the source's
+# disposal after a live copy: a disk the target sees is the one it runs from). Prints the verdicts, then
+# `removed <disk>` for each; fails when a removal failed.
+_REMOVE_LOCAL = r"""
+probe=$1; shift
+disks=$(($# - 1))
+verdicts=$(sh -c "$probe" sh "$@") || exit 1
+printf '%s\n' "$verdicts"
+known=$(printf '%s\n' "$verdicts" | grep -c -e '^shared ' -e '^local ')
+[ "$known" -eq "$disks" ] || exit 0
+printf '%s\n' "$verdicts" | sed -n 's/^local //p' | {
+    rc=0
+    while IFS= read -r disk; do
+        if rm -f -- "$disk"; then echo "removed $disk"; else rc=1; fi
+    done
+    exit "$rc"
+}
+"""
+
+
+def remove_local(target: HostAccess, disks: Sequence[str], control: str | None = None) -> list[str]:
+    """The argv that probes `disks` as `shared_probe` does and, when every verdict is known, removes the
+    local ones in the same round trip; `read_shared_probe` and `read_removed` read its answer."""
+    _, _, probe, _, look, *probed = shared_probe(target, disks, control)
+    return ["sh", "-c", _REMOVE_LOCAL, "sh", probe, look, *probed]
+
+
+def read_removed(out: str) -> set[str]:
+    """`_REMOVE_LOCAL`'s removed files."""
+    return {line.removeprefix("removed ") for line in out.splitlines() if line.startswith("removed ")}
+
+
 # How long the migration's shared SSH connection to the target outlives its last use when nothing ended
 # it: an operator gone, a job killed (it is ended by the job that failed, and by hostjob.forget).
 CONTROL_PERSIST_SECONDS = 30
