@@ -84,6 +84,8 @@ class World:
     _watches: dict[str, tuple[tuple[int, HostAccess], asyncio.Task[None]]] = field(default_factory=dict)
     # Each migration's job whose end was reported: a job ends once, and wakes a pass once.
     _ended: dict[str, tuple[int, HostAccess]] = field(default_factory=dict)
+    # What the long poll read of each such job once it was over, for the pass its end wakes (job_outcome).
+    _outcomes: dict[str, tuple[tuple[int, HostAccess], JobObservation]] = field(default_factory=dict)
 
     _closing: set[asyncio.Task[None]] = field(default_factory=set)
     # Hosts' credentials as last read, kept for as long as a host probe's interval (kube/hosts.py).
@@ -116,6 +118,13 @@ class World:
         """The migration ended: no watch, nothing remembered of its jobs."""
         self.watch_job(uid, None)
         self._ended.pop(uid, None)
+        self._outcomes.pop(uid, None)
+
+    def job_outcome(self, uid: str, plan: MigrationPlan) -> JobObservation | None:
+        """The ended job of `plan` as its long poll read it, once: the pass its end wakes takes this instead
+        of reading the job again (an ended job's record no longer changes)."""
+        kept = self._outcomes.pop(uid, None)
+        return kept[1] if kept is not None and kept[0] == (plan.attempt, plan.source) else None
 
     def _watching(self, uid: str) -> bool:
         """Whether the running task is the migration's watch (not one cancelled since)."""
@@ -137,6 +146,8 @@ class World:
             if ended and self._watching(uid):
                 del self._watches[uid]
                 self._ended[uid] = (plan.attempt, plan.source)
+                if isinstance(ended, JobObservation):
+                    self._outcomes[uid] = ((plan.attempt, plan.source), ended)
                 self.job_ended(uid)
                 return
 
@@ -357,7 +368,7 @@ async def _observe(
         # the one the job recorded; the VE is not needed to read a job's outcome.
         early = _plan(uid, spec, stored, None, src, dst)
         if early is not None:
-            job = await _ask(src, lambda d: d.job(early))
+            job = world.job_outcome(uid, early) or await _ask(src, lambda d: d.job(early))
 
     # The pre-flight checks' facts are independent reads of both hosts: all in one round, not three.
     checking = phase == Phase.VALIDATING and dst.driver is not None

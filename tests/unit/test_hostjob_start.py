@@ -185,6 +185,9 @@ class _Sh:
             raise _ReadFailed(f"the read's shell exited {done.returncode}: {done.stderr}")
         return Completed(tuple(argv), done.returncode, done.stdout, done.stderr)
 
+    async def wait(self, argv: list[str], seconds: float) -> Completed:
+        return await self.run(argv, check=False)
+
 
 def test_a_finished_jobs_reports_come_with_its_record_byte_for_byte(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -242,3 +245,42 @@ def test_forget_ends_the_shared_connection_then_removes_every_attempt(
         f"-o ControlPath={hostjob.control_path('uid-1')} -O exit _"
     ]
     assert not (jobs / "uid-1").exists() and (jobs / "uid-2" / "1").is_dir()
+
+
+def test_the_long_poll_returns_the_ended_jobs_record_with_its_reports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The poll that sees the job end reads its record in the same round trip, as `read` would then; a job
+    still running after the wait, or none at all, gives no record."""
+    monkeypatch.setattr(hostjob, "JOBS_DIR", str(tmp_path))
+    assert asyncio.run(hostjob.wait_end(_Sh(), "uid-1", 1, 1)) is None, "no job: nothing to wait on"  # type: ignore[arg-type]
+    _start(tmp_path / "uid-1" / "1", hostjob.script(["sleep 3", "printf 'took 2s' >stats", "echo moved", "exit 3"]))
+    assert asyncio.run(hostjob.wait_end(_Sh(), "uid-1", 1, 1, ["stats"])) is False, "still running after 1 s"  # type: ignore[arg-type]
+    ended = asyncio.run(hostjob.wait_end(_Sh(), "uid-1", 1, 10, ["stats"]))  # type: ignore[arg-type]
+    assert isinstance(ended, hostjob.JobRecord)
+    assert (ended.state, ended.exit_status, ended.log_tail) == ("exited", 3, "moved\n")
+    assert ended.reports == {"stats": "took 2s"}
+    assert ended == asyncio.run(hostjob.read(_Sh(), "uid-1", 1, ["stats"])), "what a read says of it"  # type: ignore[arg-type]
+
+
+def test_a_long_poll_whose_read_fails_only_says_the_job_is_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job ended but its log cannot be read: the poll wakes the pass (True) with no record, and the
+    pass's own read then fails as it should (the migration waits, its record unknown)."""
+    monkeypatch.setattr(hostjob, "JOBS_DIR", str(tmp_path))
+    job = tmp_path / "uid-1" / "1"
+    _start(job, hostjob.script(["echo ran"]))
+    assert _wait_exit(job) == "0"
+    (job / "log").rename(job / "log.kept")
+    (job / "log").mkdir()
+    assert asyncio.run(hostjob.wait_end(_Sh(), "uid-1", 1, 5)) is True  # type: ignore[arg-type]
+
+
+def test_a_lost_jobs_long_poll_returns_it_lost(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hostjob, "JOBS_DIR", str(tmp_path))
+    job = tmp_path / "uid-1" / "1"
+    _start(job, hostjob.script(["sleep 30"]))
+    os.killpg(int((job / "pid").read_text().split()[0]), signal.SIGKILL)  # gone without an exit status
+    ended = asyncio.run(hostjob.wait_end(_Sh(), "uid-1", 1, 10))  # type: ignore[arg-type]
+    assert isinstance(ended, hostjob.JobRecord) and ended.state == "lost" and ended.exit_status is None

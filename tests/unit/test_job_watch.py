@@ -12,6 +12,7 @@ from tests.unit.builders import spec
 from vemigrate import reconcile
 from vemigrate.api.migration import Mode
 from vemigrate.core.access import HostAccess
+from vemigrate.core.observation import JobObservation, JobState
 from vemigrate.drivers.protocol import MigrationPlan
 
 SOURCE = HostAccess(name="node-a", namespace="ns", address="192.0.2.1")
@@ -24,21 +25,22 @@ class Source:
     (as it does on the host once the job's exit record is written). `stubborn`: the poll's call does not
     return, and shrugs off cancellation until `release` is set (an SSH call that does not honour it)."""
 
-    def __init__(self, *, ended: bool = True, stubborn: bool = False) -> None:
+    def __init__(self, *, ended: bool = True, stubborn: bool = False, outcome: JobObservation | None = None) -> None:
         self.access = SOURCE
         self.ended = ended
+        self.outcome = outcome
         self.stubborn = stubborn
         self.release = asyncio.Event()
         self.polls = 0
 
-    async def wait_job_end(self, plan: MigrationPlan, seconds: float) -> bool | None:
+    async def wait_job_end(self, plan: MigrationPlan, seconds: float) -> JobObservation | bool | None:
         self.polls += 1
         while self.stubborn and not self.release.is_set():
             try:
                 await self.release.wait()
             except asyncio.CancelledError:
                 continue
-        return self.ended
+        return self.outcome if self.ended and self.outcome is not None else self.ended
 
 
 def _world(source: Source) -> tuple[reconcile.World, list[str]]:
@@ -73,6 +75,26 @@ async def test_a_job_end_wakes_the_migration_once_however_often_passes_ask() -> 
     assert woken == ["m1", "m1"] and source.polls == 2
     world.forget("m1")  # the migration ended: nothing kept
     assert world.watch_job("m1", None) is False
+
+
+async def test_the_outcome_the_poll_read_goes_to_the_pass_it_wakes_once_and_for_its_job_only() -> None:
+    """The driver's long poll read the ended job (its final record): the pass woken takes that instead of
+    reading the job again, once; a pass of another attempt, or after the migration was forgotten, reads."""
+    done = JobObservation(state=JobState.COMPLETED)
+    source = Source(ended=True, outcome=done)
+    world, woken = _world(source)
+    assert world.watch_job("m1", PLAN)
+    await _settle()
+    assert woken == ["m1"]
+    assert world.job_outcome("m1", replace(PLAN, attempt=2)) is None, "not this attempt's job"
+    assert world.watch_job("m1", replace(PLAN, attempt=3))
+    await _settle()
+    assert world.job_outcome("m1", replace(PLAN, attempt=3)) is done
+    assert world.job_outcome("m1", replace(PLAN, attempt=3)) is None, "taken once: a later pass reads the job"
+    assert world.watch_job("m1", replace(PLAN, attempt=4))
+    await _settle()
+    world.forget("m1")
+    assert world.job_outcome("m1", replace(PLAN, attempt=4)) is None
 
 
 async def test_a_pass_waits_neither_on_the_watch_nor_on_its_cancellation() -> None:

@@ -14,7 +14,7 @@ from vemigrate.api.host import VEKind
 from vemigrate.api.migration import Mode, SourceDisposition
 from vemigrate.api.reasons import Reason
 from vemigrate.core.access import HostAccess
-from vemigrate.core.observation import ErrorClass, JobState, VEState
+from vemigrate.core.observation import ErrorClass, JobObservation, JobState, VEState
 from vemigrate.drivers.errors import PermanentError, StateUnknownError
 from vemigrate.drivers.protocol import MigrationPlan
 from vemigrate.drivers.registry import driver_for
@@ -61,8 +61,9 @@ async def test_a_live_job_runs_completes_and_stays_readable_until_forgotten() ->
     assert await dst.target_leftovers(plan) and not await dst.verify_target(plan)
     assert await src.wait_job_end(plan, 1) is False, "still running after the wait"
     clock.now += 10
-    assert await src.wait_job_end(plan, 30) is True
-    assert (await src.job(plan)).state == JobState.COMPLETED
+    ended = await src.wait_job_end(plan, 30)
+    assert isinstance(ended, JobObservation) and ended == await src.job(plan), "the end comes with its outcome"
+    assert ended.state == JobState.COMPLETED
     moved = await dst.find_ve("web1")
     assert moved is not None and moved.state == VEState.RUNNING and await dst.verify_target(plan)
     left = await src.find_ve("web1")

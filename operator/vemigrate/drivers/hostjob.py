@@ -80,16 +80,21 @@ _READ = (
 # so a job's end is seen at once; the exit record is looked at every second in case something the job
 # left behind still holds the lock. `none`: no job was started here (or flock failed: sysexits codes;
 # its timeout is 1, and older util-linux has no -E to choose another).
-_WAIT_END = r"""
-cd "$1" 2>/dev/null && [ -e pid ] || { echo state=none; exit 0; }
+# Once it is over, the rest of $@ ($3 ...) is `_READ`'s: the job's record follows in the same round trip.
+_WAIT_END = (
+    r"""
+cd "$1" 2>/dev/null && [ -e pid ] || { echo waited=none; exit 0; }
 end=$(($(date +%s) + $2))
 while [ ! -e exit ]; do
     flock -w 1 lock true 2>/dev/null
-    case $? in 0) break ;; 1) ;; *) echo state=none; exit 0 ;; esac
-    [ "$(date +%s)" -lt "$end" ] || { echo state=running; exit 0; }
+    case $? in 0) break ;; 1) ;; *) echo waited=none; exit 0 ;; esac
+    [ "$(date +%s)" -lt "$end" ] || { echo waited=running; exit 0; }
 done
-echo state=ended
+echo waited=ended
+dir=$1; shift 2; set -- "$dir" "$@"
 """
+    + _READ
+)
 
 # SIGTERM to the job's process group ($2 empty), or to the one process whose pid the job wrote into the
 # file $2 once it is checked to belong to the job: in the job's session (field 6 of /proc/<pid>/stat), or
@@ -178,14 +183,22 @@ async def start(ssh: SSHHost, uid: str, attempt: int, text: str) -> None:
     await ssh.run(["sh", "-c", _START, "sh", job_dir(uid, attempt)], input=text)
 
 
+def _check_reports(reports: Sequence[str]) -> None:
+    if any(not _REPORT.match(name) for name in reports):
+        raise ValueError(f"job report names {list(reports)!r} are not plain file names")
+
+
 async def read(ssh: SSHHost, uid: str, attempt: int, reports: Sequence[str] = ()) -> JobRecord:
     """The job's record; with `reports`, also those files of its directory once it has exited (what a
     finished job wrote about itself), in the same round trip."""
-    if any(not _REPORT.match(name) for name in reports):
-        raise ValueError(f"job report names {list(reports)!r} are not plain file names")
+    _check_reports(reports)
     sep = f"--- vemigrate-report-{secrets.token_hex(8)}"
     argv = ["sh", "-c", _READ, "sh", job_dir(uid, attempt), str(LOG_TAIL_LINES), sep, *reports]
-    out = (await ssh.run(argv)).stdout
+    return _record((await ssh.run(argv)).stdout, sep)
+
+
+def _record(out: str, sep: str) -> JobRecord:
+    """`_READ`'s answer."""
     head, _, rest = out.partition("--- log\n")
     tail, *found = rest.split(f"\n{sep} ")
     fields = dict(line.split("=", 1) for line in head.splitlines() if "=" in line)
@@ -199,13 +212,26 @@ async def read(ssh: SSHHost, uid: str, attempt: int, reports: Sequence[str] = ()
     )
 
 
-async def wait_end(ssh: SSHHost, uid: str, attempt: int, seconds: float) -> bool | None:
-    """True once the job is over (its exit record written or its processes gone), False when it still
-    runs after `seconds`; None when there is nothing to wait for (no such job, no session to spare).
-    Only a wake-up: what the job did is read by `read`, as ever."""
-    done = await ssh.wait(["sh", "-c", _WAIT_END, "sh", job_dir(uid, attempt), str(max(1, int(seconds)))], seconds)
-    state = dict(line.split("=", 1) for line in (done.stdout if done else "").splitlines() if "=" in line)
-    return {"ended": True, "running": False}.get(state.get("state", "").strip())
+async def wait_end(
+    ssh: SSHHost, uid: str, attempt: int, seconds: float, reports: Sequence[str] = ()
+) -> JobRecord | bool | None:
+    """Once the job is over (its exit record written or its processes gone), its record as `read` gives
+    it, read in the same round trip (True if that read failed); False when it still runs after `seconds`;
+    None when there is nothing to wait for (no such job, no session to spare)."""
+    _check_reports(reports)
+    sep = f"--- vemigrate-report-{secrets.token_hex(8)}"
+    wait = [job_dir(uid, attempt), str(max(1, int(seconds))), str(LOG_TAIL_LINES), sep, *reports]
+    done = await ssh.wait(["sh", "-c", _WAIT_END, "sh", *wait], seconds)
+    out = done.stdout if done else ""
+    waited, _, rest = out.partition("\n")
+    match waited.strip():
+        case "waited=ended":
+            # Read while the job is over: a record that says it runs was not read whole (a failed read).
+            record = _record(rest, sep)
+            return record if done is not None and done.ok and record.state not in ("running", "none") else True
+        case "waited=running":
+            return False
+    return None
 
 
 def observe(record: JobRecord, job: str, classify: Callable[[int | None, str], JobFailure]) -> JobObservation | None:

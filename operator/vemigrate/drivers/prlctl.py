@@ -239,7 +239,9 @@ class PrlctlDriver:
         return ve.uuid if fstype.stdout.strip().startswith(("fuse.vstorage", "fuse.pstorage")) else None
 
     async def job(self, plan: MigrationPlan) -> JobObservation:
-        record = await hostjob.read(self.ssh, plan.uid, plan.attempt)
+        return self._observe(plan, await hostjob.read(self.ssh, plan.uid, plan.attempt))
+
+    def _observe(self, plan: MigrationPlan, record: hostjob.JobRecord) -> JobObservation:
         observed = hostjob.observe(record, f"prlctl migrate on {self.access.name}", out.classify_exit)
         if observed is not None:
             return observed
@@ -247,8 +249,9 @@ class PrlctlDriver:
             return JobObservation(state=JobState.RUNNING, stats=progress_stats(plan, record.log_tail))
         return JobObservation(state=JobState.COMPLETED, stats=progress_stats(plan, record.log_tail, done=True))
 
-    async def wait_job_end(self, plan: MigrationPlan, seconds: float) -> bool | None:
-        return await hostjob.wait_end(self.ssh, plan.uid, plan.attempt, seconds)
+    async def wait_job_end(self, plan: MigrationPlan, seconds: float) -> JobObservation | bool | None:
+        ended = await hostjob.wait_end(self.ssh, plan.uid, plan.attempt, seconds)
+        return self._observe(plan, ended) if isinstance(ended, hostjob.JobRecord) else ended
 
     async def abort_job(self, plan: MigrationPlan) -> None:
         """SIGTERM to prlctl: it asks the dispatcher to cancel, then exits with an error. Before prlctl

@@ -81,9 +81,11 @@ class HypervisorDriver(Protocol):
     async def job(self, plan: MigrationPlan) -> JobObservation:
         """The job's state, counters and outcome."""
 
-    async def wait_job_end(self, plan: MigrationPlan, seconds: float) -> bool | None:
-        """Wait on the host until the job is over (True), for at most `seconds` (False: still running);
-        None: nothing to wait for. A wake-up for the next pass only: `job()` stays the truth."""
+    async def wait_job_end(self, plan: MigrationPlan, seconds: float) -> JobObservation | bool | None:
+        """Wait on the host until the job is over, for at most `seconds` (False: still running); None:
+        nothing to wait for. Over: what `job()` would say of it now, read in the same round trip from the
+        job's final record (or True, when the driver did not read it), which the pass this wakes takes
+        instead of reading the job again."""
 
     async def abort_job(self, plan: MigrationPlan) -> None:
         """Ask the job to stop; the VE keeps running on the source."""

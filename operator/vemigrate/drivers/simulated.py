@@ -383,9 +383,10 @@ class SimulatedHost:
         self._call("job")
         return self.world._observe(plan)
 
-    async def wait_job_end(self, plan: MigrationPlan, seconds: float) -> bool | None:
+    async def wait_job_end(self, plan: MigrationPlan, seconds: float) -> JobObservation | bool | None:
         self._call("wait_job_end")
-        return await self.world._wait(plan, seconds)
+        over = await self.world._wait(plan, seconds)
+        return self.world._observe(plan) if over else over  # read with the end, as the real drivers do
 
     async def abort_job(self, plan: MigrationPlan) -> None:
         self._call("abort_job")

@@ -302,11 +302,8 @@ class LibvirtDriver:
         for again in (False, True):
             # A finished job's figures come with its record (its `stats` and `events` files): one round trip.
             record = await hostjob.read(self.ssh, plan.uid, plan.attempt, REPORTS)
-            observed = hostjob.observe(record, f"the migration job on {self.access.name}", jobfailure.classify)
-            if observed is not None:
-                return observed
             if record.state != "running":
-                break
+                return self._outcome(record)
             if plan.mode != Mode.LIVE:
                 return JobObservation(state=JobState.RUNNING, stats=_offline_stats(record.log_tail))
             live = await self._live_progress(plan)
@@ -314,11 +311,20 @@ class LibvirtDriver:
                 return live
             if again:
                 return JobObservation(state=JobState.RUNNING)  # its exit record is not there yet
+        return JobObservation(state=JobState.RUNNING)
+
+    def _outcome(self, record: hostjob.JobRecord) -> JobObservation:
+        """What the record of a job that is not running says: not started, failed, lost, or completed
+        with its figures."""
+        observed = hostjob.observe(record, f"the migration job on {self.access.name}", jobfailure.classify)
+        if observed is not None:
+            return observed
         stats, events = (record.reports.get(name, "") for name in REPORTS)
         return JobObservation(state=JobState.COMPLETED, stats=completed_stats(stats, record.log_tail, events))
 
-    async def wait_job_end(self, plan: MigrationPlan, seconds: float) -> bool | None:
-        return await hostjob.wait_end(self.ssh, plan.uid, plan.attempt, seconds)
+    async def wait_job_end(self, plan: MigrationPlan, seconds: float) -> JobObservation | bool | None:
+        ended = await hostjob.wait_end(self.ssh, plan.uid, plan.attempt, seconds, REPORTS)
+        return self._outcome(ended) if isinstance(ended, hostjob.JobRecord) else ended
 
     async def _live_progress(self, plan: MigrationPlan) -> JobObservation | None:
         """The running live job's figures from libvirt; None when the domain is no longer running on the
