@@ -380,7 +380,9 @@ async def _observe(
             # Which disks the target sees as the same files (the SharedStorage check): asked as soon as
             # the VE's disks are known, while the round's other reads still run.
             probed, peer = found, target_access
-            found = replace(found, shared_disks=await _ask(src, lambda d: d.shared_disks(probed, peer)))
+            # On the migration's shared connection to the target: the job's start reuses it moments later
+            # (hostjob.forget ends it with the migration, a dry run's too).
+            found = replace(found, shared_disks=await _ask(src, lambda d: d.shared_disks(probed, peer, uid)))
         return found
 
     source_ve, target_ve, src_facts, dst_facts, reaches = await asyncio.gather(

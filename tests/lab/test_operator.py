@@ -59,10 +59,10 @@ def test_live_migration_moves_a_running_guest(
     body = migrations.wait_phase(name, "Succeeded", "Failed", timeout=300)
     status = body["status"]
     assert status["phase"] == "Succeeded", status
-    # From the source to the target: Validating's reach check and storage probe, then one connection for
-    # the rest: the probe at the job's start, the job's commands, libvirtd's own (peer-ssh), the probe
-    # before the source's disposal.
-    assert handshakes(hosts, "lab1", "lab2") - logins == 2 + 1
+    # From the source to the target: Validating's reach check, then one connection for the rest, made by
+    # Validating's storage probe: the probe at the job's start, the job's commands, libvirtd's own
+    # (peer-ssh), the probe before the source's disposal.
+    assert handshakes(hosts, "lab1", "lab2") - logins == 1 + 1
 
     # The same guest keeps running on the target: same boot id (no reboot), its counter still growing.
     assert beating_on("lab2", name, boot) > counter
@@ -268,6 +268,18 @@ def test_preflight_failure_names_the_check(
     assert "NoSnapshots" in failed and "1 snapshot" in failed["NoSnapshots"]
     assert domain(hosts, "lab1", "snap1") is not None, "a failed pre-flight touches nothing"
     assert domain(hosts, "lab2", "snap1") is None
+    _nothing_left_on_the_source(migrations.get("snap1")["metadata"]["uid"])
+
+
+def _nothing_left_on_the_source(uid: str) -> None:
+    """Validating's storage probe made the migration's shared SSH connection to the target (for its job):
+    a migration that ends without one leaves neither its directory nor that connection's master behind."""
+    assert Lab.exec("lab1", ["test", "-e", f"{JOBS_DIR}/{uid}"]).returncode != 0, "its directory is gone"
+    # `ssh -O exit` asks the master to end; it exits moments later. (`[h]`: not this pgrep's own command line.)
+    deadline = time.monotonic() + 10
+    while Lab.exec("lab1", ["pgrep", "-f", f"ControlPat[h]={JOBS_DIR}/{uid}/ssh"]).returncode == 0:
+        assert time.monotonic() < deadline, "the migration's SSH master still runs"
+        time.sleep(0.2)
 
 
 def test_dry_run_moves_nothing(hosts: LabInfo, migrations: Migrations, vm_cleanup: Callable[[str], str]) -> None:
@@ -280,3 +292,4 @@ def test_dry_run_moves_nothing(hosts: LabInfo, migrations: Migrations, vm_cleanu
     assert domain(hosts, "lab1", "dry1") is not None and domain(hosts, "lab2", "dry1") is None
     # Nothing of it is on a host: no finalizer (tests/cluster/test_finalizer.py watches every state).
     assert not migrations.get("dry1")["metadata"].get("finalizers")
+    _nothing_left_on_the_source(migrations.get("dry1")["metadata"]["uid"])

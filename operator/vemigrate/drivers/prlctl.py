@@ -202,7 +202,7 @@ class PrlctlDriver:
     async def reaches(self, other: HostAccess) -> bool:
         return await self.ssh.reaches(other)
 
-    async def shared_disks(self, ve: VEFacts, target: HostAccess) -> tuple[str, ...] | None:
+    async def shared_disks(self, ve: VEFacts, target: HostAccess, uid: str | None = None) -> tuple[str, ...] | None:
         # Virtuozzo Storage and NFS are known by their file system type (find_ve): all or nothing.
         return ve.disk_paths if ve.shared_storage else ()
 

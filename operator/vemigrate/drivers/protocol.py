@@ -70,9 +70,10 @@ class HypervisorDriver(Protocol):
     async def reaches(self, other: HostAccess) -> bool:
         """Whether this host opens a direct SSH connection to `other` on its SSH port."""
 
-    async def shared_disks(self, ve: VEFacts, target: HostAccess) -> tuple[str, ...] | None:
+    async def shared_disks(self, ve: VEFacts, target: HostAccess, uid: str | None = None) -> tuple[str, ...] | None:
         """Which of the VE's disk files (on this host) `target` sees as the very same files: storage both
-        hosts share, which a live migration leaves in place. None: it could not tell."""
+        hosts share, which a live migration leaves in place. None: it could not tell. With `uid`, asked on
+        that migration's connection to the target where the driver keeps one (its job reuses it)."""
 
     # -- on the source ----------------------------------------------------------------------
     async def start_job(self, plan: MigrationPlan) -> None:

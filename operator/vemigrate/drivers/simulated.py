@@ -371,7 +371,7 @@ class SimulatedHost:
         self._call("reaches")
         return True
 
-    async def shared_disks(self, ve: VEFacts, target: HostAccess) -> tuple[str, ...] | None:
+    async def shared_disks(self, ve: VEFacts, target: HostAccess, uid: str | None = None) -> tuple[str, ...] | None:
         self._call("shared_disks")
         return ()
 

@@ -35,7 +35,7 @@ class UnavailableDriver:
     async def reaches(self, other: HostAccess) -> bool:
         self._refuse()
 
-    async def shared_disks(self, ve: VEFacts, target: HostAccess) -> tuple[str, ...] | None:
+    async def shared_disks(self, ve: VEFacts, target: HostAccess, uid: str | None = None) -> tuple[str, ...] | None:
         self._refuse()
 
     async def start_job(self, plan: MigrationPlan) -> None:

@@ -196,8 +196,8 @@ class LibvirtDriver:
     async def reaches(self, other: HostAccess) -> bool:
         return await self.ssh.reaches(other)
 
-    async def shared_disks(self, ve: VEFacts, target: HostAccess) -> tuple[str, ...] | None:
-        verdicts = await self._shared(target, list(ve.disk_paths))
+    async def shared_disks(self, ve: VEFacts, target: HostAccess, uid: str | None = None) -> tuple[str, ...] | None:
+        verdicts = await self._shared(target, list(ve.disk_paths), uid)
         if any(v != "shared" and v != "local" for v in verdicts.values()):
             return None
         return tuple(path for path in ve.disk_paths if verdicts.get(path) == "shared")

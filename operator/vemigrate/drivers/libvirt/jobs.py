@@ -554,8 +554,9 @@ def _offline_stats(log: str) -> JobStats:
 
 
 def _control(plan: MigrationPlan) -> str:
-    """The migration's shared SSH connection to the target: made by the live job's start (the storage
-    probe) or by the job itself, and used by the source's disposal after a live copy too."""
+    """The migration's shared SSH connection to the target: made by Validating's storage probe (or, past
+    its 30 s of idleness, by the live job's start or the job itself), and used by the source's disposal
+    after a live copy too."""
     return hostjob.control_path(plan.uid)
 
 
