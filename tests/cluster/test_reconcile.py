@@ -151,6 +151,9 @@ async def test_the_pass_the_jobs_end_wakes_shows_finalizing_before_it_disposes_o
         await dispose(self, *args)
 
     monkeypatch.setattr(SimulatedHost, "dispose_source", watched)
+    # Its long poll stopped first, so that this pass reads the job itself (a pass woken by the poll takes
+    # what the poll read: test_the_end_of_a_migration_wakes_the_waiter_whose_turn_it_is).
+    bench.world.watch_job(uid, None)
     bench.sim.end_job(uid)
     bench.sim.calls.clear()
     assert (await bench.step("wake", woken_by=Cause.JOB_ENDED)).status.phase == Phase.SUCCEEDED
