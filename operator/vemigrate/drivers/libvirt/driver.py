@@ -297,21 +297,20 @@ class LibvirtDriver:
         await self.libvirtd.call("tagging the domain", tag)
 
     async def job(self, plan: MigrationPlan) -> JobObservation:
-        # Twice at most: a live job's domain may leave the source between the record's read and
-        # libvirt's, and then the record is read again (the job is writing its exit).
-        for again in (False, True):
-            # A finished job's figures come with its record (its `stats` and `events` files): one round trip.
-            record = await hostjob.read(self.ssh, plan.uid, plan.attempt, REPORTS)
-            if record.state != "running":
-                return self._outcome(record)
-            if plan.mode != Mode.LIVE:
-                return JobObservation(state=JobState.RUNNING, stats=_offline_stats(record.log_tail))
-            live = await self._live_progress(plan)
-            if live is not None:
-                return live
-            if again:
-                return JobObservation(state=JobState.RUNNING)  # its exit record is not there yet
-        return JobObservation(state=JobState.RUNNING)
+        # A finished job's figures come with its record (its `stats` and `events` files): one round trip.
+        record = await hostjob.read(self.ssh, plan.uid, plan.attempt, REPORTS)
+        if record.state != "running":
+            return self._outcome(record)
+        if plan.mode != Mode.LIVE:
+            return JobObservation(state=JobState.RUNNING, stats=_offline_stats(record.log_tail))
+        live = await self._live_progress(plan)
+        if live is not None:
+            return live
+        # The domain left the source between the record's read and libvirt's: the job is writing its exit.
+        record = await hostjob.read(self.ssh, plan.uid, plan.attempt, REPORTS)
+        if record.state != "running":
+            return self._outcome(record)
+        return await self._live_progress(plan) or JobObservation(state=JobState.RUNNING)  # no exit record yet
 
     def _outcome(self, record: hostjob.JobRecord) -> JobObservation:
         """What the record of a job that is not running says: not started, failed, lost, or completed
