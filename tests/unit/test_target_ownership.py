@@ -21,15 +21,18 @@ from vemigrate.drivers.jobfailure import EXIT_IN_THE_WAY
 from vemigrate.drivers.libvirt.jobs import (
     _CREATE_DIR,
     _CREATE_DISKS,
+    _FINISH,
     _OWNED,
     _RECEIVE,
     _REMOVE_OWNED,
+    _STATS_AND_FORGET,
     _offline_stats,
     _target_dir,
 )
 
 pytestmark = pytest.mark.unit
 FOREIGN = b"someone else's disk\x00\xff" * 1000
+UUID_OF_VE = "3f1c2a9e-8d7b-4c1e-9a55-0e6f6d1b2c3d"
 
 
 def _sh(
@@ -182,3 +185,101 @@ def test_after_the_targets_default_directory_changed_cleanup_removes_only_what_t
     _sh(_REMOVE_OWNED, record)
     assert not directory.exists() and list(pool_a.iterdir()) == []
     assert (theirs / "vda.qcow2").read_bytes() == FOREIGN and sorted(p.name for p in pool_b.iterdir()) == [stopped.uuid]
+
+
+def _virsh_stand_in(tmp_path: Path, body: str) -> dict[str, str]:
+    """A `virsh` first in PATH (no libvirtd in a unit test) that logs its arguments and stdin, then runs body."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "virsh").write_text(f'#!/bin/sh\necho "$*" >>{tmp_path}/virsh.log\ncat >>{tmp_path}/virsh.in\n{body}\n')
+    (bin_dir / "virsh").chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
+def test_the_first_receive_makes_the_directory_in_its_own_session_and_refuses_one_in_the_way(tmp_path: Path) -> None:
+    record, directory = tmp_path / "job" / "created", tmp_path / "ves" / "uuid-1"
+    out = _sh(_RECEIVE, record, directory / "vda.raw", "cat", directory, input=b"disk bytes")
+    assert out.returncode == 0, out.stderr
+    assert _owned(record) == [f"dir {directory}", f"file {directory}/vda.raw.part"]
+    assert (directory / "vda.raw.part").read_bytes() == b"disk bytes"
+
+    theirs = tmp_path / "ves" / "uuid-2"
+    theirs.mkdir()
+    (theirs / "vda.raw").write_bytes(FOREIGN)
+    out = _sh(_RECEIVE, record, theirs / "vda.raw", "cat", theirs, input=b"would overwrite")
+    assert out.returncode == EXIT_IN_THE_WAY and b"already exists on the target" in out.stderr
+    assert sorted(p.name for p in theirs.iterdir()) == ["vda.raw"] and (theirs / "vda.raw").read_bytes() == FOREIGN
+    _sh(_REMOVE_OWNED, record)
+    assert (theirs / "vda.raw").read_bytes() == FOREIGN and not directory.exists()
+
+
+def test_finish_names_the_copies_defines_the_domain_and_forgets_the_record(tmp_path: Path) -> None:
+    job, directory = tmp_path / "jobs" / "uid" / "1", tmp_path / "ves" / "uuid-1"
+    record = job / "created"
+    disks = [directory / "vda.qcow2", directory / "vdb.qcow2"]
+    for i, disk in enumerate(disks):
+        assert (
+            _sh(_RECEIVE, record, disk, "cat", *([directory] if i == 0 else []), input=disk.name.encode()).returncode
+            == 0
+        )
+    env = _virsh_stand_in(tmp_path, "exit 0")
+    out = _sh(_FINISH, "qemu:///system", job, job.parent, *disks, input=b"<domain/>", env=env)
+    assert out.returncode == 0, out.stderr
+    assert [d.read_bytes() for d in disks] == [b"vda.qcow2", b"vdb.qcow2"]
+    assert sorted(p.name for p in directory.iterdir()) == ["vda.qcow2", "vdb.qcow2"], "no .part left"
+    assert (tmp_path / "virsh.log").read_text() == "-c qemu:///system define /dev/stdin\n"
+    assert (tmp_path / "virsh.in").read_bytes() == b"<domain/>"
+    assert not job.exists() and not job.parent.exists(), "the record is forgotten, and its empty parent"
+
+
+@pytest.mark.parametrize("failure", ["in the way", "define fails"])
+def test_finish_leaves_the_record_when_a_name_is_taken_or_the_define_fails(tmp_path: Path, failure: str) -> None:
+    """A file at a copy's final name is not this migration's: it comes through byte for byte, nothing is
+    defined, and the record stays, so that the cleanup removes the received copy (and only that)."""
+    job, directory = tmp_path / "jobs" / "uid" / "1", tmp_path / "ves" / "uuid-1"
+    record, disk = job / "created", directory / "vda.qcow2"
+    assert _sh(_RECEIVE, record, disk, "cat", directory, input=b"the copy").returncode == 0
+    if failure == "in the way":
+        disk.write_bytes(FOREIGN)  # someone else's, put there while the copy ran
+    env = _virsh_stand_in(tmp_path, "exit 1")
+    out = _sh(_FINISH, "qemu:///system", job, job.parent, disk, input=b"<domain/>", env=env)
+    if failure == "in the way":
+        assert out.returncode == EXIT_IN_THE_WAY and b"already exists on the target" in out.stderr
+        assert not (tmp_path / "virsh.log").exists(), "nothing defined"
+    else:
+        assert out.returncode == 1 and (tmp_path / "virsh.log").exists()
+    assert record.exists()
+    removed = _sh(_REMOVE_OWNED, record).stdout.decode().splitlines()
+    if failure == "in the way":
+        assert f"removed {disk}.part" in removed and f"kept {directory}" in removed
+        assert disk.read_bytes() == FOREIGN
+    else:
+        assert f"removed {disk}" in removed, "the copy, linked to its final name, was recorded under it too"
+        assert not directory.exists()
+
+
+def test_finish_with_more_steps_to_come_keeps_the_record(tmp_path: Path) -> None:
+    """A suspended VM's restore follows the define: the record must outlive this session."""
+    job, directory = tmp_path / "jobs" / "uid" / "1", tmp_path / "ves" / "uuid-1"
+    disk = directory / "vda.qcow2"
+    assert _sh(_RECEIVE, job / "created", disk, "cat", directory, input=b"the copy").returncode == 0
+    out = _sh(_FINISH, "qemu:///system", "", "", disk, input=b"<domain/>", env=_virsh_stand_in(tmp_path, "exit 0"))
+    assert out.returncode == 0, out.stderr
+    assert disk.read_bytes() == b"the copy" and (job / "created").exists()
+
+
+def test_a_live_jobs_statistics_are_read_and_its_record_forgotten_in_one_session(tmp_path: Path) -> None:
+    job = tmp_path / "jobs" / "uid" / "1"
+    job.mkdir(parents=True)
+    (job / "created").write_text("")
+    env = _virsh_stand_in(tmp_path, "echo 'Total downtime: 68 ms'; echo 'error: a warning' >&2")
+    out = _sh(_STATS_AND_FORGET, UUID_OF_VE, job, job.parent, env=env)
+    assert out.returncode == 0
+    assert out.stdout.decode().splitlines() == ["Total downtime: 68 ms", "error: a warning"], "virsh's stderr too"
+    assert (tmp_path / "virsh.log").read_text() == f"-c qemu:///system domjobinfo --completed {UUID_OF_VE}\n"
+    assert not job.exists() and not job.parent.exists()
+    env = _virsh_stand_in(tmp_path, "exit 1")
+    job.mkdir(parents=True)
+    (job.parent / "other").write_text("")
+    assert _sh(_STATS_AND_FORGET, UUID_OF_VE, job, job.parent, env=env).returncode == 0, "statistics are best effort"
+    assert not job.exists() and (job.parent / "other").exists(), "a parent with something else in it stays"

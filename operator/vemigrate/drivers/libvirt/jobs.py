@@ -6,7 +6,9 @@
   under a destination XML naming them (`live_target_disk`); disks on storage both hosts share are
   found by a probe file (`_SHARED_PROBE`) and left where they are;
 - offline: each disk streamed and checked by sha256 (`_copy_lines`, `_RECEIVE`), capped at
-  spec.bandwidthMiBps (`THROTTLE`), then defined on the target (`_offline_script`, `_target_xml`);
+  spec.bandwidthMiBps (`THROTTLE`), then named and defined on the target (`_offline_script`,
+  `_FINISH`, `_target_xml`); each command on the target is an SSH session of 0.1 s or more, so the
+  steps there are as few as their order allows;
 - containers: the private area streamed with tar, checked by a manifest (`_container_script`).
 
 Whatever a job creates on the target is recorded as it is created (`_record`), so that a cleanup removes
@@ -117,11 +119,12 @@ done
 """
 )
 
-# On the target, $1 the record, $2 the directory, $3 its kind: the directory is made, failing when
-# anything is already there, and recorded.
-_CREATE_DIR = (
+# On the target, `make_dir` $1 the record, $2 the directory, $3 its kind: the directory is made, failing
+# when anything is already there, and recorded.
+_MAKE_DIR = (
     _IDENT
     + r"""
+make_dir() (
 umask 077
 mkdir -p -- "$(dirname -- "$1")" "$(dirname -- "$2")" || exit 1
 if ! mkdir -- "$2" 2>/dev/null; then
@@ -129,17 +132,21 @@ if ! mkdir -- "$2" 2>/dev/null; then
     exit 3
 fi
 printf '%s %s %s\n' "$3" "$(ident "$2")" "$2" >>"$1"
+)
 """
 )
+_CREATE_DIR = _MAKE_DIR + 'make_dir "$@"\n'
 
-# On the target, $1 the record, $2 the file, $3 zstd or cat: receives one file as `<file>.part` (both
-# names recorded: the rename keeps the inode), printing its sha256 and size as written. The copy's
-# progress is counted here, as bytes arrive (dd, on stderr: the job's log): counted where the source
-# reads, a compressed run of zeros would put the target gigabytes behind it, hashing with no progress.
+# On the target, $1 the record, $2 the file, $3 zstd or cat, and for the first file $4 the directory to
+# make (`make_dir`, in the same SSH session): receives one file as `<file>.part` (both names recorded: it
+# takes its final name by a link), printing its sha256 and size as written. The copy's progress is counted
+# here, as bytes arrive (dd, on stderr: the job's log): counted where the source reads, a compressed run of
+# zeros would put the target gigabytes behind it, hashing with no progress.
 _RECEIVE = (
-    _IDENT
+    _MAKE_DIR
     + _SHA256
     + r"""
+[ -z "${4-}" ] || make_dir "$1" "$4" dir || exit
 part=$2.part
 if ! (set -C; : >"$part") 2>/dev/null; then
     echo "error: $part already exists on the target; it is not this migration's and stays as it is" >&2
@@ -152,6 +159,36 @@ if [ "$3" = zstd ]; then zstd -q -d -c; else cat; fi | dd bs=4M status=progress 
 stat -c %s -- "$part"
 """
 )
+
+# On the target, $1 the job's directory and $2 its parent: the record goes, and the parent with it when
+# nothing else is left there.
+_FORGET = 'forget() { rm -rf -- "$1" || return 1; rmdir -- "$2" 2>/dev/null; return 0; }\n'
+
+# On the target, once the source has verified every copy: $1 the libvirt URI, $2 the job's directory to
+# forget and $3 its parent (`_FORGET`; both empty: steps follow that still need the record), then each
+# copied file's path. Each `<path>.part` takes its final name by a link, which fails when anything is
+# already there (not this migration's: it stays), then the domain is defined from stdin, then the record
+# is forgotten: the copy is complete, so nothing on the target is a leftover any more. One SSH session.
+_FINISH = (
+    _FORGET
+    + r"""
+uri=$1 job=$2 parent=$3; shift 3
+for path; do
+    if [ -e "$path" ] || [ -L "$path" ]; then
+        echo "error: $path already exists on the target; it is not this migration's and stays as it is" >&2
+        exit 3
+    fi
+    ln -T -- "$path.part" "$path" && rm -f -- "$path.part" || exit 1
+done
+virsh -c "$uri" define /dev/stdin || exit 1
+[ -z "$job" ] || forget "$job" "$parent"
+"""
+)
+
+# On the target after a live job, $1 the domain's UUID, then `_FORGET`'s two: the completed job's
+# statistics (the downtime; libvirt keeps them on the target) on stdout, whatever they say, then the record
+# forgotten, in one SSH session.
+_STATS_AND_FORGET = _FORGET + 'virsh -c qemu:///system domjobinfo --completed "$1" 2>&1; forget "$2" "$3"\n'
 
 _SAME = _IDENT + 'same() { [ -e "$2" ] && [ "$(ident "$2")" = "$1" ]; }\n'
 
@@ -194,16 +231,23 @@ def _create_dir(plan: MigrationPlan, directory: str, kind: str) -> str:
     return _on_target(plan, ["sh", "-c", _CREATE_DIR, "sh", _record(plan), directory, kind])
 
 
+def _forget(plan: MigrationPlan) -> list[str]:
+    """`_FORGET`'s arguments: this attempt's job directory on the target and the migration's."""
+    return [hostjob.job_dir(plan.uid, plan.attempt), hostjob.migration_dir(plan.uid)]
+
+
 def _forget_record(plan: MigrationPlan) -> str:
     """The job's last line: the copy is complete, so nothing on the target is a leftover any more."""
-    job, parent = hostjob.job_dir(plan.uid, plan.attempt), hostjob.migration_dir(plan.uid)
-    return _on_target(plan, ["sh", "-c", 'rm -rf -- "$1" && { rmdir -- "$2" 2>/dev/null; true; }', "sh", job, parent])
+    return _on_target(plan, ["sh", "-c", _FORGET + 'forget "$1" "$2"', "sh", *_forget(plan)])
 
 
-def _define_on_target(plan: MigrationPlan, xml: str, uri: str) -> list[str]:
+def _finish(plan: MigrationPlan, xml: str, uri: str, copied: Sequence[str] = (), *, forget: bool = True) -> list[str]:
+    """The copied files take their names, the domain is defined and (with `forget`) the record forgotten,
+    in one SSH session (`_FINISH`)."""
+    where = _forget(plan) if forget else ["", ""]
     return [
         _write_file("domain.xml", xml),
-        _on_target(plan, ["virsh", "-c", uri, "define", "/dev/stdin"]) + " <domain.xml",
+        _on_target(plan, ["sh", "-c", _FINISH, "sh", uri, *where, *copied]) + " <domain.xml",
     ]
 
 
@@ -353,17 +397,18 @@ def live_script(
     events = ["virsh", "-c", "qemu:///system", "event", "--domain", ve.uuid, "--event", "lifecycle", "--loop"]
     lines.append(hostjob.command([*events, "--timestamp"]) + f" >{EVENTS_REPORT} 2>&1 9>&- </dev/null &")
     lines.append("listener=$!; trap 'kill \"$listener\" 2>/dev/null' EXIT")
-    # libvirtd's connection to the target rides on the migration's shared one (PEER_SSH). This makes that
-    # connection, its host key checked strictly, when no disk was created first, and fails the job on a
-    # wrong key with ssh's own message before `virsh migrate` starts.
+    # libvirtd's connection to the target rides on the migration's shared one (PEER_SSH). When no disk was
+    # created first, `true` makes sure that connection is up (its host key checked strictly), and fails
+    # the job on a wrong key with ssh's own message before `virsh migrate` starts.
     lines.append(_write_file(PEER_SSH, _peer_ssh(plan)) + f" && chmod 700 {PEER_SSH}")
-    lines += [_on_target(plan, ["true"]), hostjob.command(argv)]
+    if not (copy_disks and disks):
+        lines.append(_on_target(plan, ["true"]))
+    lines.append(hostjob.command(argv))
     lines.append(f"echo \"$(date -u '{_EVENT_TIME_FORMAT}'): {_JOB_ENDED}\" >>{EVENTS_REPORT}")
     # The completed job's statistics (downtime) are kept by the target's libvirtd: read there, on the
     # shared SSH connection (a libvirt connection to it would be another handshake).
-    stats = ["virsh", "-c", "qemu:///system", "domjobinfo", "--completed", ve.uuid]
-    lines.append(_on_target(plan, stats) + f" >{STATS_REPORT} 2>&1 || true")
-    lines.append(_forget_record(plan))
+    stats_and_forget = ["sh", "-c", _STATS_AND_FORGET, "sh", ve.uuid, *_forget(plan)]
+    lines.append(_on_target(plan, stats_and_forget) + f" >{STATS_REPORT}")
     return hostjob.script(lines, finally_=[_close_control(plan, unless_done=True)])
 
 
@@ -597,20 +642,20 @@ def _wire(plan: MigrationPlan) -> str:
     return pack + (f" | throttle {plan.spec.bandwidth_mib_ps}" if plan.spec.bandwidth_mib_ps else "")
 
 
-def _copy_lines(plan: MigrationPlan, src: str, dst: str) -> list[str]:
-    """Stream one file to the target, compressed unless told not to; its sha256 is taken from the stream
-    on both ends as it passes (no second read of either file), and compared with its size."""
+def _copy_lines(plan: MigrationPlan, src: str, dst: str, make: str | None = None) -> list[str]:
+    """Stream one file to the target as `<dst>.part` (the first one making the directory `make`, in the
+    same session), compressed unless told not to; its sha256 is taken from the stream on both ends as it
+    passes (no second read of either file), and compared with its size. `_FINISH` names it."""
     q = shlex.quote
-    part = f"{dst}.part"
     receive = ["sh", "-c", _RECEIVE, "sh", _record(plan), dst, "zstd" if plan.spec.compression else "cat"]
     return [
         "rm -f hash.fifo hash.local && mkfifo hash.fifo",
         "sha256 <hash.fifo >hash.local &",
-        f"got=$(dd if={q(src)} bs=4M status=none | tee hash.fifo{_wire(plan)} | {_on_target(plan, receive)})",
+        f"got=$(dd if={q(src)} bs=4M status=none | tee hash.fifo{_wire(plan)} | "
+        f"{_on_target(plan, [*receive, *([make] if make else [])])})",
         "wait $!",
         f'want=$(printf "%s\\n%s" "$(cat hash.local)" "$(stat -c %s {q(src)})")',
         f'[ "$got" = "$want" ] || {{ echo "error: checksum mismatch for" {q(src)} >&2; exit {EXIT_CHECKSUM}; }}',
-        _on_target(plan, ["mv", "--", part, dst]),
         f"echo done $(stat -c %s {q(src)})",
     ]
 
@@ -675,11 +720,13 @@ def _offline_script(plan: MigrationPlan, xml: str) -> str:
         "echo total $(stat -c %s "
         + " ".join(q(src) for src, _ in copies)
         + " | awk '{s+=$1} END {printf \"%.0f\\n\", s}')",
-        _create_dir(plan, directory, "dir"),
+        *([] if copies else [_create_dir(plan, directory, "dir")]),  # a VM without disks still gets its directory
     ]
-    for src, dst in copies:
-        lines += _copy_lines(plan, src, dst)
-    lines += _define_on_target(plan, _target_xml(plan, xml, directory), "qemu:///system")
+    for i, (src, dst) in enumerate(copies):
+        lines += _copy_lines(plan, src, dst, directory if i == 0 else None)
+    lines += _finish(
+        plan, _target_xml(plan, xml, directory), "qemu:///system", [dst for _, dst in copies], forget=not suspended
+    )
     if suspended:
         lines.append(_on_target(plan, ["sh", "-c", 'cat >"$1"', "sh", f"{directory}/domain.xml"]) + " <domain.xml")
         # Restore paused into the defined domain, then save it the managed way: suspended, as it was.
@@ -691,7 +738,7 @@ def _offline_script(plan: MigrationPlan, xml: str) -> str:
         )
         lines.append(_on_target(plan, ["virsh", "-c", "qemu:///system", "managedsave", "--running", "--", ve.name]))
         lines.append(_on_target(plan, ["rm", "-f", "--", saved, f"{directory}/domain.xml"]))
-    lines.append(_forget_record(plan))
+        lines.append(_forget_record(plan))
     return hostjob.script(lines, finally_=[_close_control(plan)])
 
 
@@ -713,13 +760,13 @@ def _container_script(plan: MigrationPlan, xml: str) -> str:
         raise PermanentError(Reason.NO_PRIVATE_AREA, f"container {ve.name} has no root file system directory to copy")
     q = shlex.quote
     private, directory = ve.private_area, _target_dir(plan)
-    unpack_tar = 'tar -C "$1" --numeric-owner -xpf -'
-    unpack = ["sh", "-c", ("zstd -q -d -c | " if plan.spec.compression else "") + unpack_tar, "sh", directory]
+    # The directory is made (and recorded) in the session that unpacks into it.
+    unpack_tar = ("zstd -q -d -c | " if plan.spec.compression else "") + 'tar -C "$2" --numeric-owner -xpf -'
+    unpack = ["sh", "-c", _MAKE_DIR + 'make_dir "$1" "$2" tree || exit\n' + unpack_tar, "sh", _record(plan), directory]
     manifest = ["sh", "-c", 'cd "$1" && ' + _MANIFEST, "sh", directory]
     lines = [
         *([THROTTLE] if plan.spec.bandwidth_mib_ps else []),
         f"echo total $(du -sb -- {q(private)} | cut -f1)",
-        _create_dir(plan, directory, "tree"),
         f"sum=$(cd {q(private)} && {_MANIFEST})",
         f"tar -C {q(private)} --numeric-owner -cpf - . | dd bs=4M status=progress{_wire(plan)} | "
         + _on_target(plan, unpack),
@@ -727,8 +774,7 @@ def _container_script(plan: MigrationPlan, xml: str) -> str:
         f'[ "$sum" = "$remote" ] || {{ echo "error: the private area of" {q(ve.name)} "differs on the target" >&2; '
         "exit 4; }",
         f"echo done $(du -sb -- {q(private)} | cut -f1)",
-        *_define_on_target(plan, _target_xml(plan, xml, directory), "lxc:///system"),
-        _forget_record(plan),
+        *_finish(plan, _target_xml(plan, xml, directory), "lxc:///system"),
     ]
     return hostjob.script(lines, finally_=[_close_control(plan)])
 
