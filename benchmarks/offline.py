@@ -90,8 +90,8 @@ def remove_disk(disk: Disk) -> None:
 
 
 def raw_stream(lab: LabInfo, disk: Disk, src: str, dst: str) -> float:
-    """Seconds for a plain SSH stream of the disk file from src to a file on dst (same SSH client,
-    options and key as the operator's job uses between nodes)."""
+    """Seconds for a plain SSH stream of the disk file from src to a file on dst: a new connection with the
+    SSH client and key the operator's job uses between nodes, and ssh's default options."""
     script = (
         's=$(date +%s%N); dd if="$1" bs=4M status=none | '
         'ssh -o BatchMode=yes -o StrictHostKeyChecking=yes root@"$2" "cat >$3"; '
@@ -191,12 +191,15 @@ def compare(
                 for h in ("lab1", "lab2"):
                     Lab.netem(h)
     table.notes += [
-        "raw SSH stream: `dd | ssh root@<target> 'cat >file'` between the same two lab hosts, the "
-        "same ssh binary, options and key as the job's node-to-node streams; the bytes of the disk file.",
+        "raw SSH stream: `dd | ssh root@<target> 'cat >file'` between the same two lab hosts, the same "
+        "ssh binary and key as the job's node-to-node streams with ssh's own defaults (a new connection, "
+        "OpenSSH's first cipher choice); the bytes of the disk file.",
         "operator copy job: the job script's own wall time on the source (its `pid` file to its `exit` "
         "file): `dd | tee (sha256) | [zstd -T0 |] ssh target '[zstd -d |] tee file.part | sha256'` "
-        "(each end hashes the stream as it passes), rename, `virsh define` there, all on one SSH "
-        "connection to the target; throughput = disk bytes / that time.",
+        "(each end hashes the stream as it passes; the first stream's session makes the directory), then "
+        "one session that names the files, runs `virsh define` and forgets the record; both on the "
+        "migration's SSH connection to the target (made by the pre-flight checks, AES-GCM preferred); "
+        "throughput = disk bytes / that time.",
         "operator create→Succeeded adds the pre-flight checks, the job start and the source's removal.",
     ]
     return table

@@ -24,6 +24,7 @@ from vemigrate.drivers import hostjob
 from vemigrate.drivers.errors import PermanentError
 from vemigrate.drivers.libvirt.facts import QEMU_CAPABILITIES, _Disk, _host_status
 from vemigrate.drivers.libvirt.jobs import (
+    CIPHERS,
     PEER_SSH,
     THROTTLE,
     _offline_script,
@@ -32,6 +33,7 @@ from vemigrate.drivers.libvirt.jobs import (
     completed_stats,
     live_argv,
     live_script,
+    ssh_command,
 )
 from vemigrate.drivers.protocol import MigrationPlan
 
@@ -110,6 +112,19 @@ def test_libvirtds_peer_connection_rides_on_the_jobs_strictly_checked_one(copy_d
     assert f"ControlPath={hostjob.control_path(job.uid)}" in check and "ControlMaster=auto" in check
     written = next(i for i, line in enumerate(commands) if line.endswith(f"chmod 700 {PEER_SSH}"))
     assert written < migrate
+
+
+def test_node_to_node_ssh_prefers_aes_gcm_from_openssh_s_own_default_set() -> None:
+    """The cipher list is OpenSSH's default set reordered, checked against this machine's ssh (OpenSSH 9):
+    no name an OpenSSH would refuse, none dropped that a server might insist on."""
+    default = subprocess.run(["ssh", "-G", "node-b"], capture_output=True, text=True, check=True, timeout=10)
+    defaults = next(line.split()[1] for line in default.stdout.splitlines() if line.startswith("ciphers "))
+    assert sorted(CIPHERS.split(",")) == sorted(defaults.split(","))
+    assert CIPHERS.split(",")[0] == "aes128-gcm@openssh.com" != defaults.split(",")[0]
+    line = ssh_command(TARGET, "/run/x/ssh")
+    assert f"Ciphers={CIPHERS}" in _tokens(line)
+    given = subprocess.run(["sh", "-c", line.replace("ssh ", "ssh -G ", 1) + " true"], capture_output=True, text=True)
+    assert given.returncode == 0 and f"ciphers {CIPHERS}" in given.stdout.splitlines(), given.stderr
 
 
 def test_the_peer_ssh_passes_libvirts_arguments_through_on_the_shared_connection(tmp_path: Path) -> None:
