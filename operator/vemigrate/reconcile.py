@@ -374,14 +374,22 @@ async def _observe(
     checking = phase == Phase.VALIDATING and dst.driver is not None
     target_access = dst.driver.access if dst.driver is not None else None
 
+    # The SSHPort check's login from the source becomes the migration's shared connection to the target
+    # (where the driver keeps one): the storage probe waits for it and runs on it, and so does the job
+    # (hostjob.forget ends it with the migration, a dry run's too). One handshake, while the VE is read.
+    reach = (
+        asyncio.ensure_future(_ask(src, lambda d: d.reaches(target_access, uid)))
+        if checking and target_access
+        else asyncio.ensure_future(none())
+    )
+
     async def source_ve_and_sharing() -> VEFacts | None:
         found = await _ask(src, lambda d: d.find_ve(spec.source.name, for_checks=checking))
-        if checking and found is not None and found.disk_paths and target_access is not None:
+        if checking and found is not None and found.disk_paths and target_access is not None and await reach:
             # Which disks the target sees as the same files (the SharedStorage check): asked as soon as
-            # the VE's disks are known, while the round's other reads still run.
+            # the VE's disks are known and the connection is up, while the round's other reads still run.
+            # Not asked when the source cannot reach the target (the SSHPort check fails anyway).
             probed, peer = found, target_access
-            # On the migration's shared connection to the target: the job's start reuses it moments later
-            # (hostjob.forget ends it with the migration, a dry run's too).
             found = replace(found, shared_disks=await _ask(src, lambda d: d.shared_disks(probed, peer, uid)))
         return found
 
@@ -390,7 +398,7 @@ async def _observe(
         _ask(dst, lambda d: d.find_ve(spec.source.name, for_checks=checking)),
         _ask(src, lambda d: d.probe()) if checking else none(),
         _ask(dst, lambda d: d.probe([spec.target.path] if spec.target.path else [])) if checking else none(),
-        _ask(src, lambda d: d.reaches(target_access)) if checking and target_access else none(),
+        reach,
     )
     src.obs = replace(src.obs, facts=src_facts or src.obs.facts)
     dst.obs = replace(dst.obs, facts=dst_facts or dst.obs.facts)

@@ -112,6 +112,26 @@ async def test_a_dry_run_is_checked_and_succeeds_moving_nothing(bench: Bench) ->
     assert bench.sim.ve("node-a", "web-01") is not None and bench.sim.ve("node-b", "web-01") is None
 
 
+@pytest.mark.parametrize("reachable", [True, False])
+async def test_the_storage_probe_runs_on_the_reach_checks_connection_and_not_without_one(
+    bench: Bench, reachable: bool
+) -> None:
+    """The SSHPort check's login becomes the migration's connection to the target, so the storage probe
+    waits for it (two probes at once would each make a connection); a source that cannot reach the
+    target is not probed, and the check says why the migration cannot start."""
+    if not reachable:
+        bench.sim.unreachable.add(("node-a", "node-b"))
+    bench.create("dry", dryRun=True)
+    await bench.until("dry", Phase.SUCCEEDED if reachable else Phase.FAILED)
+    on_source = [method for host, method in bench.sim.calls if host == "node-a"]
+    if reachable:
+        assert on_source.index("reaches") < on_source.index("shared_disks"), on_source
+    else:
+        assert "reaches" in on_source and "shared_disks" not in on_source, on_source
+        checks = {c["name"]: c["result"] for c in bench.status("dry")["checks"]}
+        assert checks["SSHPort"] == "Failed", checks
+
+
 @pytest.mark.parametrize(("state", "mode"), [(VEState.RUNNING, "Live"), (VEState.STOPPED, "Offline")])
 async def test_a_migration_moves_the_ve_disposes_of_the_source_and_forgets_its_job(
     bench: Bench, state: VEState, mode: str

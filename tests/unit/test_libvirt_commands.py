@@ -26,6 +26,7 @@ from vemigrate.drivers.libvirt.facts import QEMU_CAPABILITIES, _Disk, _host_stat
 from vemigrate.drivers.libvirt.jobs import (
     CIPHERS,
     PEER_SSH,
+    REACH_TIMEOUT_SECONDS,
     THROTTLE,
     _offline_script,
     _offline_stats,
@@ -33,6 +34,7 @@ from vemigrate.drivers.libvirt.jobs import (
     completed_stats,
     live_argv,
     live_script,
+    reach,
     ssh_command,
 )
 from vemigrate.drivers.protocol import MigrationPlan
@@ -125,6 +127,25 @@ def test_node_to_node_ssh_prefers_aes_gcm_from_openssh_s_own_default_set() -> No
     assert f"Ciphers={CIPHERS}" in _tokens(line)
     given = subprocess.run(["sh", "-c", line.replace("ssh ", "ssh -G ", 1) + " true"], capture_output=True, text=True)
     assert given.returncode == 0 and f"ciphers {CIPHERS}" in given.stdout.splitlines(), given.stderr
+
+
+def test_the_reach_check_makes_the_migrations_shared_connection(tmp_path: Path) -> None:
+    """The SSHPort check, run by sh with a stand-in `ssh` first in PATH: it makes the connection's 0700
+    directory, then runs `true` on the target with the key checked strictly, a bounded connect, and the
+    migration's control socket (a new master when none is up, as the storage probe and the job use)."""
+    control = str(tmp_path / "jobs" / "uid" / "ssh")
+    fake = tmp_path / "bin" / "ssh"
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" >{tmp_path}/args\n')
+    fake.chmod(0o700)
+    env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}"}
+    subprocess.run(reach(TARGET, control), env=env, check=True, timeout=10)
+    args = (tmp_path / "args").read_text().splitlines()
+    assert (tmp_path / "jobs" / "uid").stat().st_mode & 0o777 == 0o700
+    for option in ("BatchMode=yes", "StrictHostKeyChecking=yes", f"ControlPath={control}", "ControlMaster=auto"):
+        assert option in args, args
+    assert f"ConnectTimeout={REACH_TIMEOUT_SECONDS}" in args and args[-3:] == ["root@192.0.2.2", "--", "true"]
+    assert "ConnectTimeout" not in ssh_command(TARGET, control), "the job's own commands are not bounded by it"
 
 
 def test_the_peer_ssh_passes_libvirts_arguments_through_on_the_shared_connection(tmp_path: Path) -> None:

@@ -199,7 +199,7 @@ class PrlctlDriver:
             enter_sessions=enter_sessions(sections.get("ps", ""), entry),
         )
 
-    async def reaches(self, other: HostAccess) -> bool:
+    async def reaches(self, other: HostAccess, uid: str | None = None) -> bool:
         return await self.ssh.reaches(other)
 
     async def shared_disks(self, ve: VEFacts, target: HostAccess, uid: str | None = None) -> tuple[str, ...] | None:

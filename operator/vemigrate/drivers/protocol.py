@@ -67,8 +67,10 @@ class HypervisorDriver(Protocol):
         facts only the pre-flight checks use that cost a command on the host (whether it is a linked
         clone, a container's size on disk); otherwise those may be left unknown (None)."""
 
-    async def reaches(self, other: HostAccess) -> bool:
-        """Whether this host opens a direct SSH connection to `other` on its SSH port."""
+    async def reaches(self, other: HostAccess, uid: str | None = None) -> bool:
+        """Whether this host opens a direct SSH connection to `other` on its SSH port. With `uid`, the
+        connection may stay up as that migration's shared one where the driver keeps one (then a new
+        login when none is up), for `shared_disks` and the job to reuse."""
 
     async def shared_disks(self, ve: VEFacts, target: HostAccess, uid: str | None = None) -> tuple[str, ...] | None:
         """Which of the VE's disk files (on this host) `target` sees as the very same files: storage both

@@ -140,6 +140,7 @@ class SimulatedWorld:
         self._jobs: dict[str, dict[tuple[str, int], _Job]] = {}  # host -> (uid, attempt) -> job
         self._scripts: dict[str, list[JobScript]] = {}  # VE name -> its next jobs
         self._silent: dict[str, DriverError] = {}
+        self.unreachable: set[tuple[str, str]] = set()  # (source, target): no SSH from one to the other
 
     # -- setting the world up ------------------------------------------------------------------
     def add_host(self, name: str, facts: HostStatus | None = None) -> None:
@@ -367,9 +368,9 @@ class SimulatedHost:
         found = self.world._copy(self.access.name, name)
         return found.facts if found is not None else None
 
-    async def reaches(self, other: HostAccess) -> bool:
+    async def reaches(self, other: HostAccess, uid: str | None = None) -> bool:
         self._call("reaches")
-        return True
+        return (self.access.name, other.name) not in self.world.unreachable
 
     async def shared_disks(self, ve: VEFacts, target: HostAccess, uid: str | None = None) -> tuple[str, ...] | None:
         self._call("shared_disks")

@@ -32,7 +32,7 @@ class UnavailableDriver:
     async def find_ve(self, name: str, *, for_checks: bool = False) -> VEFacts | None:
         self._refuse()
 
-    async def reaches(self, other: HostAccess) -> bool:
+    async def reaches(self, other: HostAccess, uid: str | None = None) -> bool:
         self._refuse()
 
     async def shared_disks(self, ve: VEFacts, target: HostAccess, uid: str | None = None) -> tuple[str, ...] | None:

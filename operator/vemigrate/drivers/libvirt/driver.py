@@ -51,6 +51,7 @@ from vemigrate.drivers.libvirt.jobs import (
     _target_name,
     completed_stats,
     live_script,
+    reach,
     read_removed,
     read_shared_probe,
     remove_local,
@@ -193,8 +194,11 @@ class LibvirtDriver:
             return True
         return any(backing.get(p) in ours for p in others)
 
-    async def reaches(self, other: HostAccess) -> bool:
-        return await self.ssh.reaches(other)
+    async def reaches(self, other: HostAccess, uid: str | None = None) -> bool:
+        if uid is None:
+            return await self.ssh.reaches(other)
+        # The login that proves the port open becomes the migration's shared connection.
+        return (await self.ssh.run(reach(other, hostjob.control_path(uid)), check=False)).ok
 
     async def shared_disks(self, ve: VEFacts, target: HostAccess, uid: str | None = None) -> tuple[str, ...] | None:
         verdicts = await self._shared(target, list(ve.disk_paths), uid)

@@ -456,10 +456,23 @@ def shared_probe(target: HostAccess, disks: Sequence[str], control: str | None =
     `control`, on that shared connection (hostjob.control_path), made here when it is not up."""
     if any(c in disk for disk in disks for c in "\t\n\r"):
         raise ValueError("disk paths with tabs or line breaks cannot be probed")
-    look = f"{ssh_command(target, control)} {shlex.quote(shlex.join(['sh', '-c', _LOOK]))}"
-    if control is not None:
-        look = f"(umask 077 && mkdir -p -- {shlex.quote(posixpath.dirname(control))}) && {look}"
-    return ["sh", "-c", _SHARED_PROBE, "sh", look, *disks]
+    return ["sh", "-c", _SHARED_PROBE, "sh", _from_source(target, control, ["sh", "-c", _LOOK]), *disks]
+
+
+def _from_source(target: HostAccess, control: str | None, argv: list[str], connect_timeout: int | None = None) -> str:
+    """A shell line for the source that runs argv on the target; with `control`, on that shared
+    connection, whose directory it makes first (the connection itself too, when it is not up)."""
+    line = f"{ssh_command(target, control, connect_timeout)} {shlex.quote(shlex.join(argv))}"
+    if control is None:
+        return line
+    return f"(umask 077 && mkdir -p -- {shlex.quote(posixpath.dirname(control))}) && {line}"
+
+
+def reach(target: HostAccess, control: str) -> list[str]:
+    """The argv of the `SSHPort` check on the source: `true` run on the target over the migration's shared
+    connection, which this makes (a new login, the key checked strictly) when it is not up, so that the
+    storage probe and the job after it pay for no handshake of their own."""
+    return ["sh", "-c", _from_source(target, control, ["true"], connect_timeout=REACH_TIMEOUT_SECONDS)]
 
 
 # On the source, $1 `_SHARED_PROBE`, then its arguments (the look, the disks): the probe, then, only when
@@ -508,7 +521,11 @@ CONTROL_PERSIST_SECONDS = 30
 CIPHERS = "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,aes128-ctr,aes192-ctr,aes256-ctr"
 
 
-def ssh_command(target: HostAccess, control: str | None = None) -> str:
+# How long the `SSHPort` check waits for the target's SSH port to answer (as drivers/ssh.py's check).
+REACH_TIMEOUT_SECONDS = 5
+
+
+def ssh_command(target: HostAccess, control: str | None = None, connect_timeout: int | None = None) -> str:
     """The source's own SSH to the target (host key checked), as one shell command line ending in `--`.
     With `control` (a socket path), the commands share one connection: the first one made becomes its
     master, so a job pays for one SSH handshake to the target instead of one per step."""
@@ -517,6 +534,8 @@ def ssh_command(target: HostAccess, control: str | None = None) -> str:
         if control
         else []
     )
+    if connect_timeout is not None:
+        shared += ["-o", f"ConnectTimeout={connect_timeout}"]
     return shlex.join(
         [
             "ssh",
