@@ -78,8 +78,9 @@ _READ = (
 # Returns when the job is over or after $2 seconds, whichever is first: over once its `exit` record is
 # written or its lock is free (its last process is gone: it ended, or was lost). flock blocks on the lock,
 # so a job's end is seen at once; the exit record is looked at every second in case something the job
-# left behind still holds the lock. `none`: no job was started here (or flock failed: sysexits codes;
-# its timeout is 1, and older util-linux has no -E to choose another).
+# left behind still holds the lock. Its first line says which: `waited=ended`, `waited=running` (the $2
+# seconds passed), or `waited=none`: no job was started here (or flock failed: sysexits codes; its timeout
+# is 1, and older util-linux has no -E to choose another).
 # Once it is over, the rest of $@ ($3 ...) is `_READ`'s: the job's record follows in the same round trip.
 _WAIT_END = (
     r"""
