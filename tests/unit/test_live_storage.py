@@ -20,6 +20,7 @@ from vemigrate.api.migration import Mode
 from vemigrate.core.access import HostAccess
 from vemigrate.drivers import hostjob
 from vemigrate.drivers.errors import PermanentError
+from vemigrate.drivers.libvirt.driver import _known_sharing
 from vemigrate.drivers.libvirt.facts import METADATA_NS, _Disk
 from vemigrate.drivers.libvirt.jobs import (
     _CREATE_DIR,
@@ -130,6 +131,14 @@ def test_shared_disks_are_not_copied_and_mixed_copies_only_the_local_ones() -> N
     assert words[words.index("--migrate-disks") + 1] == "vdb" and "--unsafe" in words
     assert VDA.path not in mixed, "nothing is made for the shared disk"
     assert live_argv(plan(), copy_disks=True)[-2] == UUID
+
+
+def test_the_job_takes_the_checks_verdicts_only_when_they_cover_every_disk() -> None:
+    probed = ve(disk_paths=(VDA.path, VDB.path), shared_disks=(VDB.path,))
+    assert _known_sharing(probed, [VDA.path, VDB.path]) == {VDA.path: "local", VDB.path: "shared"}
+    # Not probed (or a verdict unknown), or a disk the probe did not see: probed again at the job's start.
+    assert _known_sharing(ve(disk_paths=(VDA.path, VDB.path)), [VDA.path]) is None
+    assert _known_sharing(probed, [VDA.path, "/var/lib/libvirt/images/added.qcow2"]) is None
 
 
 def _probe(look: str, *disks: Path) -> dict[str, str]:

@@ -63,6 +63,14 @@ from vemigrate.drivers.ssh import SSHHost
 LXC_CONFIG_DIR = "/etc/libvirt/lxc"  # where the system libvirtd keeps container definitions
 
 
+def _known_sharing(ve: VEFacts, paths: list[str]) -> dict[str, str] | None:
+    """Shared or local for each of these disks, from the VE's probed verdicts; None unless the probe
+    told every one of them."""
+    if ve.shared_disks is None or not set(paths) <= set(ve.disk_paths):
+        return None
+    return {path: "shared" if path in ve.shared_disks else "local" for path in paths}
+
+
 class LibvirtDriver:
     """One host reached through libvirt. See the package docstring for how."""
 
@@ -260,8 +268,11 @@ class LibvirtDriver:
                     "or migrate without clone",
                 )
             every = _disks(ET.fromstring(xml))
-            # Decided again here, not taken from the pre-flight: a disk both hosts see stays where it is.
-            verdicts = await self._shared(plan.target, [d.path for d in every], plan.uid)
+            # A disk both hosts see stays where it is: the verdicts of this pass's SharedStorage probe when
+            # they cover every disk (made moments ago, on the connection the job uses), else probed now.
+            # Either way the job creates each copied disk only where nothing is (`_CREATE_DISKS`).
+            paths = [d.path for d in every]
+            verdicts = _known_sharing(plan.ve, paths) or await self._shared(plan.target, paths, plan.uid)
             shared = [d.target for d in every if verdicts[d.path] == "shared"]
             disks = [d for d in every if verdicts[d.path] != "shared"]
             uuid = plan.ve.uuid
