@@ -361,18 +361,24 @@ async def _observe(
     async def none() -> None:
         return None
 
-    job: JobObservation | None = None
-    if job_ended and stored is not None and stored.plan is not None and phase in (Phase.TRANSFERRING, Phase.SWITCHOVER):
-        # Woken by the job's end: its record is read first, and the VE after it, so what is decided comes
-        # from after the job (a round fewer than reading the VE, the job, then the VE again). The plan is
-        # the one the job recorded; the VE is not needed to read a job's outcome.
-        early = _plan(uid, spec, stored, None, src, dst)
-        if early is not None:
-            job = world.job_outcome(uid, early) or await _ask(src, lambda d: d.job(early))
-
     # The pre-flight checks' facts are independent reads of both hosts: all in one round, not three.
     checking = phase == Phase.VALIDATING and dst.driver is not None
     target_access = dst.driver.access if dst.driver is not None else None
+
+    # The job's record, read with the plan it recorded (its VE is not needed to read it). Woken by the job's
+    # end: read first, and the VE after it, so that what is decided comes from after the job. Otherwise
+    # in the same round as the VE, and the VE read again should the job turn out to have ended.
+    running = stored is not None and stored.plan is not None and phase in (Phase.TRANSFERRING, Phase.SWITCHOVER)
+    recorded = _plan(uid, spec, stored, None, src, dst) if running or checking else None
+    job: JobObservation | None = None
+    job_read: asyncio.Future[JobObservation | None] | None = None
+    if recorded is not None and running and job_ended:
+        job = world.job_outcome(uid, recorded) or await _ask(src, lambda d: d.job(recorded))
+    elif recorded is not None:
+        # In Validating, whether this attempt's job exists (an operator that died after starting it): a
+        # record that says none is all the checks need; any other is read again below with the whole plan.
+        job_read = asyncio.ensure_future(_ask(src, lambda d: d.job(recorded)))
+    ve_before_job = job is None  # the VE is read next: a job read later may have ended since
 
     # The SSHPort check's login from the source becomes the migration's shared connection to the target
     # (where the driver keeps one): the storage probe waits for it and runs on it, and so does the job
@@ -403,17 +409,20 @@ async def _observe(
     src.obs = replace(src.obs, facts=src_facts or src.obs.facts)
     dst.obs = replace(dst.obs, facts=dst_facts or dst.obs.facts)
     plan = _plan(uid, spec, stored, source_ve, src, dst)
+    along = await job_read if job_read is not None else None
+    if along is not None and (running or along.state == JobState.NONE):
+        job = along
     verified = disposed = leftovers = None
     if plan is not None and job is None and phase != Phase.FINALIZING:  # Finalizing decides without the job
         job = await _ask(src, lambda d: d.job(plan))
-        if job is not None and job.state in _ENDED and phase in (Phase.TRANSFERRING, Phase.SWITCHOVER):
-            # The job may have ended after this pass looked the VE up: look again, so what is decided comes
-            # from after it: the result and the source's disposition (a renamed container is gone from the
-            # source), or, for a failed job, whether the VE is split between the hosts (a failed
-            # post-copy) so that nothing may be rolled back.
-            source_ve, target_ve = await asyncio.gather(
-                _ask(src, lambda d: d.find_ve(spec.source.name)), _ask(dst, lambda d: d.find_ve(spec.source.name))
-            )
+    if ve_before_job and job is not None and job.state in _ENDED and phase in (Phase.TRANSFERRING, Phase.SWITCHOVER):
+        # The job may have ended after this pass looked the VE up: look again, so what is decided comes
+        # from after it: the result and the source's disposition (a renamed container is gone from the
+        # source), or, for a failed job, whether the VE is split between the hosts (a failed post-copy) so
+        # that nothing may be rolled back.
+        source_ve, target_ve = await asyncio.gather(
+            _ask(src, lambda d: d.find_ve(spec.source.name)), _ask(dst, lambda d: d.find_ve(spec.source.name))
+        )
     if plan is not None:
         finishing = phase == Phase.FINALIZING or (job is not None and job.state in (JobState.COMPLETED, JobState.NONE))
         checked = plan

@@ -132,6 +132,44 @@ async def test_the_storage_probe_runs_on_the_reach_checks_connection_and_not_wit
         assert checks["SSHPort"] == "Failed", checks
 
 
+@pytest.mark.parametrize("phase", [Phase.VALIDATING, Phase.TRANSFERRING])
+async def test_a_pass_reads_the_jobs_record_alongside_the_ve_not_after_it(
+    bench: Bench, monkeypatch: pytest.MonkeyPatch, phase: Phase
+) -> None:
+    """In Validating (whether this attempt's job exists already) and in a running job's progress pass, the
+    job's record is read in the same round as the VE: here the source's VE lookup waits for the job's read
+    to begin, which a pass reading one after the other never does. A job seen ended that way has the VE
+    looked up again, from after its end, before anything is decided on it."""
+    bench.sim.script("web-01", JobScript(seconds=None))
+    uid = bench.create("round")
+    await bench.until("round", phase)
+    bench.world.watch_job(uid, None)  # no long poll: the passes below read the job themselves
+    asked = asyncio.Event()
+    job, find_ve = SimulatedHost.job, SimulatedHost.find_ve
+
+    async def job_read(self: SimulatedHost, plan: Any) -> Any:
+        asked.set()
+        return await job(self, plan)
+
+    async def ve_after_job_asked(self: SimulatedHost, name: str, *, for_checks: bool = False) -> Any:
+        if self.access.name == "node-a":
+            await asyncio.wait_for(asked.wait(), 5)
+        return await find_ve(self, name, for_checks=for_checks)
+
+    monkeypatch.setattr(SimulatedHost, "job", job_read)
+    monkeypatch.setattr(SimulatedHost, "find_ve", ve_after_job_asked)
+    bench.sim.calls.clear()
+    assert (await bench.step("round")).status.phase == Phase.TRANSFERRING
+    assert [m for h, m in bench.sim.calls if h == "node-a"].count("job") == 1, bench.sim.calls
+    if phase == Phase.TRANSFERRING:
+        bench.sim.end_job(uid)
+        bench.sim.calls.clear()
+        asked.clear()
+        assert (await bench.step("round")).status.phase == Phase.SUCCEEDED
+        on_source = [m for h, m in bench.sim.calls if h == "node-a"]
+        assert on_source.count("job") == 1 and on_source.count("find_ve") == 2, on_source
+
+
 @pytest.mark.parametrize(("state", "mode"), [(VEState.RUNNING, "Live"), (VEState.STOPPED, "Offline")])
 async def test_a_migration_moves_the_ve_disposes_of_the_source_and_forgets_its_job(
     bench: Bench, state: VEState, mode: str
