@@ -429,7 +429,7 @@ async def _observe(
         if finishing and phase != Phase.VALIDATING:
             # Different hosts: asked at once.
             verified, disposed = await asyncio.gather(
-                _ask(dst, lambda d: d.verify_target(checked)),
+                _ask(dst, lambda d: d.verify_target(checked, job.on_target if job is not None else ())),
                 _ask(src, lambda d: d.source_disposed(checked, checked.disposition)),
             )
         if phase == Phase.ROLLING_BACK:

@@ -27,6 +27,7 @@ from vemigrate.drivers.libvirt.jobs import (
     _CREATE_DISKS,
     _LOOK,
     _SHARED_PROBE,
+    _STATS_AND_FORGET,
     live_argv,
     live_script,
     live_target_disk,
@@ -68,6 +69,13 @@ def _written(text: str, name: str) -> str:
     return base64.b64decode(match.group(1)).decode()
 
 
+def _seen_on_target(text: str) -> list[str]:
+    """The files the job's last command on the target looks for (after `_STATS_AND_FORGET`'s three)."""
+    start = text.index(shlex.quote(shlex.join(["sh", "-c", _STATS_AND_FORGET]))[:-1])
+    words = shlex.split(shlex.split(text[start:].partition(" 9>&-")[0])[0])
+    return words[words.index(_STATS_AND_FORGET) + 5 :]
+
+
 def _sources(xml: str) -> dict[str, str]:
     root = ET.fromstring(xml)
     return {
@@ -100,6 +108,7 @@ def test_with_target_path_the_disks_land_in_path_uuid_by_device() -> None:
     assert words[words.index("--xml") + 1] == "dest.xml"
     assert words[words.index("--persistent-xml") + 1] == "persistent.xml"
     assert "--copy-storage-all" in words and "--migrate-disks" not in words and "--unsafe" not in words
+    assert _seen_on_target(text) == [f"{directory}/vda.qcow2", f"{directory}/vdb.raw"], "the copies, where they land"
 
 
 def test_without_target_path_live_keeps_the_source_paths() -> None:
@@ -130,6 +139,7 @@ def test_shared_disks_are_not_copied_and_mixed_copies_only_the_local_ones() -> N
     words = shlex.split(next(line for line in mixed.splitlines() if " migrate --live" in line))
     assert words[words.index("--migrate-disks") + 1] == "vdb" and "--unsafe" in words
     assert VDA.path not in mixed, "nothing is made for the shared disk"
+    assert _seen_on_target(mixed) == [VDB.path] and _seen_on_target(only_shared) == []
     assert live_argv(plan(), copy_disks=True)[-2] == UUID
 
 

@@ -28,6 +28,7 @@ from vemigrate.drivers.libvirt.jobs import (
     _STATS_AND_FORGET,
     _offline_stats,
     _target_dir,
+    on_target,
 )
 
 pytestmark = pytest.mark.unit
@@ -272,10 +273,16 @@ def test_a_live_jobs_statistics_are_read_and_its_record_forgotten_in_one_session
     job = tmp_path / "jobs" / "uid" / "1"
     job.mkdir(parents=True)
     (job / "created").write_text("")
+    there, gone = tmp_path / "images" / "web 1.qcow2", tmp_path / "images" / "vdb.raw"
+    there.parent.mkdir()
+    there.write_bytes(b"")
     env = _virsh_stand_in(tmp_path, "echo 'Total downtime: 68 ms'; echo 'error: a warning' >&2")
-    out = _sh(_STATS_AND_FORGET, UUID_OF_VE, job, job.parent, env=env)
+    out = _sh(_STATS_AND_FORGET, UUID_OF_VE, job, job.parent, there, gone, env=env)
     assert out.returncode == 0
-    assert out.stdout.decode().splitlines() == ["Total downtime: 68 ms", "error: a warning"], "virsh's stderr too"
+    said = out.stdout.decode()
+    assert said.splitlines()[:2] == ["Total downtime: 68 ms", "error: a warning"], "virsh's stderr too"
+    # The copies found there, for the verification to take as seen; not the one that is missing.
+    assert on_target(said) == {str(there)}
     assert (tmp_path / "virsh.log").read_text() == f"-c qemu:///system domjobinfo --completed {UUID_OF_VE}\n"
     assert not job.exists() and not job.parent.exists()
     env = _virsh_stand_in(tmp_path, "exit 1")

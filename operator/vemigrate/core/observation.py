@@ -140,6 +140,9 @@ class JobObservation:
     error_reason: Reason | None = None
     error_message: str | None = None
     error_class: ErrorClass | None = None
+    # The files a completed job found on the target at its end (its last command there), which the
+    # verification of the copy need not look for again.
+    on_target: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
@@ -333,7 +333,7 @@ class PrlctlDriver:
                 return entry
         return None
 
-    async def verify_target(self, plan: MigrationPlan) -> bool:
+    async def verify_target(self, plan: MigrationPlan, seen: Collection[str] = ()) -> bool:
         entry = await self._copy_here(plan)
         if entry is None:
             return False

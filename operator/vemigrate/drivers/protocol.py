@@ -12,7 +12,7 @@ never started.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -107,8 +107,9 @@ class HypervisorDriver(Protocol):
         """Remove the job's records from the host once the migration is final."""
 
     # -- on the target ----------------------------------------------------------------------
-    async def verify_target(self, plan: MigrationPlan) -> bool:
-        """Whether the copy here is complete: defined, in the expected state, data intact."""
+    async def verify_target(self, plan: MigrationPlan, seen: Collection[str] = ()) -> bool:
+        """Whether the copy here is complete: defined, in the expected state, data intact. `seen`: files
+        the migration's job found here at its end (JobObservation.on_target), not looked for again."""
 
     async def target_leftovers(self, plan: MigrationPlan) -> bool:
         """Whether this migration left anything here (a half-defined VE, partial disks)."""

@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
@@ -409,7 +409,7 @@ class SimulatedHost:
         self._call("forget_job")
         self.world._forget(plan)
 
-    async def verify_target(self, plan: MigrationPlan) -> bool:
+    async def verify_target(self, plan: MigrationPlan, seen: Collection[str] = ()) -> bool:
         self._call("verify_target")
         return self.world._verified(plan)
 

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import NoReturn
 
 from vemigrate.api.host import HostStatus
@@ -62,7 +62,7 @@ class UnavailableDriver:
     async def forget_job(self, plan: MigrationPlan) -> None:
         self._refuse()
 
-    async def verify_target(self, plan: MigrationPlan) -> bool:
+    async def verify_target(self, plan: MigrationPlan, seen: Collection[str] = ()) -> bool:
         self._refuse()
 
     async def target_leftovers(self, plan: MigrationPlan) -> bool:

@@ -185,10 +185,20 @@ virsh -c "$uri" define /dev/stdin || exit 1
 """
 )
 
-# On the target after a live job, $1 the domain's UUID, then `_FORGET`'s two: the completed job's
-# statistics (the downtime; libvirt keeps them on the target) on stdout, whatever they say, then the record
-# forgotten, in one SSH session.
-_STATS_AND_FORGET = _FORGET + 'virsh -c qemu:///system domjobinfo --completed "$1" 2>&1; forget "$2" "$3"\n'
+# On the target after a live job, $1 the domain's UUID, then `_FORGET`'s two, then the paths of the disks
+# the job copied: the completed job's statistics (the downtime; libvirt keeps them on the target) on stdout,
+# whatever they say, then `ON_TARGET <path>` for each copy that is there (the verification of the copy
+# takes those as seen), then the record forgotten, in one SSH session.
+ON_TARGET = "vemigrate-on-target"
+_STATS_AND_FORGET = (
+    _FORGET
+    + f"""
+virsh -c qemu:///system domjobinfo --completed "$1" 2>&1
+job=$2 parent=$3; shift 3
+for path; do [ -e "$path" ] && printf '{ON_TARGET} %s\\n' "$path"; done
+forget "$job" "$parent"
+"""
+)
 
 _SAME = _IDENT + 'same() { [ -e "$2" ] && [ "$(ident "$2")" = "$1" ]; }\n'
 
@@ -375,8 +385,8 @@ def live_script(
         lines.append(_create_dir(plan, directory, "dir"))
         lines.append(_write_file("dest.xml", _target_xml(plan, xml[0], directory)))
         lines.append(_write_file("persistent.xml", _target_xml(plan, xml[1], directory)))
+    placed = [(live_target_disk(plan, disk), size) for disk, size in disks]
     if copy_disks and disks:
-        placed = [(live_target_disk(plan, disk), size) for disk, size in disks]
         for disk, _ in placed:
             _recordable(disk.path)
         created = [word for disk, size in placed for word in (disk.path, disk.format, str(size))]
@@ -407,7 +417,8 @@ def live_script(
     lines.append(f"echo \"$(date -u '{_EVENT_TIME_FORMAT}'): {_JOB_ENDED}\" >>{EVENTS_REPORT}")
     # The completed job's statistics (downtime) are kept by the target's libvirtd: read there, on the
     # shared SSH connection (a libvirt connection to it would be another handshake).
-    stats_and_forget = ["sh", "-c", _STATS_AND_FORGET, "sh", ve.uuid, *_forget(plan)]
+    copies = [disk.path for disk, _ in placed] if copy_disks and disks else []
+    stats_and_forget = ["sh", "-c", _STATS_AND_FORGET, "sh", ve.uuid, *_forget(plan), *copies]
     lines.append(_on_target(plan, stats_and_forget) + f" >{STATS_REPORT}")
     return hostjob.script(lines, finally_=[_close_control(plan, unless_done=True)])
 
@@ -583,6 +594,12 @@ def completed_stats(domjobinfo: str, log: str, events: str = "") -> JobStats:
         switchover_time=switchover,
         switchover_evidence=evidence,
     )
+
+
+def on_target(stats: str) -> frozenset[str]:
+    """The copies a live job's last command on the target found there (`_STATS_AND_FORGET`)."""
+    marker = f"{ON_TARGET} "
+    return frozenset(line[len(marker) :] for line in stats.splitlines() if line.startswith(marker))
 
 
 def _switchover(events: str, downtime_ms: int | None) -> tuple[datetime | None, str | None]:
