@@ -375,8 +375,9 @@ async def _observe(
     if recorded is not None and running and job_ended:
         job = world.job_outcome(uid, recorded) or await _ask(src, lambda d: d.job(recorded))
     elif recorded is not None:
-        # In Validating, whether this attempt's job exists (an operator that died after starting it): a
-        # record that says none is all the checks need; any other is read again below with the whole plan.
+        # A running job's progress; in Validating, whether this attempt's job exists (an operator that died
+        # after starting it): a record that says none is all the checks need, any other is read again below
+        # with the whole plan.
         job_read = asyncio.ensure_future(_ask(src, lambda d: d.job(recorded)))
     ve_before_job = job is None  # the VE is read next: a job read later may have ended since
 
