@@ -317,6 +317,7 @@ def _plan(
 
 
 _ENDED = (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED)
+_JOB_PHASES = (Phase.TRANSFERRING, Phase.SWITCHOVER)  # the job runs, or has just ended
 
 
 async def _observe(
@@ -365,19 +366,19 @@ async def _observe(
     checking = phase == Phase.VALIDATING and dst.driver is not None
     target_access = dst.driver.access if dst.driver is not None else None
 
-    # The job's record, read with the plan it recorded (its VE is not needed to read it). Woken by the job's
-    # end: read first, and the VE after it, so that what is decided comes from after the job. Otherwise
-    # in the same round as the VE, and the VE read again should the job turn out to have ended.
-    running = stored is not None and stored.plan is not None and phase in (Phase.TRANSFERRING, Phase.SWITCHOVER)
-    recorded = _plan(uid, spec, stored, None, src, dst) if running or checking else None
+    # The job's record, read with the plan it recorded, without the VE: woken by the job's end, first, and
+    # the VE after it, so that what is decided comes from after the job (its outcome needs no VE). In
+    # Validating, in the same round as the checks' reads: whether this attempt's job exists (an operator that
+    # died after starting it); a record that says none is all the checks need, any other is read again below
+    # with the whole plan. A running job's progress is read after the VE, with it (prlctl counts its bytes
+    # from the VE's size).
+    ended = job_ended and stored is not None and stored.plan is not None and phase in _JOB_PHASES
+    recorded = _plan(uid, spec, stored, None, src, dst) if checking or ended else None
     job: JobObservation | None = None
     job_read: asyncio.Future[JobObservation | None] | None = None
-    if recorded is not None and running and job_ended:
+    if recorded is not None and ended:
         job = world.job_outcome(uid, recorded) or await _ask(src, lambda d: d.job(recorded))
-    elif recorded is not None:
-        # A running job's progress; in Validating, whether this attempt's job exists (an operator that died
-        # after starting it): a record that says none is all the checks need, any other is read again below
-        # with the whole plan.
+    elif recorded is not None and checking:
         job_read = asyncio.ensure_future(_ask(src, lambda d: d.job(recorded)))
     ve_before_job = job is None  # the VE is read next: a job read later may have ended since
 
@@ -411,12 +412,12 @@ async def _observe(
     dst.obs = replace(dst.obs, facts=dst_facts or dst.obs.facts)
     plan = _plan(uid, spec, stored, source_ve, src, dst)
     along = await job_read if job_read is not None else None
-    if along is not None and (running or along.state == JobState.NONE):
+    if along is not None and along.state == JobState.NONE:
         job = along
     verified = disposed = leftovers = None
     if plan is not None and job is None and phase != Phase.FINALIZING:  # Finalizing decides without the job
         job = await _ask(src, lambda d: d.job(plan))
-    if ve_before_job and job is not None and job.state in _ENDED and phase in (Phase.TRANSFERRING, Phase.SWITCHOVER):
+    if ve_before_job and job is not None and job.state in _ENDED and phase in _JOB_PHASES:
         # The job may have ended after this pass looked the VE up: look again, so what is decided comes
         # from after it: the result and the source's disposition (a renamed container is gone from the
         # source), or, for a failed job, whether the VE is split between the hosts (a failed post-copy) so
