@@ -12,23 +12,9 @@ from typing import Any
 
 from benchmarks import report, stats
 from vemigrate.api.migration import MigrationSpec, Mode
-from vemigrate.core.access import HostAccess
 from vemigrate.drivers.libvirt import LibvirtDriver
 from vemigrate.drivers.protocol import MigrationPlan
 from vemigrate_dev.lab import LabInfo
-
-
-def _access(lab: LabInfo, name: str) -> HostAccess:
-    h = lab.host(name)
-    return HostAccess(
-        name=name,
-        namespace="bench",
-        address=h.address,
-        private_key=lab.ssh_key.read_text(),
-        known_hosts=lab.known_hosts.read_text(),
-        libvirt_uri=h.ssh_uri,
-        migration_address=h.address,
-    )
 
 
 async def _timed(call: Callable[[], Awaitable[Any]]) -> float:
@@ -54,7 +40,7 @@ async def _pass(src: LibvirtDriver, dst: LibvirtDriver, vm: str) -> dict[str, fl
 
 
 async def _measure(lab: LabInfo, vm: str, warm_repetitions: int) -> tuple[dict[str, float], dict[str, list[float]]]:
-    src, dst = LibvirtDriver(_access(lab, "lab1")), LibvirtDriver(_access(lab, "lab2"))
+    src, dst = LibvirtDriver(lab.access("lab1", "bench")), LibvirtDriver(lab.access("lab2", "bench"))
     try:
         cold = await _pass(src, dst, vm)
         warm: dict[str, list[float]] = {}

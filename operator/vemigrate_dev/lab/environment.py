@@ -17,6 +17,7 @@ from typing import Any
 
 import libvirt
 
+from vemigrate.core.access import HostAccess
 from vemigrate_dev.lab import accel as accel_mod
 from vemigrate_dev.lab import ct, guest, host, network, vm
 from vemigrate_dev.lab.process import CommandError, Tracked, run, stop_pids
@@ -114,6 +115,20 @@ class LabInfo:
             if h.name == name:
                 return h
         raise RuntimeError(f"no lab host named {name!r}")
+
+    def access(self, name: str, namespace: str = "lab") -> HostAccess:
+        """How the operator reaches this host (what its HypervisorHost and Secrets resolve to): for a driver
+        made outside the operator, as benchmarks and tests make one."""
+        h = self.host(name)
+        return HostAccess(
+            name=name,
+            namespace=namespace,
+            address=h.address,
+            private_key=self.ssh_key.read_text(),
+            known_hosts=self.known_hosts.read_text(),
+            libvirt_uri=h.ssh_uri,
+            migration_address=h.address,
+        )
 
 
 def _info(state: LabState) -> LabInfo:
