@@ -228,6 +228,7 @@ def test_finish_names_the_copies_defines_the_domain_and_forgets_the_record(tmp_p
     assert out.returncode == 0, out.stderr
     assert [d.read_bytes() for d in disks] == [b"vda.qcow2", b"vdb.qcow2"]
     assert sorted(p.name for p in directory.iterdir()) == ["vda.qcow2", "vdb.qcow2"], "no .part left"
+    assert on_target(out.stdout.decode()) == {str(d) for d in disks}, "each copy reported once it has its name"
     assert (tmp_path / "virsh.log").read_text() == "-c qemu:///system define /dev/stdin\n"
     assert (tmp_path / "virsh.in").read_bytes() == b"<domain/>"
     assert not job.exists() and not job.parent.exists(), "the record is forgotten, and its empty parent"
@@ -246,6 +247,7 @@ def test_finish_leaves_the_record_when_a_name_is_taken_or_the_define_fails(tmp_p
     out = _sh(_FINISH, "qemu:///system", job, job.parent, disk, input=b"<domain/>", env=env)
     if failure == "in the way":
         assert out.returncode == EXIT_IN_THE_WAY and b"already exists on the target" in out.stderr
+        assert on_target(out.stdout.decode()) == set(), "someone else's file is no copy of this migration's"
         assert not (tmp_path / "virsh.log").exists(), "nothing defined"
     else:
         assert out.returncode == 1 and (tmp_path / "virsh.log").exists()

@@ -336,7 +336,9 @@ class LibvirtDriver:
             return observed
         stats, events = (record.reports.get(name, "") for name in REPORTS)
         return JobObservation(
-            state=JobState.COMPLETED, stats=completed_stats(stats, record.log_tail, events), on_target=on_target(stats)
+            state=JobState.COMPLETED,
+            stats=completed_stats(stats, record.log_tail, events),
+            on_target=on_target(stats, record.log_tail),
         )
 
     async def wait_job_end(self, plan: MigrationPlan, seconds: float) -> JobObservation | bool | None:

@@ -164,6 +164,10 @@ stat -c %s -- "$part"
 # nothing else is left there.
 _FORGET = 'forget() { rm -rf -- "$1" || return 1; rmdir -- "$2" 2>/dev/null; return 0; }\n'
 
+# The line a job prints for each of its copies it found on the target at its end (`on_target`): the
+# verification of the copy does not look for those again.
+ON_TARGET = "vemigrate-on-target"
+
 # On the target, once the source has verified every copy: $1 the libvirt URI, $2 the job's directory to
 # forget and $3 its parent (`_FORGET`; both empty: steps follow that still need the record), then each
 # copied file's path. Each `<path>.part` takes its final name by a link, which fails when anything is
@@ -179,6 +183,9 @@ for path; do
         exit 3
     fi
     ln -T -- "$path.part" "$path" && rm -f -- "$path.part" || exit 1
+    printf '%s %s\n' """
+    + ON_TARGET
+    + r""" "$path"
 done
 virsh -c "$uri" define /dev/stdin || exit 1
 [ -z "$job" ] || forget "$job" "$parent"
@@ -187,9 +194,8 @@ virsh -c "$uri" define /dev/stdin || exit 1
 
 # On the target after a live job, $1 the domain's UUID, then `_FORGET`'s two, then the paths of the disks
 # the job copied: the completed job's statistics (the downtime; libvirt keeps them on the target) on stdout,
-# whatever they say, then `ON_TARGET <path>` for each copy that is there (the verification of the copy
-# takes those as seen), then the record forgotten, in one SSH session.
-ON_TARGET = "vemigrate-on-target"
+# whatever they say, then `ON_TARGET <path>` for each copy that is there, then the record forgotten, in one
+# SSH session.
 _STATS_AND_FORGET = (
     _FORGET
     + f"""
@@ -596,10 +602,12 @@ def completed_stats(domjobinfo: str, log: str, events: str = "") -> JobStats:
     )
 
 
-def on_target(stats: str) -> frozenset[str]:
-    """The copies a live job's last command on the target found there (`_STATS_AND_FORGET`)."""
+def on_target(*reports: str) -> frozenset[str]:
+    """The copies a job found on the target at its end: a live job's statistics (`_STATS_AND_FORGET`), an
+    offline job's log (`_FINISH`)."""
     marker = f"{ON_TARGET} "
-    return frozenset(line[len(marker) :] for line in stats.splitlines() if line.startswith(marker))
+    lines = (line for report in reports for line in report.splitlines())
+    return frozenset(line[len(marker) :] for line in lines if line.startswith(marker))
 
 
 def _switchover(events: str, downtime_ms: int | None) -> tuple[datetime | None, str | None]:
