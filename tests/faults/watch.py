@@ -71,17 +71,22 @@ def file_md5(lab: LabInfo, host: str, path: str) -> str | None:
 
 # -- the job on the source ------------------------------------------------------------------------
 # The latest attempt's job of a migration: none (not started), running (no exit file, its lock held),
-# exited, or lost (no exit file, lock free).
+# exited, or lost (no exit file, lock free). $2 is how long the lock may stay taken before the job counts
+# as running: 0 (flock -n) or some seconds.
 _JOB = (
     'a=$(ls -1 "$1" 2>/dev/null | sort -n | tail -n 1)\n'
     '[ -n "$a" ] && [ -e "$1/$a/pid" ] || { echo none; exit 0; }\n'
     'cd "$1/$a" || { echo none; exit 0; }\n'
-    "if [ -e exit ]; then echo exited; elif flock -n lock true; then echo lost; else echo running; fi\n"
+    'if [ -e exit ]; then echo exited; elif flock -w "$2" lock true; then echo lost; else echo running; fi\n'
 )
 
 
-def job_state(uid: str, host: str = "lab1") -> str:
-    out = Lab.exec(host, ["sh", "-c", _JOB, "sh", f"{JOBS_DIR}/{uid}"], capture=True)
+def job_state(uid: str, host: str = "lab1", settle: float = 0) -> str:
+    """`settle`: seconds the lock may stay taken before the job counts as running. A job just killed is
+    not lost at once: its processes take a moment to die, and the operator's own reads of the job (its
+    long poll, the record read it wakes) each take the lock for a few milliseconds as it comes free.
+    Those hold it in passing; a running job holds it throughout."""
+    out = Lab.exec(host, ["sh", "-c", _JOB, "sh", f"{JOBS_DIR}/{uid}", f"{settle:g}"], capture=True)
     return out.stdout.strip() or f"unreadable ({out.stderr.strip()[:80]})"
 
 
