@@ -110,9 +110,15 @@ def control_plane() -> Iterator[ControlPlaneInfo]:
 
 
 def source_tree(revision: str, into: Path) -> Path:
-    """The operator's sources at `revision` (git archive, no checkout touched), for before/after runs."""
+    """The operator's sources at `revision` (git archive, no checkout touched), for before/after runs,
+    with that revision's benchmarks beside them: the simulated-host entry point must match the operator
+    it drives (vemigrate.drivers.simulated did not exist in older trees)."""
     into.mkdir(parents=True, exist_ok=True)
-    archive = subprocess.run(["git", "archive", revision, "operator"], cwd=REPO, capture_output=True, check=True).stdout
+    paths = ["operator"]
+    has = subprocess.run(["git", "cat-file", "-e", f"{revision}:benchmarks/__init__.py"], cwd=REPO, capture_output=True)
+    if has.returncode == 0:
+        paths.append("benchmarks")
+    archive = subprocess.run(["git", "archive", revision, *paths], cwd=REPO, capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
     return into / "operator"
 
@@ -146,7 +152,7 @@ class Operator:
         argv += ["--namespace", self.namespace, "--metrics-address", "127.0.0.1", "--metrics-port", str(metrics)]
         argv += ["--liveness", f"http://127.0.0.1:{health}/healthz", *self.extra]
         self.proc = subprocess.Popen(
-            argv, stdout=self.log.open("ab"), stderr=subprocess.STDOUT, cwd=REPO, env=self._environment()
+            argv, stdout=self.log.open("ab"), stderr=subprocess.STDOUT, cwd=self._directory(), env=self._environment()
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -166,11 +172,16 @@ class Operator:
                 spy, stdout=subprocess.DEVNULL, stderr=self.log.with_suffix(".py-spy").open("wb")
             )
 
+    def _directory(self) -> Path:
+        """`python -m` puts its working directory first on the path: the revision's, for its benchmarks."""
+        return self.tree.parent if self.tree is not None else REPO
+
     def _environment(self) -> dict[str, str]:
         env = {**os.environ, **self.env}
         if self.tree is not None:
-            # Ahead of the editable install; the benchmark's own package still comes from the checkout.
-            env["PYTHONPATH"] = os.pathsep.join([str(self.tree), str(REPO)])
+            # Ahead of the editable install; the benchmarks package from the same revision when
+            # `source_tree` found one, else from the checkout.
+            env["PYTHONPATH"] = os.pathsep.join([str(self.tree), str(self.tree.parent), str(REPO)])
         return env
 
     @property
