@@ -281,10 +281,10 @@ def versus(
         "From `status.phaseTransitions`; create→Validating is the time in Pending (the operator's reaction).",
         "The job on the source: its script's wall time (`pid` to `exit` file): the target's disks created, "
         "`virsh migrate` (libvirtd's connection to the target a session on the migration's shared SSH "
-        "connection), `virsh domjobinfo --completed` run on the target over it for the downtime, and the "
-        "removal of its ownership record. libvirt's migration: its own `Time elapsed`. The rest of "
-        "Transferring is the job's start (the storage probe that makes the shared connection) and the pass "
-        "its end wakes (a long poll on the job's lock).",
+        "connection, which Validating's `SSHPort` check made), then one session on the target for the "
+        "downtime (`virsh domjobinfo --completed`), the copies found there and the removal of its ownership "
+        "record. libvirt's migration: its own `Time elapsed`. The rest of Transferring is the job's start "
+        "(one SSH command on the source) and the pass its end wakes (a long poll on the job's lock).",
     ]
     return table, phases
 
