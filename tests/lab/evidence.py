@@ -66,20 +66,70 @@ def beating_on(host: str, vm: str, boot: str, timeout: float = 60) -> int:
 def _emulator_fault(host: str, vm: str, boot: str) -> str | None:
     """Why a guest that libvirt reports running on `host` is silent, when the cause is the emulated
     guest itself: under TCG on a loaded machine a live-migrated guest kernel sometimes panics in
-    `__run_timers` or stops taking timer interrupts, with no operator involved (docs/lab.md)."""
+    `__run_timers`, faults in other timer code and hangs, or stops taking timer interrupts, with no
+    operator involved (docs/lab.md)."""
     lab = Lab.info()
     dom = domain(lab, host, vm) if lab else None
     if lab is None or dom is None or dom.state()[0] != libvirt.VIR_DOMAIN_RUNNING:
         return None  # paused, stopped or missing: the operator's business, a real failure
     for h in lab.hosts:
-        if "Kernel panic" in _since_last_beat(_console(lab, h.name, vm), boot):
+        console = _console(lab, h.name, vm)
+        if "Kernel panic" in _since_last_beat(console, boot):
             return f"the guest kernel panicked (console of {h.name}) and rebooted"
+        oops = kernel_oops(console, boot)
+        if oops is not None:
+            return f"the guest kernel faulted during boot {boot} (console of {h.name}: {oops!r})"
     beat = last_beat(host, vm)
     if beat is not None and beat[0] != boot:
         return f"the guest booted again (boot {beat[0]}) on {host}"
     if _cpu_ns_in_2s(dom) == 0:
         return f"the guest's vCPU ran 0 ns in 2 s on {host} while libvirt reports it running"
     return None
+
+
+# What a Linux kernel prints when it faults (an oops, a BUG, a fault in the kernel's own code);
+# the guest's init prints only heartbeats and disk hashes, so none of these comes from it.
+_OOPS = re.compile(
+    r"Oops:|BUG: |general protection fault|invalid opcode:|kernel BUG at|Call Trace:|RIP: 0010:"
+    r"|exited with irqs disabled|exited with preempt_count"
+)
+
+
+def kernel_oops(console: str, boot: str) -> str | None:
+    """The first line of a kernel fault printed during boot `boot` in `console`, or None.
+    A guest whose kernel faulted may run on, spinning or half dead (seen in CI after a TCG
+    migration: a general protection fault in `timerqueue_add` under `sleep`, the task killed with
+    interrupts off, two more lines from init, then silence at full CPU)."""
+    return next((line.strip() for line in _lines_of(console, boot) if _OOPS.search(line)), None)
+
+
+def _lines_of(console: str, boot: str) -> list[str]:
+    """The lines of an appended console that boot `boot` printed. The kernel's lines name no boot: each
+    goes with the next heartbeat's boot, or, when a fresh boot starts first, with the boot before it
+    (its panic); lines before any named boot (a guest that arrived and faulted before its first beat)
+    are this boot's when it did not start on this console."""
+    lines = console.splitlines()
+    owners: list[str | None] = []
+    waiting: list[int] = []
+    last: str | None = None
+    for line in lines:
+        named = _NAMED.search(line)
+        if named is None:
+            waiting.append(len(owners))
+            owners.append(None)
+            continue
+        for i in waiting:
+            owners[i] = last if named.group(1) == "VEMIGRATE-BOOTED" else named.group(2)
+        waiting = []
+        owners.append(named.group(2))
+        last = named.group(2)
+    for i in waiting:
+        owners[i] = last
+    arrived = f"VEMIGRATE-BOOTED boot={boot}" not in console
+    return [line for line, owner in zip(lines, owners, strict=True) if owner == boot or (arrived and owner is None)]
+
+
+_NAMED = re.compile(r"(VEMIGRATE-BOOTED|HB) boot=(\w+)")
 
 
 def _console(lab: LabInfo, host: str, vm: str) -> str:
