@@ -77,7 +77,9 @@ _JOB = (
     'a=$(ls -1 "$1" 2>/dev/null | sort -n | tail -n 1)\n'
     '[ -n "$a" ] && [ -e "$1/$a/pid" ] || { echo none; exit 0; }\n'
     'cd "$1/$a" || { echo none; exit 0; }\n'
-    'if [ -e exit ]; then echo exited; elif flock -w "$2" lock true; then echo lost; else echo running; fi\n'
+    # Exit looked at again once the lock is free: a job that ended between the two looks exited.
+    'if [ -e exit ]; then echo exited; elif ! flock -w "$2" lock true; then echo running;\n'
+    "elif [ -e exit ]; then echo exited; else echo lost; fi\n"
 )
 
 

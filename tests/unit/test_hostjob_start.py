@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import time
@@ -284,3 +285,27 @@ def test_a_lost_jobs_long_poll_returns_it_lost(tmp_path: Path, monkeypatch: pyte
     os.killpg(int((job / "pid").read_text().split()[0]), signal.SIGKILL)  # gone without an exit status
     ended = asyncio.run(hostjob.wait_end(_Sh(), "uid-1", 1, 10))  # type: ignore[arg-type]
     assert isinstance(ended, hostjob.JobRecord) and ended.state == "lost" and ended.exit_status is None
+
+
+def test_a_job_that_ends_between_the_reads_two_looks_is_exited_not_lost(tmp_path: Path) -> None:
+    """The read looks for the exit record, then at the lock. A job that writes its exit record and ends
+    between the two leaves the lock free and the record there: it exited (seen in a bench run, where the
+    operator's read raced the job's end and called it lost: a false NeedsAttention). A `flock` first on
+    the PATH writes the record just before the real one runs, which is that moment made certain."""
+    job = tmp_path / "uid-1" / "1"
+    _start(job, hostjob.script(["sleep 30"]))
+    os.killpg(int((job / "pid").read_text().split()[0]), signal.SIGKILL)  # the lock is free, no record yet
+    wrapper = tmp_path / "bin" / "flock"
+    wrapper.parent.mkdir()
+    wrapper.write_text(f'#!/bin/sh\necho 0 >exit\nexec {shlex.quote(shutil.which("flock") or "flock")} "$@"\n')
+    wrapper.chmod(0o755)
+    out = subprocess.run(
+        ["sh", "-c", hostjob._READ, "sh", str(job), "5"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=10,
+        env={**os.environ, "PATH": f"{wrapper.parent}:{os.environ['PATH']}"},
+    ).stdout
+    fields = dict(line.split("=", 1) for line in out.partition("--- log\n")[0].splitlines())
+    assert fields["state"] == "exited" and fields["exit"] == "0", out

@@ -65,9 +65,14 @@ _READ = (
     "[ -e pid ] || { echo state=none; exit 0; }\n"
     "read -r pid booted rest <pid\n"
     '[ "$booted" = "$(boot)" ] || echo rebooted=yes\n'
-    'if [ -e exit ]; then echo "state=exited"; echo "exit=$(cat exit)"; exited=1\n'
-    "elif ! flock -n lock true 2>/dev/null; then echo state=running; exited=\n"
-    "else echo state=lost; exited=; fi\n"
+    # The exit record is looked at again once the lock is found free: the job writes it before its last
+    # process lets the lock go, so a job that ended between the two looks is exited, never lost.
+    "if [ -e exit ]; then state=exited\n"
+    "elif ! flock -n lock true 2>/dev/null; then state=running\n"
+    "elif [ -e exit ]; then state=exited\n"
+    "else state=lost; fi\n"
+    'echo "state=$state"; exited=\n'
+    'if [ "$state" = exited ]; then echo "exit=$(cat exit)"; exited=1; fi\n'
     # A log that cannot be read fails the read: its record is not known (never taken as an empty log).
     'echo "--- log"; tail -n "$2" log 2>/dev/null || { echo "cannot read the job\'s log in $1" >&2; exit 1; }\n'
     '[ -n "$exited" ] && [ "$#" -gt 3 ] || exit 0\n'
