@@ -65,15 +65,20 @@ def _succeeded_reason(status: dict[str, Any]) -> str:
     return str({c["type"]: c.get("reason") for c in status.get("conditions") or []}.get("Succeeded"))
 
 
-def _stays_synced(gitops: GitOps, name: str, revision: str, seconds: float = 20) -> list[Seen]:
-    """Look for `seconds` (several reconciliations: they run every 5 s) and return what Argo CD said."""
-    deadline = time.monotonic() + seconds
-    looks = []
-    while time.monotonic() < deadline:
+def _stays_synced(gitops: GitOps, name: str, revision: str, seconds: float = 20, wait: float = 60) -> list[Seen]:
+    """Look for `seconds`, and on until Argo CD has compared again at least once (every 5 s when idle, later
+    on a busy machine: CI saw one comparison in 10 s), at most `wait` seconds more; Synced at every look."""
+    start = time.monotonic()
+    looks: list[Seen] = []
+    while True:
         looks.append(gitops.look(name))
+        elapsed = time.monotonic() - start
+        compared = len({s.reconciled_at for s in looks}) >= 2
+        if (elapsed >= seconds and compared) or elapsed >= seconds + wait:
+            break
         time.sleep(1)
     assert all(s.sync == "Synced" and s.revision == revision for s in looks), [(s.sync, s.revision) for s in looks]
-    assert len({s.reconciled_at for s in looks}) >= 2, "Argo CD compared again while we looked"
+    assert compared, f"Argo CD did not compare again in {elapsed:.0f} s"
     return looks
 
 
