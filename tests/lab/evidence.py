@@ -82,8 +82,13 @@ def _emulator_fault(host: str, vm: str, boot: str) -> str | None:
     beat = last_beat(host, vm)
     if beat is not None and beat[0] != boot:
         return f"the guest booted again (boot {beat[0]}) on {host}"
-    if _cpu_ns_in_2s(dom) == 0:
+    cpu_ns = _cpu_ns_in_2s(dom)
+    if cpu_ns == 0:
         return f"the guest's vCPU ran 0 ns in 2 s on {host} while libvirt reports it running"
+    if not _lines_of(_console(lab, host, vm), boot):
+        # Not one line on the target's console, where a healthy guest prints a beat every second, with
+        # its vCPU busy: hung in its own kernel from the start (seen in CI, the same family as above).
+        return f"the guest printed nothing on {host} since it arrived, its vCPU busy ({cpu_ns // 1_000_000} ms in 2 s)"
     return None
 
 
