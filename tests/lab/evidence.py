@@ -72,8 +72,9 @@ def _emulator_fault(host: str, vm: str, boot: str) -> str | None:
     dom = domain(lab, host, vm) if lab else None
     if lab is None or dom is None or dom.state()[0] != libvirt.VIR_DOMAIN_RUNNING:
         return None  # paused, stopped or missing: the operator's business, a real failure
+    consoles = {h.name: _console(lab, h.name, vm) for h in lab.hosts}
     for h in lab.hosts:
-        console = _console(lab, h.name, vm)
+        console = consoles[h.name]
         if "Kernel panic" in _since_last_beat(console, boot):
             return f"the guest kernel panicked (console of {h.name}) and rebooted"
         oops = kernel_oops(console, boot)
@@ -85,7 +86,7 @@ def _emulator_fault(host: str, vm: str, boot: str) -> str | None:
     cpu_ns = _cpu_ns_in_2s(dom)
     if cpu_ns == 0:
         return f"the guest's vCPU ran 0 ns in 2 s on {host} while libvirt reports it running"
-    if not _lines_of(_console(lab, host, vm), boot):
+    if not _lines_of(consoles.get(host, ""), boot):
         # Not one line on the target's console, where a healthy guest prints a beat every second, with
         # its vCPU busy: hung in its own kernel from the start (seen in CI, the same family as above).
         return f"the guest printed nothing on {host} since it arrived, its vCPU busy ({cpu_ns // 1_000_000} ms in 2 s)"

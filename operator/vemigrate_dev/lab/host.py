@@ -58,7 +58,7 @@ if [ -d /sys/fs/cgroup/unified ] && [ -e /sys/fs/cgroup/cpu ]; then umount /sys/
 mount --bind "$ssh_config" /etc/ssh/ssh_config
 if [ -d /root/.ssh ]; then mount --bind "$hostdir/dotssh" /root/.ssh; fi
 # Root's shell start-up as a fresh Debian node has it (base-files' defaults), not this machine's: bash
-# run by sshd reads ~/.bashrc, and a developer's (pyenv's init, say) cost every SSH command 0.3-0.4 s.
+# run by sshd reads ~/.bashrc, and a developer's (pyenv's init, say) cost every SSH command 0.3-0.5 s.
 for rc in bashrc profile; do
   if [ -f "/root/.$rc" ] && [ -f "/usr/share/base-files/dot.$rc" ]; then
     mount --bind "/usr/share/base-files/dot.$rc" "/root/.$rc"
